@@ -1,0 +1,133 @@
+"""RunDir: every artifact path of a run in one place (DESIGN.md, "Run directory").
+
+::
+
+    runs/<name>/config.yaml
+               first_stage/ ldm/ transformer/     model.safetensors, config.json, state.pt (resume),
+                                                  metrics.csv, previews/
+               calibration/                       ood.json, ood_voxel_stats.safetensors,
+                                                  segment_thresholds.safetensors, segment.json, ltm.json
+               scores/<method>/<set>.csv          one row per scan, appended as each scan finishes
+               maps/<method>/<set>/<case>.nii.gz  anomaly maps on the input's native grid
+               segment/<variant>/<set>/...        healed image, anomaly map, binary mask
+               summary.json  report/index.html
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, load_config, save_config
+
+STAGES = ("first_stage", "ldm", "transformer")
+METHODS = ("ldm", "ltm")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run. Creating the object touches nothing on disk; ``ensure`` makes folders."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # ---- configuration
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    def load_config(self) -> Config:
+        return load_config(self.config_path)
+
+    def save_config(self, config: Config) -> None:
+        save_config(config, self.config_path)
+
+    def config_or(self, fallback: Config | None) -> Config:
+        """The run's saved config, else ``fallback`` (saved into the run)."""
+        if self.config_path.exists():
+            return self.load_config()
+        if fallback is None:
+            raise FileNotFoundError(f"{self.config_path}: run has no config.yaml; pass --config or --preset")
+        self.save_config(fallback)
+        return fallback
+
+    # ---- trained models
+    def stage_dir(self, stage: str) -> Path:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
+        return self.root / stage
+
+    def model_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "model.safetensors"
+
+    def model_config_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "config.json"
+
+    def state_path(self, stage: str) -> Path:
+        """Optimizer / scheduler / epoch state for resume."""
+        return self.stage_dir(stage) / "state.pt"
+
+    def metrics_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "metrics.csv"
+
+    def previews_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "previews"
+
+    def is_trained(self, stage: str) -> bool:
+        return self.model_path(stage).exists() and (self.stage_dir(stage) / "DONE").exists()
+
+    # ---- calibration
+    @property
+    def calibration_dir(self) -> Path:
+        return self.root / "calibration"
+
+    @property
+    def ood_calibration_path(self) -> Path:
+        return self.calibration_dir / "ood.json"
+
+    @property
+    def ood_voxel_stats_path(self) -> Path:
+        return self.calibration_dir / "ood_voxel_stats.safetensors"
+
+    @property
+    def segment_thresholds_path(self) -> Path:
+        return self.calibration_dir / "segment_thresholds.safetensors"
+
+    @property
+    def segment_calibration_path(self) -> Path:
+        return self.calibration_dir / "segment.json"
+
+    @property
+    def ltm_calibration_path(self) -> Path:
+        return self.calibration_dir / "ltm.json"
+
+    # ---- outputs
+    def scores_path(self, method: str, set_name: str) -> Path:
+        return self.root / "scores" / method / f"{set_name}.csv"
+
+    def maps_dir(self, method: str, set_name: str) -> Path:
+        return self.root / "maps" / method / set_name
+
+    def segment_dir(self, variant: str, set_name: str) -> Path:
+        return self.root / "segment" / variant / set_name
+
+    def segment_scores_path(self, variant: str, set_name: str) -> Path:
+        return self.root / "segment" / variant / f"{set_name}.csv"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_path(self) -> Path:
+        return self.report_dir / "index.html"
+
+    def ensure(self, *dirs: Path) -> None:
+        for d in (self.root, *dirs):
+            d.mkdir(parents=True, exist_ok=True)
