@@ -1,0 +1,69 @@
+import pytest
+import yaml
+
+from ldm_ood.config import PAPER_CODEBOOK_SIZE, PRESETS, ConfigError, load_config, save_config
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_validates_and_grid_divides(preset):
+    cfg = load_config(preset=preset)
+    f = 2 ** cfg.first_stage.levels
+    assert all(g % f == 0 for g in cfg.data.grid)
+    assert len(cfg.data.grid) == cfg.data.spatial_dims
+
+
+def test_paper_preset_is_paper_000_section_3_2():
+    cfg = load_config(preset="paper")
+    fs, ldm, tr, sc = cfg.first_stage, cfg.ldm, cfg.transformer, cfg.score
+    assert (fs.channels, fs.num_res_layers, fs.embedding_dim) == (128, 3, 64)
+    assert fs.num_embeddings == PAPER_CODEBOOK_SIZE[fs.levels] == 256
+    assert (fs.perceptual_weight, fs.adversarial_weight, fs.optim.lr, fs.optim.patience) == (0.001, 0.01, 3e-4, 15)
+    assert ldm.channels == (128, 256, 256) and ldm.attention_levels == (False, False, True)
+    assert ldm.num_res_blocks == 1 and ldm.num_train_timesteps == 1000
+    assert (ldm.schedule, ldm.beta_start, ldm.beta_end, ldm.optim.lr) == ("scaled_linear_beta", 0.0015, 0.0195, 2.5e-5)
+    assert (tr.num_layers, tr.dim, tr.heads, tr.optim.lr) == (22, 256, 8, 1e-4)
+    assert (sc.num_t_values, sc.num_inference_steps, sc.sampler) == (50, 100, "plms")
+    assert cfg.data.grid == (176, 208, 176)
+
+
+def test_2d_presets_are_paper_001_vqvae():
+    cfg = load_config(preset="cpu-2d")
+    assert cfg.data.spatial_dims == 2 and cfg.data.grid == (64, 64)
+    assert cfg.first_stage.kind == "vqvae" and cfg.first_stage.downsampling_factor == 4
+    seg = cfg.segment
+    assert (seg.kl_t_range, seg.percentile, seg.start_t, seg.ddim_steps) == ((400, 600), 97.5, 500, 50)
+
+
+def test_presets_do_not_share_state():
+    a = load_config(preset="cpu")
+    b = load_config(preset="cpu-2d")
+    assert a.ldm.channels != b.ldm.channels or a.first_stage.channels != b.first_stage.channels
+    assert load_config(preset="cpu").ldm.channels == a.ldm.channels
+
+
+def test_bad_value_names_field_and_reason():
+    with pytest.raises(ConfigError, match=r"ldm\.optim\.lr: Input should be greater than 0"):
+        load_config(preset="tiny", overrides={"ldm": {"optim": {"lr": -1}}})
+    with pytest.raises(ConfigError, match=r"first_stage\.kind"):
+        load_config(overrides={"first_stage": {"kind": "gan"}})
+    with pytest.raises(ConfigError, match="not divisible"):
+        load_config(overrides={"data": {"grid": (60, 64, 64)}, "first_stage": {"levels": 3}})
+    with pytest.raises(ConfigError, match="unknown_field"):
+        load_config(overrides={"score": {"unknown_field": 1}})
+
+
+def test_yaml_round_trip_and_file_errors(tmp_path):
+    cfg = load_config(preset="tiny")
+    p = tmp_path / "c.yaml"
+    save_config(cfg, p)
+    assert load_config(p) == cfg
+    p.write_text(yaml.safe_dump({"preset": "tiny", "score": {"num_t_values": 0}}))
+    with pytest.raises(ConfigError, match=str(p).replace(".", r"\.") + r"(.|\n)*score\.num_t_values"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(preset="huge")
