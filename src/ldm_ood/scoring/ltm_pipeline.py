@@ -1,0 +1,210 @@
+"""Files in, files out for the LTM baseline: ``calibrate --method ltm`` and ``score --method ltm``.
+
+Same interface as the LDM pipeline (paper 000 §2.3/§3.2):
+
+* ``calibrate_ltm`` scores the manifest's ``val`` split and writes :class:`LTMCalibration` JSON to
+  ``RunDir.ltm_calibration_path``.
+* ``score_ltm`` (manifest mode) writes ``scores/ltm/<set>.csv`` row by row
+  (``case_id,set,pred_score,percentile,flag,map_path,seconds,nll``; ``pred_score`` = sum NLL,
+  ``nll`` = mean NLL per token) and maps to ``maps/ltm/<set>/<case>.nii.gz``; finished cases are
+  skipped on a rerun. Folder mode (``input_dir``/``output_dir``) writes ``<case>.txt`` (the row as
+  ``key: value`` lines) and ``<case>.nii.gz``. Without a calibration, ``percentile`` / ``flag``
+  stay empty. A failing case is reported at the end (``BatchError``) after all others are written.
+
+Networks and preprocessing are loaded from the run (``models.loading``, ``data.transforms``) unless
+passed in (``networks=``, ``preprocessor=``), which is how the tests run tiny nets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from ..config import Config, ConfigError
+from ..data.io import Image, write_image
+from ..data.manifest import Case, read_manifest, select, set_names
+from ..errors import BatchFailures
+from ..precision import default_device
+from ..runs import RunDir
+from ..training.checkpoint import atomic_write_text
+from .likelihood import LTMCalibration, LTMNetworks, LTMScore, check_ensemble, score_image, upsample_map
+from .records import RecordWriter
+
+FIELDS = ("case_id", "set", "pred_score", "percentile", "flag", "map_path", "seconds", "nll")
+
+
+class Preprocessing(Protocol):
+    """What the pipeline needs of ``ldm_ood.data.transforms.Preprocessor`` (CONTRACTS.md)."""
+
+    def load(self, path: str | Path) -> tuple[torch.Tensor, Any]: ...
+
+    def invert(self, array_on_grid: Any, meta: Any) -> Image: ...
+
+
+@dataclass
+class LTMScoreResult:
+    """What ``score_ltm`` wrote: score files (or the output folder), counts, failures."""
+
+    outputs: dict[str, Path] = field(default_factory=dict)
+    scored: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def load_ltm_networks(run: RunDir, cfg: Config, device: torch.device) -> LTMNetworks:
+    """First stage + the run's Transformer; raises ``ConfigError`` if an ensemble is configured."""
+    from ..models.loading import load_first_stage, load_transformer
+
+    first_stage = load_first_stage(run, device)
+    transformer, ordering, _ = load_transformer(run, device)
+    networks = LTMNetworks(first_stage, [transformer], [ordering], bos=cfg.first_stage.num_embeddings)
+    check_ensemble(cfg, networks)
+    return networks
+
+
+def _setup(run_dir, config, networks, preprocessor, device):
+    run = RunDir(run_dir)
+    cfg = config if config is not None else run.config_or(None)
+    device = torch.device(device) if device is not None else default_device()
+    if networks is None:
+        networks = load_ltm_networks(run, cfg, device)
+    else:
+        check_ensemble(cfg, networks)
+    if preprocessor is None:
+        from ..data.transforms import Preprocessor
+
+        preprocessor = Preprocessor(cfg.data)
+    return run, cfg, networks, preprocessor, device
+
+
+def _cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
+    source = manifest if manifest is not None else cfg.data.manifest
+    if source is None:
+        raise ConfigError("no manifest: pass --data or set data.manifest in the run's config")
+    return read_manifest(source)
+
+
+def _score_case(networks: LTMNetworks, preprocessor: Preprocessing, path: Path, bf16: bool, device) -> tuple[LTMScore, Any]:
+    image, meta = preprocessor.load(path)
+    return score_image(networks, image[None].to(device), bf16)[0], meta
+
+
+def _write_map(preprocessor: Preprocessing, score: LTMScore, meta: Any, grid: Sequence[int], path: Path, mode: str) -> Path:
+    on_grid = upsample_map(score.token_nll, grid, mode)
+    native = preprocessor.invert(on_grid, meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_image(path, native.array, native.affine)
+
+
+def calibrate_ltm(
+    run_dir: str | Path,
+    manifest: str | Path | None = None,
+    config: Config | None = None,
+    *,
+    networks: LTMNetworks | None = None,
+    preprocessor: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Score the ``val`` split, fit :class:`LTMCalibration` at ``score.fpr`` and save it; returns a summary."""
+    run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device)
+    val = select(_cases(cfg, manifest), split="val")
+    if not val:
+        raise ConfigError("the manifest has no split=val cases to calibrate on")
+    failures = BatchFailures()
+    values, ids = [], []
+    for case in val:
+        with failures.guard(case.case_id, case.path):
+            score, _ = _score_case(networks, preprocessor, case.path, cfg.score.bf16, device)
+            values.append(score.nll)
+            ids.append(case.case_id)
+    if values:
+        calib = LTMCalibration.fit(values, ids, cfg.score.fpr, networks.kinds)
+        calib.save(run.ltm_calibration_path)
+    failures.raise_if_any("calibrate --method ltm")
+    return {"path": str(run.ltm_calibration_path), "n": len(values), "mean": calib.mean, "std": calib.std,
+            "threshold": calib.threshold, "fpr": calib.fpr}
+
+
+def _row(case: Case, score: LTMScore, calib: LTMCalibration | None, map_path: Path, seconds: float) -> dict[str, Any]:
+    return {
+        "case_id": case.case_id,
+        "set": case.set,
+        "pred_score": score.nll,
+        "percentile": calib.percentile(score.nll) if calib else "",
+        "flag": int(calib.flag(score.nll)) if calib else "",
+        "map_path": str(map_path),
+        "seconds": round(seconds, 3),
+        "nll": score.nll_per_token,
+    }
+
+
+def score_ltm(
+    run_dir: str | Path,
+    manifest: str | Path | None = None,
+    sets: Sequence[str] | None = None,
+    input_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    *,
+    config: Config | None = None,
+    networks: LTMNetworks | None = None,
+    preprocessor: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+    map_interpolation: str = "nearest",
+) -> LTMScoreResult:
+    """Score scans with the LTM (sum NLL), write records and NIfTI maps on each input's grid."""
+    if (input_dir is None) != (output_dir is None):
+        raise ValueError("input_dir and output_dir go together")
+    run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device)
+    calib = LTMCalibration.load(run.ltm_calibration_path) if run.ltm_calibration_path.exists() else None
+    if calib is not None and calib.orderings != networks.kinds:
+        raise ConfigError(
+            f"{run.ltm_calibration_path}: calibrated with orderings {calib.orderings}, scoring with "
+            f"{networks.kinds}; rerun calibrate --method ltm"
+        )
+    grid = cfg.data.grid
+    bf16 = cfg.score.bf16
+    failures = BatchFailures()
+    result = LTMScoreResult()
+
+    def one(case: Case, map_path: Path) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        score, meta = _score_case(networks, preprocessor, case.path, bf16, device)
+        _write_map(preprocessor, score, meta, grid, map_path, map_interpolation)
+        return _row(case, score, calib, map_path, time.perf_counter() - t0)
+
+    if input_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        result.outputs["folder"] = out
+        for case in read_manifest(input_dir):
+            txt = out / f"{case.case_id}.txt"
+            if txt.exists():
+                result.skipped += 1
+                continue
+            with failures.guard(case.case_id, case.path):
+                row = one(case, out / f"{case.case_id}.nii.gz")
+                atomic_write_text(txt, "".join(f"{k}: {row[k]}\n" for k in FIELDS))
+                result.scored += 1
+    else:
+        cases = _cases(cfg, manifest)
+        for set_name in sets or set_names(cases, split="test"):
+            writer = RecordWriter(run.scores_path("ltm", set_name), FIELDS)
+            result.outputs[set_name] = writer.path
+            done = writer.done_ids()
+            todo = select(cases, split="test", set_name=set_name)
+            if not todo:
+                raise ConfigError(f"no test cases in set {set_name!r}")
+            for case in todo:
+                if case.case_id in done:
+                    result.skipped += 1
+                    continue
+                with failures.guard(case.case_id, case.path):
+                    writer.write(one(case, run.maps_dir("ltm", set_name) / f"{case.case_id}.nii.gz"))
+                    result.scored += 1
+    result.failed = len(failures)
+    failures.raise_if_any("score --method ltm")
+    return result
