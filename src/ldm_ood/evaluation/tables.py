@@ -1,0 +1,172 @@
+"""Result tables from a :class:`~ldm_ood.evaluation.evaluate.Summary`: one grid, three renderings.
+
+- :func:`table1_grid` — paper 000 Table 1 layout: rows far-OOD sets then near-OOD sets, columns
+  method × run (VQ-GAN level), AUC × 100. Where the DeLong test of LDM vs LTM on the same run is
+  significant, the better of the two cells is marked: ``strong`` (p < 0.001; bold in the paper,
+  ``**`` in text) or ``weak`` (p < 0.05; underlined in the paper, ``*`` in text).
+- :func:`segmentation_grid` — paper 001 Table 1 style: ⌈DICE⌉, Dice at the validation threshold,
+  pixel AUPRC, image-level AUROC / AUPRC per run × variant × set.
+- :func:`detail_grid` — every detection result with its bootstrap CI, AUPRC, FPR@95TPR, DeLong p.
+
+Renderings: :func:`to_rich` (terminal), :func:`to_markdown`; the HTML report renders the same grids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+from .evaluate import METHOD_LABELS, Summary, is_far, order_sets
+
+MARK_TEXT = {"strong": "**", "weak": "*", "": ""}
+SHORT_LABELS = {"ldm": "LDM", "ltm": "LTM", "ldm_mse": "MSE", "ldm_lpips": "LPIPS"}
+
+
+@dataclass
+class Cell:
+    text: str
+    mark: str = ""  # "strong" | "weak" | ""
+
+
+@dataclass
+class Grid:
+    """A table: ``columns`` labels (first = row label), optional spanning ``groups`` over the value
+    columns as ``(label, span)``, and ``rows`` as ``(section or None, [cells])`` where a section
+    starts a new block (e.g. "Far-OOD")."""
+
+    title: str
+    columns: list[str]
+    groups: list[tuple[str, int]] = field(default_factory=list)
+    rows: list[tuple[str | None, list[Cell]]] = field(default_factory=list)
+    caption: str = ""
+
+
+def fmt(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    """Number or ``n/a``."""
+    return "n/a" if v is None else f"{v * scale:.{digits}f}"
+
+
+def _pretty_set(name: str) -> str:
+    return name[4:] if name.startswith("far_") else name
+
+
+def table1_grid(summary: Summary, methods: list[str] | None = None) -> Grid:
+    """Paper 000 Table 1: AUC × 100 per OOD set (rows) × run and method (columns)."""
+    methods = methods or [m for m in ("ltm", "ldm", "ldm_mse", "ldm_lpips") if m in summary.methods()]
+    runs = [r for r in summary.runs if any(d.run == r for d in summary.detection)]
+    grid = Grid(
+        title="AUROC × 100, ID test vs each OOD set (paper 000 Table 1 layout)",
+        columns=["Set"] + [SHORT_LABELS[m] for _ in runs for m in methods],
+        groups=[(r, len(methods)) for r in runs],
+        caption="DeLong test LDM vs LTM on the same run: ** / bold p < 0.001, * / underlined p < 0.05 "
+        "(mark on the better of the two). MSE / LPIPS: LDM with one metric only. "
+        "n/a: undefined (one class); —: not scored.",
+    )
+    last_section = None
+    for s in summary.ood_sets():
+        section = "Far-OOD" if is_far(s) else "Near-OOD"
+        cells = [Cell(_pretty_set(s))]
+        for r in runs:
+            dl = summary.delong_for(r, s)
+            auc = {m: (d.auroc if (d := summary.detection_for(r, m, s)) else "missing") for m in methods}
+            winner = None
+            if dl and dl.marker and dl.auc_ldm is not None and dl.auc_ltm is not None:
+                winner = "ldm" if dl.auc_ldm >= dl.auc_ltm else "ltm"
+            for m in methods:
+                a = auc[m]
+                if a == "missing":
+                    cells.append(Cell("—"))
+                    continue
+                mark = ("strong" if dl.marker == "**" else "weak") if winner == m and dl else ""
+                cells.append(Cell(fmt(a, 100, 1), mark))
+        grid.rows.append((section if section != last_section else None, cells))
+        last_section = section
+    return grid
+
+
+def segmentation_grid(summary: Summary) -> Grid:
+    """Paper 001 Table 1 style: one row per run × variant × set with masks or image scores."""
+    grid = Grid(
+        title="Anomaly segmentation (paper 001 Table 1 style)",
+        columns=["Run / variant / set", "⌈DICE⌉", "Dice @ val thr", "pixel AUPRC", "image AUROC", "image AUPRC", "masks"],
+        caption="⌈DICE⌉: best Dice over all thresholds; Dice @ val thr: at calibration 'residual_threshold'. "
+        + ("Voxels pooled over scans." if all(r.pooling == "pooled" for r in summary.segmentation)
+           else "Metrics averaged per scan."),
+    )
+    for r in summary.segmentation:
+        thr = "n/a" if r.dice_at_threshold is None else f"{r.dice_at_threshold:.3f} (t={r.threshold:.3g})"
+        grid.rows.append((None, [
+            Cell(f"{r.run} / ({r.variant}) / {r.set}"), Cell(fmt(r.best_dice)), Cell(thr), Cell(fmt(r.pixel_auprc)),
+            Cell(fmt(r.image_auroc)), Cell(fmt(r.image_auprc)), Cell(f"{r.n_masks}/{r.n_cases}"),
+        ]))
+    return grid
+
+
+def detail_grid(summary: Summary) -> Grid:
+    """Every detection result: AUROC [bootstrap 95% CI], AUPRC, FPR@95TPR, DeLong p (LDM rows)."""
+    grid = Grid(
+        title="Detection metrics per run, method and set",
+        columns=["Run", "Method", "Set", "n ID / OOD", "AUROC [95% CI]", "AUPRC", "FPR@95TPR", "DeLong p (LDM vs LTM)"],
+        caption="CI: stratified percentile bootstrap. AUPRC: average precision with OOD as positive class.",
+    )
+    order = {s: i for i, s in enumerate(order_sets(d.set for d in summary.detection))}
+    for d in sorted(summary.detection, key=lambda d: (list(summary.runs).index(d.run) if d.run in summary.runs else 0,
+                                                       list(METHOD_LABELS).index(d.method), order.get(d.set, 0))):
+        ci = "" if d.auroc_low is None else f" [{d.auroc_low:.3f}, {d.auroc_high:.3f}]"
+        dl = summary.delong_for(d.run, d.set) if d.method == "ldm" else None
+        p = "" if dl is None or dl.p_value is None else f"{dl.p_value:.2g}"
+        grid.rows.append((None, [
+            Cell(d.run), Cell(METHOD_LABELS[d.method]), Cell(d.set), Cell(f"{d.n_id} / {d.n_ood}"),
+            Cell(fmt(d.auroc) + ci), Cell(fmt(d.auprc)), Cell(fmt(d.fpr95)),
+            Cell(p, "strong" if dl and dl.marker == "**" else "weak" if dl and dl.marker == "*" else ""),
+        ]))
+    return grid
+
+
+def to_rich(grid: Grid) -> Table:
+    """Rich table; marks as bold (strong) / underline (weak) plus the ``**`` / ``*`` suffix."""
+    table = Table(title=grid.title, caption=grid.caption or None, show_lines=False)
+    group_of = [label for label, n in grid.groups for _ in range(n)]
+    for i, col in enumerate(grid.columns):
+        head = col if i == 0 or not group_of else f"{group_of[i - 1]}\n{col}"
+        table.add_column(head, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for section, cells in grid.rows:
+        if section:
+            table.add_section() if table.row_count else None
+            table.add_row(f"[bold]{section}[/bold]", *[""] * (len(grid.columns) - 1))
+        styled = []
+        for c in cells:
+            style = "bold" if c.mark == "strong" else "underline" if c.mark == "weak" else ""
+            text = c.text + MARK_TEXT[c.mark]
+            styled.append(f"[{style}]{text}[/{style}]" if style else text.replace("[", "\\["))
+        table.add_row(*styled)
+    return table
+
+
+def to_markdown(grid: Grid) -> str:
+    """GitHub markdown table; group labels are folded into the column headers."""
+    group_of = [label for label, n in grid.groups for _ in range(n)]
+    heads = [c if i == 0 or not group_of else f"{group_of[i - 1]} {c}" for i, c in enumerate(grid.columns)]
+    lines = [f"**{grid.title}**", "", "| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
+    for section, cells in grid.rows:
+        if section:
+            lines.append("| " + " | ".join([f"*{section}*"] + [""] * (len(heads) - 1)) + " |")
+        lines.append("| " + " | ".join(c.text + MARK_TEXT[c.mark] for c in cells) + " |")
+    if grid.caption:
+        lines += ["", grid.caption]
+    return "\n".join(lines)
+
+
+def print_summary(summary: Summary, console: Console | None = None) -> None:
+    """Print Table 1, the segmentation table and the notes."""
+    console = console or Console()
+    if summary.detection:
+        console.print(to_rich(table1_grid(summary)))
+    if summary.segmentation:
+        console.print(to_rich(segmentation_grid(summary)))
+    if not summary.detection and not summary.segmentation:
+        console.print("[yellow]no score files found: nothing to evaluate[/yellow]")
+    for note in summary.notes:
+        console.print(f"[dim]note: {note}[/dim]", highlight=False)

@@ -1,0 +1,216 @@
+"""Report figures (matplotlib, Agg backend): ROC curves, score histograms, anomaly-map overlays.
+
+Every function returns a ``matplotlib.figure.Figure``; :func:`to_png` turns it into PNG bytes
+(and closes it). Colours are fixed across figures: in-distribution is always blue, OOD orange,
+and each method keeps its colour (LDM blue-green family, LTM red).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ..evaluation.metrics import auroc, roc_curve  # noqa: E402
+
+ID_COLOUR = "#1f77b4"
+OOD_COLOUR = "#ff7f0e"
+METHOD_COLOURS = {"LDM": "#2ca02c", "LTM": "#d62728", "LDM (MSE)": "#17becf", "LDM (LPIPS)": "#9467bd"}
+MAP_CMAP = "inferno"
+
+
+def to_png(fig: Figure, dpi: int = 90) -> bytes:
+    """PNG bytes of ``fig`` (closed afterwards)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _grid(n: int, ncols: int, panel: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
+def roc_grid(
+    curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], title: str = "ROC curves", ncols: int = 5
+) -> Figure:
+    """Small multiples: one panel per OOD set, one ROC line per method.
+
+    Args:
+        curves: ``{set: {method label: (labels 0/1, scores)}}`` (1 = OOD).
+    """
+    fig, axes = _grid(len(curves), ncols, (2.9, 2.9))
+    for ax, (set_name, methods) in zip(axes, curves.items()):
+        ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls=":")
+        for k, (label, (y, s)) in enumerate(methods.items()):
+            fpr, tpr, _ = roc_curve(y, s)
+            if fpr.size == 0:
+                continue
+            colour = METHOD_COLOURS.get(label, f"C{k}")
+            ax.plot(fpr, tpr, lw=1.6, color=colour, label=f"{label} {auroc(y, s):.3f}", drawstyle="steps-post")
+        ax.set_title(set_name, fontsize=10)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="lower right", title="AUROC", title_fontsize=7)
+    for ax in axes[:: min(ncols, len(curves)) or 1]:
+        ax.set_ylabel("TPR (OOD detected)", fontsize=8)
+    for ax in axes[-min(ncols, len(curves)):]:
+        ax.set_xlabel("FPR (ID flagged)", fontsize=8)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def histogram_grid(
+    id_scores: np.ndarray,
+    ood_scores: Mapping[str, np.ndarray],
+    threshold: float | None = None,
+    title: str = "Score histograms",
+    xlabel: str = "OOD score",
+    ncols: int = 5,
+) -> Figure:
+    """One panel per OOD set: ID (blue) vs OOD (orange) score histograms on common bins, with the
+    operating ``threshold`` as a dashed line when known."""
+    fig, axes = _grid(len(ood_scores), ncols, (2.9, 2.3))
+    id_scores = np.asarray(id_scores, dtype=float)
+    for ax, (set_name, ood) in zip(axes, ood_scores.items()):
+        ood = np.asarray(ood, dtype=float)
+        both = np.r_[id_scores, ood, [] if threshold is None else [threshold]]
+        lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
+        ax.hist(id_scores, bins=bins, color=ID_COLOUR, alpha=0.6, label=f"ID (n={id_scores.size})")
+        ax.hist(ood, bins=bins, color=OOD_COLOUR, alpha=0.6, label=f"OOD (n={ood.size})")
+        if threshold is not None:
+            ax.axvline(threshold, color="k", ls="--", lw=1.0, label="threshold")
+        ax.set_title(set_name, fontsize=10)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.legend(fontsize=6.5)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- spatial views
+
+
+def _triplanar(volume: np.ndarray, centre: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Mid (or ``centre``) slices of the three axes of a 3D volume, rotated for display; a 2D
+    image is returned as its single (rotated) view."""
+    v = np.asarray(volume, dtype=np.float32)
+    if v.ndim == 2:
+        return [np.rot90(v)]
+    c = [s // 2 for s in v.shape] if centre is None else list(centre)
+    return [np.rot90(v[c[0], :, :]), np.rot90(v[:, c[1], :]), np.rot90(v[:, :, c[2]])]
+
+
+def _match(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Resample ``arr`` to ``shape`` (linear) when a map is on another grid than its image."""
+    if arr.shape == shape:
+        return arr
+    from scipy.ndimage import zoom
+
+    if arr.ndim != len(shape):
+        arr = np.squeeze(arr)
+    return zoom(arr, [t / s for t, s in zip(shape, arr.shape)], order=1)
+
+
+def _show_image(ax, img: np.ndarray, title: str = "") -> None:
+    ax.imshow(img, cmap="gray", vmin=float(np.percentile(img, 1)), vmax=float(np.percentile(img, 99.5)) + 1e-6)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def overlay_grid(
+    cases: Sequence[tuple[str, np.ndarray, Mapping[str, np.ndarray]]], title: str = "Anomaly maps"
+) -> Figure:
+    """Paper 000 Fig. 1 style: per case (row), the input's tri-planar view, then each method's map
+    over the input (same planes), side by side. Each map panel block has its own colour bar.
+
+    Args:
+        cases: ``(label, image, {method: map})``; image and maps 2D or 3D (maps resampled to the image).
+    """
+    n_planes = 3 if cases and np.asarray(cases[0][1]).ndim == 3 else 1
+    n_methods = max((len(m) for _, _, m in cases), default=0)
+    ncols = n_planes * (1 + n_methods)
+    fig, axes = plt.subplots(len(cases), ncols, figsize=(1.9 * ncols + 0.6 * n_methods, 2.0 * len(cases) + 0.4),
+                             squeeze=False)
+    for r, (label, image, maps) in enumerate(cases):
+        image = np.asarray(image, dtype=np.float32)
+        views = _triplanar(image)
+        for k, view in enumerate(views):
+            _show_image(axes[r, k], view, f"{label}" if k == 0 else "")
+        for m, (method, amap) in enumerate(maps.items()):
+            mviews = _triplanar(_match(np.asarray(amap, dtype=np.float32), image.shape))
+            vmax = max(float(np.percentile(np.concatenate([v.ravel() for v in mviews]), 99.5)), 1e-6)
+            im = None
+            for k, (view, mview) in enumerate(zip(views, mviews)):
+                ax = axes[r, n_planes * (m + 1) + k]
+                _show_image(ax, view, f"{method} map" if k == 0 else "")
+                im = ax.imshow(np.ma.masked_less(mview, 0.05 * vmax), cmap=MAP_CMAP, alpha=0.7, vmin=0, vmax=vmax)
+            if im is not None:
+                fig.colorbar(im, ax=axes[r, n_planes * (m + 1): n_planes * (m + 2)].tolist(), fraction=0.03, pad=0.01)
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def _lesion_slice(gt: np.ndarray) -> int:
+    """Axial index with the most ground-truth voxels (mid slice if the mask is empty)."""
+    counts = gt.reshape(-1, gt.shape[-1]).sum(axis=0)
+    return int(np.argmax(counts)) if counts.any() else gt.shape[-1] // 2
+
+
+def segmentation_grid(
+    cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+    title: str = "Segmentation examples",
+) -> Figure:
+    """Per case (row): image, image + GT outline, anomaly map (colour bar), predicted mask + GT outline.
+
+    Args:
+        cases: ``(label, image, gt_mask, anomaly_map, predicted_mask or None)``; 3D volumes are shown at
+            the axial slice with the most lesion voxels.
+    """
+    fig, axes = plt.subplots(len(cases), 4, figsize=(10.5, 2.6 * len(cases) + 0.4), squeeze=False)
+    for r, (label, image, gt, amap, pred) in enumerate(cases):
+        image = np.asarray(image, dtype=np.float32)
+        amap = _match(np.asarray(amap, dtype=np.float32), image.shape)
+        gt = np.asarray(gt) > 0.5
+        pred = None if pred is None else _match(np.asarray(pred, dtype=np.float32), image.shape) > 0.5
+        if image.ndim == 3:
+            z = _lesion_slice(gt)
+            image, gt, amap = image[..., z], gt[..., z], amap[..., z]
+            pred = None if pred is None else pred[..., z]
+        rot = np.rot90
+        _show_image(axes[r, 0], rot(image), f"{label}\nimage")
+        _show_image(axes[r, 1], rot(image), "ground truth")
+        if gt.any():
+            axes[r, 1].contour(rot(gt.astype(float)), levels=[0.5], colors=[OOD_COLOUR], linewidths=1.2)
+        im = axes[r, 2].imshow(rot(amap), cmap=MAP_CMAP)
+        axes[r, 2].set_title("anomaly map", fontsize=8)
+        axes[r, 2].axis("off")
+        fig.colorbar(im, ax=axes[r, 2], fraction=0.046, pad=0.02)
+        if pred is not None:
+            axes[r, 3].imshow(rot(pred.astype(float)), cmap="gray", vmin=0, vmax=1)
+            if gt.any():
+                axes[r, 3].contour(rot(gt.astype(float)), levels=[0.5], colors=[OOD_COLOUR], linewidths=1.2)
+            axes[r, 3].set_title("predicted mask (GT outline)", fontsize=8)
+        else:
+            axes[r, 3].text(0.5, 0.5, "no threshold", ha="center", va="center", fontsize=8)
+        axes[r, 3].axis("off")
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
