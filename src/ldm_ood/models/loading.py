@@ -1,0 +1,120 @@
+"""Load a run's trained networks from ``<stage>/model.safetensors`` + ``<stage>/config.json``.
+
+Each network is rebuilt from the configuration saved **with the weights** (the whole run config at
+training time plus stage facts such as the LDM's latent scale factor), so later edits of the run's
+``config.yaml`` cannot mismatch the architecture. Networks come back in ``eval()`` (MONAI's VQVAE
+would update its EMA codebook in train mode) with gradients off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from monai.networks.nets import VQVAE, DecoderOnlyTransformer, DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+
+from ..config import Config, DiffusionConfig, build_config
+from ..runs import RunDir
+from ..training.checkpoint import load_model_config, load_weights
+from .diffusion import build_ddpm_scheduler, build_inference_scheduler, build_unet
+from .first_stage import build_first_stage
+from .transformer import LatentOrdering, build_ordering, build_transformer
+
+_COMMAND = {"first_stage": "first-stage", "ldm": "ldm", "transformer": "transformer"}
+
+
+class ModelNotTrainedError(FileNotFoundError):
+    """A stage's model files are missing; the message names the path and the command that makes them."""
+
+
+def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, dict[str, Any]]:
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    model, cfg = run.model_path(stage), run.model_config_path(stage)
+    for path in (model, cfg):
+        if not path.exists():
+            raise ModelNotTrainedError(
+                f"{path}: no trained {stage.replace('_', ' ')} model; "
+                f"train it with `ldm-ood train {_COMMAND[stage]} --run {run.root}`"
+            )
+    return run, load_model_config(run.stage_dir(stage))
+
+
+def _frozen(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    module.to(device).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def saved_config(run: RunDir | str | Path, stage: str) -> Config:
+    """The run configuration saved with the stage's weights."""
+    run, meta = _stage_files(run, stage)
+    return build_config(meta["config"], source=str(run.model_config_path(stage)))
+
+
+def load_first_stage(run: RunDir | str | Path, device: torch.device | str = "cpu") -> VQVAE:
+    """The trained VQ-GAN / VQ-VAE (MONAI ``VQVAE``), eval mode, on ``device``."""
+    run, meta = _stage_files(run, "first_stage")
+    cfg = build_config(meta["config"], source=str(run.model_config_path("first_stage")))
+    model = build_first_stage(cfg.first_stage, int(meta["spatial_dims"]))
+    load_weights(model, run.stage_dir("first_stage"))
+    return _frozen(model, device)
+
+
+@dataclass
+class LatentDiffusion:
+    """The trained latent DDPM: UNet (ε-prediction) and how latents are prepared for it.
+
+    The UNet sees ``scale_factor · z`` zero-padded to multiples of ``latent_multiple``
+    (``models.diffusion.pad_latent``); ``latent_spatial_shape`` is the unpadded latent grid.
+    """
+
+    unet: DiffusionModelUNet
+    scale_factor: float
+    latent_multiple: int
+    config: DiffusionConfig
+    latent_spatial_shape: tuple[int, ...]
+    run_config: Config
+
+    def ddpm_scheduler(self) -> DDPMScheduler:
+        return build_ddpm_scheduler(self.config)
+
+    def inference_scheduler(self, sampler: str, num_inference_steps: int) -> PNDMScheduler | DDIMScheduler:
+        return build_inference_scheduler(self.config, sampler, num_inference_steps)
+
+
+def load_ldm(run: RunDir | str | Path, device: torch.device | str = "cpu") -> LatentDiffusion:
+    """The trained latent DDPM with its scale factor and latent padding multiple, eval mode."""
+    run, meta = _stage_files(run, "ldm")
+    cfg = build_config(meta["config"], source=str(run.model_config_path("ldm")))
+    unet = build_unet(cfg.ldm, int(meta["spatial_dims"]), int(meta["latent_channels"]))
+    load_weights(unet, run.stage_dir("ldm"))
+    return LatentDiffusion(
+        unet=_frozen(unet, device),
+        scale_factor=float(meta["scale_factor"]),
+        latent_multiple=int(meta["latent_multiple"]),
+        config=cfg.ldm,
+        latent_spatial_shape=tuple(meta["latent_spatial_shape"]),
+        run_config=cfg,
+    )
+
+
+class LatentTransformer(NamedTuple):
+    """``(transformer, ordering, config)``: unpacks like the contract's tuple."""
+
+    transformer: DecoderOnlyTransformer
+    ordering: LatentOrdering
+    config: Config
+
+
+def load_transformer(run: RunDir | str | Path, device: torch.device | str = "cpu") -> LatentTransformer:
+    """The trained LTM, the token ordering it was trained with, and the saved run config."""
+    run, meta = _stage_files(run, "transformer")
+    cfg = build_config(meta["config"], source=str(run.model_config_path("transformer")))
+    model = build_transformer(cfg.transformer, int(meta["num_tokens"]), int(meta["seq_len"]))
+    load_weights(model, run.stage_dir("transformer"))
+    ordering = build_ordering(meta["ordering"], tuple(meta["latent_spatial_shape"]), seed=int(meta["ordering_seed"]))
+    return LatentTransformer(_frozen(model, device), ordering, cfg)

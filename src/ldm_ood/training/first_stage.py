@@ -1,0 +1,186 @@
+"""First-stage training: VQ-GAN (paper 000 §2.1/§3.2) or VQ-VAE with EMA codebook (paper 001 §2.1).
+
+One step (``x``: ``(B, 1, *grid)`` in [0, 1]):
+
+1. generator: ``x̂, vq = VQVAE(x)``; loss = recon + vq + w_p·LPIPS + w_s·spectral
+   (+ w_adv·adversarial after ``adversarial_warmup_epochs``), Adam ``optim.lr``;
+2. discriminator (VQ-GAN with ``adversarial_weight > 0``): ½(LS(D(x), 1) + LS(D(x̂), 0)),
+   Adam ``disc_lr``.
+
+The validation loss (early stopping, best checkpoint) is recon + vq on the validation split: the
+deterministic, non-adversarial part of the generator objective.
+
+bf16 (``optim.bf16``): encoder, decoder and discriminator run under autocast in channels-last
+layout, while the nearest-codebook search runs in float32 (under CPU autocast MONAI's quantizer
+would compute distances with a bf16 matmul and pick different codes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from monai.networks.nets import VQVAE
+
+from ..config import Config
+from ..models.first_stage import build_discriminator, build_first_stage
+from ..precision import autocast, to_channels_last
+from ..runs import RunDir
+from . import losses
+from .distributed import DistContext, wrap_ddp
+from .loop import FitResult, fit, save_preview
+
+
+def vq_forward(model: VQVAE, x: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x̂ (B, C, *S), quantization loss)`` of MONAI ``VQVAE``; with ``bf16``, fp32 quantisation."""
+    return _vq_forward_bf16(model, x) if bf16 else model(x)
+
+
+def _vq_forward_bf16(core: VQVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with autocast(x.device, True):
+        z = core.encode(to_channels_last(x, x.ndim - 2))
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        q, vq_loss = core.quantize(z.float())
+    with autocast(x.device, True):
+        x_hat = core.decode(q)
+    return x_hat, vq_loss
+
+
+class _Bf16VQVAE(torch.nn.Module):
+    """VQVAE whose ``forward`` quantises in fp32 between bf16 encoder/decoder (what DDP wraps)."""
+
+    def __init__(self, vqvae: VQVAE):
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _vq_forward_bf16(self.vqvae, x)
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """Parameters of ``module`` need no gradient inside the block (generator step through D)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+class FirstStageTask:
+    """:class:`~ldm_ood.training.loop.StageTask` of the VQ-GAN / VQ-VAE."""
+
+    stage = "first_stage"
+
+    def __init__(self, config: Config, ctx: DistContext, lpips_model: torch.nn.Module | None = None):
+        self.config, self.cfg, self.ctx = config, config.first_stage, ctx
+        self.spatial_dims = config.data.spatial_dims
+        self.bf16 = self.cfg.optim.bf16
+        dev = ctx.device
+        self.vqvae = build_first_stage(self.cfg, self.spatial_dims).to(dev)
+        self.use_adv = self.cfg.kind == "vqgan" and self.cfg.adversarial_weight > 0
+        self.disc = build_discriminator(self.cfg, self.spatial_dims).to(dev) if self.use_adv else None
+        if self.bf16:
+            to_channels_last(self.vqvae, self.spatial_dims)
+            if self.disc is not None:
+                to_channels_last(self.disc, self.spatial_dims)
+        self.lpips_model = lpips_model if self.cfg.perceptual_weight > 0 else None
+        # DDP wrappers (identity in one process); the bf16 wrapper keeps fp32 quantisation under DDP
+        inner = _Bf16VQVAE(self.vqvae) if self.bf16 else self.vqvae
+        self.g_net = wrap_ddp(inner, ctx)
+        self.d_net = wrap_ddp(self.disc, ctx) if self.disc is not None else None
+        self.g_opt = torch.optim.Adam(self.vqvae.parameters(), lr=self.cfg.optim.lr)
+        self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=self.cfg.disc_lr) if self.disc is not None else None
+        self.generator = torch.Generator(device="cpu")
+        self.loss_names = ("loss", "recon", "vq", "perceptual", "spectral", "adv_g", "adv_d")
+
+    # ---- StageTask
+    def modules(self) -> dict[str, torch.nn.Module]:
+        out: dict[str, torch.nn.Module] = {"vqvae": self.vqvae}
+        if self.disc is not None:
+            out["discriminator"] = self.disc
+        return out
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        out = {"vqvae": self.g_opt}
+        if self.d_opt is not None:
+            out["discriminator"] = self.d_opt
+        return out
+
+    def model(self) -> torch.nn.Module:
+        return self.vqvae
+
+    def model_config(self) -> dict[str, Any]:
+        return {"stage": self.stage, "spatial_dims": self.spatial_dims, "config": self.config.model_dump(mode="json")}
+
+    def _perceptual(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        assert self.lpips_model is not None
+        return losses.perceptual_loss(self.lpips_model, x, x_hat, generator=self.generator, bf16=self.bf16)
+
+    def train_step(self, batch: dict[str, Any], epoch: int) -> dict[str, float]:
+        x = batch["image"].to(self.ctx.device, non_blocking=True)
+        if self.bf16:
+            x = to_channels_last(x, self.spatial_dims)
+        adv_on = self.use_adv and epoch > self.cfg.adversarial_warmup_epochs
+        # generator
+        self.g_opt.zero_grad(set_to_none=True)
+        x_hat, vq_loss = self.g_net(x)
+        fake_logits = None
+        if adv_on:
+            with frozen(self.disc), autocast(x.device, self.bf16):
+                fake_logits = self.disc(x_hat)
+        g = losses.first_stage_generator_loss(
+            self.cfg, x, x_hat, vq_loss, self.spatial_dims, fake_logits,
+            self._perceptual if self.lpips_model is not None else None,
+        )
+        g.total.backward()
+        self.g_opt.step()
+        out = {"loss": g.total.item(), **g.terms}
+        # discriminator
+        if adv_on:
+            self.d_opt.zero_grad(set_to_none=True)
+            with autocast(x.device, self.bf16):
+                real = self.d_net(x)
+                fake = self.d_net(x_hat.detach())
+            d = losses.discriminator_loss(real, fake)
+            d.backward()
+            self.d_opt.step()
+            out["adv_d"] = d.item()
+        return out
+
+    def val_step(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[float, int]:
+        x = batch["image"].to(self.ctx.device)
+        x_hat, vq_loss = vq_forward(self.vqvae, x, self.bf16)
+        loss = losses.reconstruction_loss(x, x_hat, self.cfg.reconstruction_loss) + vq_loss.float().mean()
+        return loss.item() * x.shape[0], x.shape[0]
+
+    def preview(self, batch: dict[str, Any], path: Path) -> None:
+        x = batch["image"].to(self.ctx.device)
+        x_hat, _ = vq_forward(self.vqvae, x, self.bf16)
+        save_preview([x, x_hat, (x - x_hat.float()).abs()], path)
+
+
+def load_lpips_for(config: Config, device: torch.device) -> torch.nn.Module | None:
+    """LPIPS network when the perceptual term is on (``perceptual_weight > 0``), else None."""
+    if config.first_stage.perceptual_weight <= 0:
+        return None
+    from ..models.perceptual import load_lpips
+
+    return load_lpips(device)
+
+
+def fit_first_stage(
+    run: RunDir, config: Config, train_ds, val_ds, resume: bool = False, ctx: DistContext | None = None,
+    lpips_model: torch.nn.Module | None = None,
+) -> FitResult:
+    """Train the first stage on datasets of ``{"image": (1, *grid)}`` items (see :func:`fit`)."""
+    ctx = ctx or DistContext()
+    if lpips_model is None:
+        lpips_model = load_lpips_for(config, ctx.device)
+    task = FirstStageTask(config, ctx, lpips_model)
+    return fit(task, train_ds, val_ds, config.first_stage.optim, run, ctx, resume)

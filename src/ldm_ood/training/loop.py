@@ -1,0 +1,355 @@
+"""Generic training loop shared by the three stages (first stage, latent DDPM, LTM).
+
+A stage supplies a :class:`StageTask` (networks, optimizers, one training step, one validation
+batch, a preview); :func:`fit` does everything else, identically for every stage:
+
+* epochs over a seeded, sharded sampler (``optim.samples_per_epoch`` cap, DDP-aware);
+* rich progress bars with running losses and ETA (rank 0 only);
+* validation every ``optim.val_every`` epochs; the best model on the **validation** loss is saved
+  with ``checkpoint.save_model`` (``model.safetensors`` + ``config.json``, atomically); early stop
+  after ``optim.patience`` epochs without improvement (paper 000 §3.2);
+* ``metrics.csv`` appended every epoch (epoch, train losses, val_loss, seconds, lr), TensorBoard
+  scalars when ``torch.utils.tensorboard`` imports;
+* ``state.pt`` (current weights, optimizers, epoch, best val loss, patience counter, RNG states)
+  atomically after every epoch, so ``resume=True`` continues after the last *completed* epoch,
+  also after SIGKILL mid-epoch (rows of a half-recorded epoch are dropped from ``metrics.csv``);
+* preview PNGs of validation cases every ``optim.preview_every`` epochs into ``previews/``;
+* ``<stage>/DONE`` (JSON: reason, epochs, best val loss) when training ends.
+
+Randomness is explicit: the data order of epoch ``e`` comes from ``seed + e``; the task's noise
+generator is re-seeded from (seed, epoch, rank) at the start of every epoch, so a resumed run
+draws the same noise as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data._utils.collate import default_collate
+
+from ..config import OptimConfig
+from ..runs import RunDir
+from .checkpoint import atomic_write_text, load_state, save_model, save_state
+from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, shard, unwrap
+
+console = Console(stderr=True)
+
+N_PREVIEW = 4
+
+
+class StageTask(Protocol):
+    """What a stage gives the loop. Losses are Python floats already reduced over the batch."""
+
+    stage: str
+    loss_names: tuple[str, ...]  # train-loss columns of metrics.csv, first one shown as "loss"
+    generator: torch.Generator  # noise / timestep draws of train_step
+
+    def modules(self) -> dict[str, torch.nn.Module]: ...  # all trained modules (possibly DDP-wrapped)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def model(self) -> torch.nn.Module: ...  # the module saved as model.safetensors
+
+    def model_config(self) -> dict[str, Any]: ...  # saved as config.json
+
+    def train_step(self, batch: Any, epoch: int) -> dict[str, float]: ...
+
+    def val_step(self, batch: Any, generator: torch.Generator) -> tuple[float, int]: ...  # (loss sum, count)
+
+    def preview(self, batch: Any, path: Path) -> None: ...
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`."""
+
+    stage: str
+    model_dir: Path
+    epochs: int
+    best_val_loss: float
+    best_epoch: int
+    reason: str  # "early_stopping" | "max_epochs" | "already_done"
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- metrics file
+
+
+def _metrics_header(task: StageTask) -> list[str]:
+    return ["epoch", *task.loss_names, "val_loss", "seconds", "lr"]
+
+
+def _truncate_metrics(path: Path, header: list[str], last_epoch: int) -> None:
+    """Keep the header and rows of epochs ``<= last_epoch`` (drops a half-recorded epoch)."""
+    rows: list[dict[str, str]] = []
+    if path.exists():
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("epoch", "").isdigit() and int(r["epoch"]) <= last_epoch]
+    text = ",".join(header) + "\n" + "".join(",".join(r.get(h, "") for h in header) + "\n" for r in rows)
+    atomic_write_text(path, text)
+
+
+def _append_metrics(path: Path, header: list[str], row: dict[str, Any]) -> None:
+    with path.open("a", newline="") as fh:
+        csv.writer(fh).writerow(["" if row.get(h) is None else row[h] for h in header])
+        fh.flush()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a ``metrics.csv`` as floats (empty cells -> NaN)."""
+    with Path(path).open(newline="") as fh:
+        return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def _tensorboard(stage_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: CSV only
+        return None
+    return SummaryWriter(log_dir=str(stage_dir / "tensorboard"))
+
+
+# --------------------------------------------------------------------------- state
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _clear_stage(stage_dir: Path) -> None:
+    """Fresh start: drop the previous model, state, metrics, previews and DONE of this stage."""
+    for name in ("model.safetensors", "config.json", "state.pt", "metrics.csv", "DONE"):
+        (stage_dir / name).unlink(missing_ok=True)
+    for name in ("previews", "tensorboard"):
+        shutil.rmtree(stage_dir / name, ignore_errors=True)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of the task's noise generator in ``epoch`` on ``rank``."""
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**63 - 1)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[losses]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def _validate(task: StageTask, loader: DataLoader, seed: int, ctx: DistContext) -> float:
+    """Mean validation loss over all ranks; the generator is re-seeded so every epoch sees the same noise."""
+    for m in task.modules().values():
+        m.eval()
+    gen = torch.Generator(device="cpu").manual_seed(seed + 999_983 + ctx.rank)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            s, n = task.val_step(batch, gen)
+            total, count = total + s, count + n
+    total, count = all_reduce_sum([total, float(count)], ctx)
+    return total / count if count else math.nan
+
+
+def fit(
+    task: StageTask,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    optim: OptimConfig,
+    run: RunDir,
+    ctx: DistContext | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """Train ``task`` until early stopping or ``optim.max_epochs``; see the module docstring."""
+    ctx = ctx or DistContext()
+    start_time = time.time()
+    stage_dir = run.stage_dir(task.stage)
+    done_path = stage_dir / "DONE"
+    header = _metrics_header(task)
+    if ctx.is_main:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    barrier(ctx)
+
+    if resume and done_path.exists():
+        info = json.loads(done_path.read_text() or "{}")
+        if ctx.is_main:
+            console.print(f"{task.stage}: already finished ({done_path}); nothing to resume")
+        return FitResult(task.stage, stage_dir, int(info.get("epochs", 0)), float(info.get("best_val_loss", math.nan)),
+                         int(info.get("best_epoch", 0)), "already_done", 0.0)
+
+    state = load_state(run.state_path(task.stage)) if resume else None
+    start_epoch, best, best_epoch, bad = 0, math.inf, 0, 0
+    if state is not None:
+        for name, module in task.modules().items():
+            unwrap(module).load_state_dict(state["modules"][name])
+        for name, opt in task.optimizers().items():
+            opt.load_state_dict(state["optimizers"][name])
+        start_epoch, best, best_epoch, bad = state["epoch"], state["best_val_loss"], state["best_epoch"], state["bad_epochs"]
+        _set_rng_state(state["rng"])
+        if ctx.is_main:
+            console.print(f"{task.stage}: resuming after epoch {start_epoch} (best val loss {best:.5g})")
+    barrier(ctx)
+    if ctx.is_main:
+        if state is None:
+            _clear_stage(stage_dir)
+        _truncate_metrics(run.metrics_path(task.stage), header, start_epoch)
+    writer = _tensorboard(stage_dir) if ctx.is_main else None
+
+    sampler = EpochSampler(len(train_ds), optim.seed, optim.samples_per_epoch, ctx)
+    train_loader = DataLoader(train_ds, batch_size=optim.batch_size, sampler=sampler, num_workers=optim.num_workers)
+    val_loader = DataLoader(Subset(val_ds, shard(len(val_ds), ctx)), batch_size=optim.batch_size, shuffle=False,
+                            num_workers=optim.num_workers)
+    preview_batch = default_collate([val_ds[i] for i in range(min(N_PREVIEW, len(val_ds)))])
+    main_opt = next(iter(task.optimizers().values()))
+    history: list[dict[str, float]] = []
+    reason, epoch = "max_epochs", start_epoch
+
+    with _progress(ctx.is_main) as progress:
+        for epoch in range(start_epoch + 1, optim.max_epochs + 1):
+            t0 = time.time()
+            sampler.set_epoch(epoch)
+            task.generator.manual_seed(epoch_seed(optim.seed, epoch, ctx.rank))
+            for m in task.modules().values():
+                m.train()
+            bar = progress.add_task(f"{task.stage} {epoch}/{optim.max_epochs}", total=len(train_loader), losses="")
+            sums = {k: 0.0 for k in task.loss_names}
+            n_seen = 0
+            for batch in train_loader:
+                losses = task.train_step(batch, epoch)
+                bs = _batch_len(batch)
+                n_seen += bs
+                for k in task.loss_names:
+                    sums[k] += losses.get(k, math.nan) * bs
+                progress.update(bar, advance=1, losses=" ".join(f"{k}={v:.4g}" for k, v in losses.items()))
+            progress.remove_task(bar)
+            reduced = all_reduce_sum([*sums.values(), float(n_seen)], ctx)
+            train = {k: v / max(reduced[-1], 1.0) for k, v in zip(task.loss_names, reduced[:-1])}
+
+            val = None
+            if epoch % optim.val_every == 0 or epoch == optim.max_epochs:
+                val = _validate(task, val_loader, optim.seed, ctx)
+                if val < best:  # NaN never improves
+                    best, best_epoch, bad = val, epoch, 0
+                    if ctx.is_main:
+                        save_model(stage_dir, task.model(), task.model_config())
+                else:
+                    bad = epoch - best_epoch
+            if ctx.is_main and epoch % optim.preview_every == 0:
+                _preview(task, preview_batch, run.previews_dir(task.stage) / f"epoch_{epoch:04d}.png")
+
+            row = {"epoch": epoch, **train, "val_loss": val, "seconds": round(time.time() - t0, 3),
+                   "lr": main_opt.param_groups[0]["lr"]}
+            history.append({k: (math.nan if v is None else float(v)) for k, v in row.items()})
+            if ctx.is_main:
+                _append_metrics(run.metrics_path(task.stage), header, row)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "epoch" and v is not None:
+                            writer.add_scalar(f"{task.stage}/{k}", v, epoch)
+                save_state(run.state_path(task.stage), {
+                    "modules": {k: unwrap(m).state_dict() for k, m in task.modules().items()},
+                    "optimizers": {k: o.state_dict() for k, o in task.optimizers().items()},
+                    "epoch": epoch, "best_val_loss": best, "best_epoch": best_epoch, "bad_epochs": bad,
+                    "rng": _rng_state(), "generator": task.generator.get_state(),
+                })
+                console.print(f"{task.stage} epoch {epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in train.items())
+                              + (f" val={val:.4g}" if val is not None else "") + f" ({row['seconds']:.1f}s)")
+            barrier(ctx)
+            if val is not None and bad >= optim.patience:
+                reason = "early_stopping"
+                break
+
+    if ctx.is_main:
+        if not run.model_path(task.stage).exists():  # validation never finite: keep the last weights
+            save_model(stage_dir, task.model(), task.model_config())
+        atomic_write_text(done_path, json.dumps({"reason": reason, "epochs": epoch, "best_val_loss": best,
+                                                 "best_epoch": best_epoch}))
+        if writer is not None:
+            writer.close()
+        console.print(f"{task.stage}: done after {epoch} epochs ({reason}); best val loss {best:.5g} "
+                      f"at epoch {best_epoch} -> {run.model_path(task.stage)}")
+    barrier(ctx)
+    return FitResult(task.stage, stage_dir, epoch, best, best_epoch, reason, time.time() - start_time, history)
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, dict):
+        batch = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+    if isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    return int(batch.shape[0])
+
+
+def _preview(task: StageTask, batch: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = task.model()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            task.preview(batch, path)
+    except Exception as err:  # a preview never stops training
+        console.print(f"[yellow]preview failed: {type(err).__name__}: {err}")
+    finally:
+        model.train(was_training)
+
+
+def save_preview(rows: list[torch.Tensor], path: Path) -> None:
+    """PNG grid: one row per tensor ``(B, 1, *S)`` side by side per case; 3D shows the three middle slices.
+
+    Values are clipped to [0, 1] (the preprocessed intensity range).
+    """
+    import numpy as np
+    from PIL import Image as PILImage
+
+    def tiles(x: torch.Tensor) -> np.ndarray:
+        x = x.detach().float().cpu().clamp(0, 1)
+        cols = []
+        for case in x[:, 0]:
+            if case.ndim == 3:
+                c = [s // 2 for s in case.shape]
+                planes = [case[c[0]], case[:, c[1]], case[:, :, c[2]]]
+                h = max(p.shape[0] for p in planes)
+                planes = [torch.nn.functional.pad(p, (0, 0, 0, h - p.shape[0])) for p in planes]
+                cols.append(torch.cat(planes, dim=1).numpy())
+            else:
+                cols.append(case.numpy())
+        return np.concatenate(cols, axis=1)
+
+    grid = [tiles(r) for r in rows]
+    width = max(g.shape[1] for g in grid)
+    grid = [np.pad(g, ((0, 0), (0, width - g.shape[1]))) for g in grid]
+    img = (np.concatenate(grid, axis=0) * 255).round().astype("uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(img).save(path)

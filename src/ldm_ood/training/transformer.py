@@ -1,0 +1,118 @@
+"""Latent Transformer Model training (paper 000 §3.2, after Pinaya et al. / Graham et al.).
+
+Tokens are the frozen first stage's codebook indices (``models.first_stage.encode_indices``,
+computed once in eval mode and cached), flattened by the configured ordering with a BOS token
+prepended (``models.transformer.tokens_to_sequence``): ``(B, *s) -> (B, L + 1)``. Loss: next-token
+cross-entropy, ``logits = model(seq[:, :-1])`` against ``seq[:, 1:]``; Adam with ``optim.lr``.
+Validation: the same loss on the validation tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..config import Config
+from ..models.first_stage import encode_indices
+from ..models.transformer import bos_index, build_ordering, build_transformer, tokens_to_sequence
+from ..precision import autocast
+from ..runs import RunDir
+from . import losses
+from .distributed import DistContext, wrap_ddp
+from .ldm import encode_dataset
+from .loop import FitResult, fit
+
+ORDERING_SEED = 0
+
+
+class TokenDataset(Dataset):
+    """In-memory token sequences ``(N, L + 1)``; items ``{"tokens": (L + 1,)}``."""
+
+    def __init__(self, sequences: torch.Tensor):
+        self.sequences = sequences
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"tokens": self.sequences[i]}
+
+
+class TransformerTask:
+    """:class:`~ldm_ood.training.loop.StageTask` of the LTM."""
+
+    stage = "transformer"
+    loss_names = ("loss",)
+
+    def __init__(self, config: Config, latent_spatial: tuple[int, ...], ctx: DistContext):
+        self.config, self.cfg, self.ctx = config, config.transformer, ctx
+        self.bf16 = self.cfg.optim.bf16
+        self.latent_spatial = tuple(latent_spatial)
+        self.num_tokens = config.first_stage.num_embeddings + 1
+        self.seq_len = math.prod(self.latent_spatial)
+        self.net_core = build_transformer(self.cfg, self.num_tokens, self.seq_len).to(ctx.device)
+        self.net = wrap_ddp(self.net_core, ctx)
+        self.opt = torch.optim.Adam(self.net_core.parameters(), lr=self.cfg.optim.lr)
+        self.generator = torch.Generator(device="cpu")
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"transformer": self.net_core}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"transformer": self.opt}
+
+    def model(self) -> torch.nn.Module:
+        return self.net_core
+
+    def model_config(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage, "spatial_dims": self.config.data.spatial_dims, "num_tokens": self.num_tokens,
+            "seq_len": self.seq_len, "latent_spatial_shape": list(self.latent_spatial),
+            "ordering": self.cfg.ordering, "ordering_seed": ORDERING_SEED,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def _loss(self, net: torch.nn.Module, seq: torch.Tensor) -> torch.Tensor:
+        seq = seq.to(self.ctx.device)
+        with autocast(self.ctx.device, self.bf16):
+            logits = net(seq[:, :-1])
+        return losses.next_token_loss(logits, seq[:, 1:])
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self._loss(self.net, batch["tokens"])
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.item()}
+
+    def val_step(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[float, int]:
+        seq = batch["tokens"]
+        return self._loss(self.net_core, seq).item() * seq.shape[0], seq.shape[0]
+
+    def preview(self, batch: Any, path: Path) -> None:  # sampling 1000s of tokens is too slow for a preview
+        return None
+
+
+def fit_transformer(
+    run: RunDir, config: Config, train_ds: Dataset, val_ds: Dataset, resume: bool = False,
+    ctx: DistContext | None = None, first_stage: torch.nn.Module | None = None,
+) -> FitResult:
+    """Train the LTM on image datasets (``{"image"}`` items) through the run's frozen first stage."""
+    from ..models.loading import load_first_stage
+
+    ctx = ctx or DistContext()
+    fs = first_stage if first_stage is not None else load_first_stage(run, ctx.device)
+    fs.eval()
+    train_idx = encode_dataset(fs, train_ds, ctx.device, fn=encode_indices)
+    val_idx = encode_dataset(fs, val_ds, ctx.device, fn=encode_indices)
+    spatial = tuple(train_idx.shape[1:])
+    ordering = build_ordering(config.transformer.ordering, spatial, seed=ORDERING_SEED)
+    bos = bos_index(config.first_stage.num_embeddings)
+    train_seq = tokens_to_sequence(train_idx, ordering, bos)
+    val_seq = tokens_to_sequence(val_idx, ordering, bos)
+    task = TransformerTask(config, spatial, ctx)
+    return fit(task, TokenDataset(train_seq), TokenDataset(val_seq), config.transformer.optim, run, ctx, resume)
