@@ -161,7 +161,10 @@ def to_markdown(grid: Grid) -> str:
 
 def print_summary(summary: Summary, console: Console | None = None) -> None:
     """Print Table 1, the segmentation table and the notes."""
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped / logged: don't squeeze the tables into 80 columns
+            console = Console(width=160)
     if summary.detection:
         console.print(to_rich(table1_grid(summary)))
     if summary.segmentation:

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..evaluation.metrics import auroc, roc_curve  # noqa: E402
 
@@ -29,18 +30,32 @@ MAP_CMAP = "inferno"
 def to_png(fig: Figure, dpi: int = 90) -> bytes:
     """PNG bytes of ``fig`` (closed afterwards)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi)  # layouts are fixed: one draw, no tight bbox pass
     plt.close(fig)
     return buf.getvalue()
 
 
-def _grid(n: int, ncols: int, panel: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+def _grid(n: int, ncols: int, panel: tuple[float, float], top_in: float = 0.9) -> tuple[Figure, np.ndarray]:
+    """``n`` panels of ``panel`` inches in rows of ``ncols``, margins fixed in inches (no tight_layout:
+    it re-draws the figure, which dominates the cost of many small panels)."""
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), squeeze=False)
+    w, h = panel[0] * ncols, panel[1] * nrows + top_in
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w, h), squeeze=False)
+    fig.subplots_adjust(left=0.6 / w, right=1 - 0.15 / w, bottom=0.5 / h, top=1 - top_in / h,
+                        wspace=0.35, hspace=0.55)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
+    for ax in axes.ravel():
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
     return fig, axes.ravel()
+
+
+def _title(fig: Figure, title: str, top_in: float = 0.9) -> None:
+    """Figure title placed in the fixed top margin (``top_in`` inches), never over the panels."""
+    h = fig.get_size_inches()[1]
+    fig.suptitle(title, fontsize=12, y=1 - 0.3 * top_in / h, va="center")
 
 
 def roc_grid(
@@ -51,7 +66,7 @@ def roc_grid(
     Args:
         curves: ``{set: {method label: (labels 0/1, scores)}}`` (1 = OOD).
     """
-    fig, axes = _grid(len(curves), ncols, (2.9, 2.9))
+    fig, axes = _grid(len(curves), ncols, (2.9, 2.7))
     for ax, (set_name, methods) in zip(axes, curves.items()):
         ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls=":")
         for k, (label, (y, s)) in enumerate(methods.items()):
@@ -65,13 +80,12 @@ def roc_grid(
         ax.set_ylim(-0.02, 1.02)
         ax.set_aspect("equal")
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7, loc="lower right", title="AUROC", title_fontsize=7)
+        ax.legend(fontsize=6.5, loc="lower right", title="AUROC", title_fontsize=6.5, framealpha=0.7)
     for ax in axes[:: min(ncols, len(curves)) or 1]:
         ax.set_ylabel("TPR (OOD detected)", fontsize=8)
     for ax in axes[-min(ncols, len(curves)):]:
         ax.set_xlabel("FPR (ID flagged)", fontsize=8)
-    fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    _title(fig, title)
     return fig
 
 
@@ -94,14 +108,18 @@ def histogram_grid(
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
         ax.hist(id_scores, bins=bins, color=ID_COLOUR, alpha=0.6, label=f"ID (n={id_scores.size})")
         ax.hist(ood, bins=bins, color=OOD_COLOUR, alpha=0.6, label=f"OOD (n={ood.size})")
+        ax.text(0.98, 0.95, f"n={ood.size}", transform=ax.transAxes, ha="right", va="top", fontsize=7, color=OOD_COLOUR)
         if threshold is not None:
             ax.axvline(threshold, color="k", ls="--", lw=1.0, label="threshold")
         ax.set_title(set_name, fontsize=10)
         ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
         ax.set_xlabel(xlabel, fontsize=8)
-        ax.legend(fontsize=6.5)
-    fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    labels = [lab.split(" (n=")[0] if lab.startswith("OOD") else lab for lab in labels]
+    fig.legend(handles, labels, loc="center left", ncol=3, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.01, 1 - 0.3 * 0.9 / fig.get_size_inches()[1]))
+    _title(fig, title)
     return fig
 
 
@@ -147,13 +165,16 @@ def overlay_grid(
     n_planes = 3 if cases and np.asarray(cases[0][1]).ndim == 3 else 1
     n_methods = max((len(m) for _, _, m in cases), default=0)
     ncols = n_planes * (1 + n_methods)
-    fig, axes = plt.subplots(len(cases), ncols, figsize=(1.9 * ncols + 0.6 * n_methods, 2.0 * len(cases) + 0.4),
-                             squeeze=False)
+    w, h = 1.9 * ncols + 0.6 * n_methods, 2.0 * len(cases) + 0.6
+    fig, axes = plt.subplots(len(cases), ncols, figsize=(w, h), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.97, bottom=0.01, top=1 - 0.6 / h, wspace=0.12, hspace=0.25)
     for r, (label, image, maps) in enumerate(cases):
         image = np.asarray(image, dtype=np.float32)
         views = _triplanar(image)
         for k, view in enumerate(views):
-            _show_image(axes[r, k], view, f"{label}" if k == 0 else "")
+            _show_image(axes[r, k], view)
+            if k == 0:
+                axes[r, k].set_title(label, fontsize=9, loc="left")
         for m, (method, amap) in enumerate(maps.items()):
             mviews = _triplanar(_match(np.asarray(amap, dtype=np.float32), image.shape))
             vmax = max(float(np.percentile(np.concatenate([v.ravel() for v in mviews]), 99.5)), 1e-6)
@@ -161,10 +182,13 @@ def overlay_grid(
             for k, (view, mview) in enumerate(zip(views, mviews)):
                 ax = axes[r, n_planes * (m + 1) + k]
                 _show_image(ax, view, f"{method} map" if k == 0 else "")
-                im = ax.imshow(np.ma.masked_less(mview, 0.05 * vmax), cmap=MAP_CMAP, alpha=0.7, vmin=0, vmax=vmax)
+                im = ax.imshow(np.ma.masked_less(mview, 0.2 * vmax), cmap=MAP_CMAP, alpha=0.75, vmin=0, vmax=vmax)
             if im is not None:
-                fig.colorbar(im, ax=axes[r, n_planes * (m + 1): n_planes * (m + 2)].tolist(), fraction=0.03, pad=0.01)
-    fig.suptitle(title, fontsize=12)
+                cb = fig.colorbar(im, ax=axes[r, n_planes * (m + 1): n_planes * (m + 2)].tolist(), fraction=0.03, pad=0.01)
+                cb.locator = MaxNLocator(3)
+                cb.update_ticks()
+                cb.ax.tick_params(labelsize=7)
+    _title(fig, title + " — maps shown above 20 % of their 99.5th percentile", 0.6)
     return fig
 
 
@@ -184,7 +208,9 @@ def segmentation_grid(
         cases: ``(label, image, gt_mask, anomaly_map, predicted_mask or None)``; 3D volumes are shown at
             the axial slice with the most lesion voxels.
     """
-    fig, axes = plt.subplots(len(cases), 4, figsize=(10.5, 2.6 * len(cases) + 0.4), squeeze=False)
+    h = 2.6 * len(cases) + 0.6
+    fig, axes = plt.subplots(len(cases), 4, figsize=(10.5, h), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.6 / h, wspace=0.15, hspace=0.35)
     for r, (label, image, gt, amap, pred) in enumerate(cases):
         image = np.asarray(image, dtype=np.float32)
         amap = _match(np.asarray(amap, dtype=np.float32), image.shape)
@@ -211,6 +237,5 @@ def segmentation_grid(
         else:
             axes[r, 3].text(0.5, 0.5, "no threshold", ha="center", va="center", fontsize=8)
         axes[r, 3].axis("off")
-    fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    _title(fig, title, 0.6)
     return fig

@@ -51,7 +51,7 @@ body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px a
 h1{font-size:1.6em;margin-bottom:0} h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}
 h3{font-size:1.05em;margin-bottom:4px} .meta{color:#666;font-size:.9em}
 table{border-collapse:collapse;margin:8px 0 4px;font-size:.85em}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f3f3f3}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f3f3f3} th[colspan]{text-align:center}
 td:first-child,th:first-child{text-align:left} tr.section td{background:#fafafa;font-style:italic;text-align:left}
 .strong{font-weight:bold} .weak{text-decoration:underline} .caption{color:#555;font-size:.85em;max-width:1100px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} .note{color:#666;font-size:.85em}
