@@ -30,7 +30,7 @@ from ..precision import autocast, to_channels_last
 from ..runs import RunDir
 from . import losses
 from .distributed import DistContext, wrap_ddp
-from .loop import FitResult, fit, save_preview
+from .loop import FitResult, fit, save_preview, seeded
 
 
 def vq_forward(model: VQVAE, x: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,9 +82,10 @@ class FirstStageTask:
         self.spatial_dims = config.data.spatial_dims
         self.bf16 = self.cfg.optim.bf16
         dev = ctx.device
-        self.vqvae = build_first_stage(self.cfg, self.spatial_dims).to(dev)
         self.use_adv = self.cfg.kind == "vqgan" and self.cfg.adversarial_weight > 0
-        self.disc = build_discriminator(self.cfg, self.spatial_dims).to(dev) if self.use_adv else None
+        with seeded(self.cfg.optim.seed):
+            self.vqvae = build_first_stage(self.cfg, self.spatial_dims).to(dev)
+            self.disc = build_discriminator(self.cfg, self.spatial_dims).to(dev) if self.use_adv else None
         if self.bf16:
             to_channels_last(self.vqvae, self.spatial_dims)
             if self.disc is not None:

@@ -29,7 +29,7 @@ from ..precision import autocast, to_channels_last
 from ..runs import RunDir
 from . import losses
 from .distributed import DistContext, wrap_ddp
-from .loop import FitResult, fit, save_preview
+from .loop import FitResult, fit, save_preview, seeded
 
 
 class LatentDataset(Dataset):
@@ -80,7 +80,8 @@ class LDMTask:
         self.scale_factor = scale_factor
         self.latent_spatial = tuple(latent_spatial)
         self.multiple = latent_multiple(self.cfg)
-        self.unet = build_unet(self.cfg, self.spatial_dims, config.first_stage.embedding_dim).to(ctx.device)
+        with seeded(self.cfg.optim.seed):
+            self.unet = build_unet(self.cfg, self.spatial_dims, config.first_stage.embedding_dim).to(ctx.device)
         if self.bf16:
             to_channels_last(self.unet, self.spatial_dims)
         self.net = wrap_ddp(self.unet, ctx)

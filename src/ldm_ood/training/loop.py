@@ -23,6 +23,7 @@ draws the same noise as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -30,7 +31,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import torch
 from rich.console import Console
@@ -82,6 +83,7 @@ class FitResult:
     reason: str  # "early_stopping" | "max_epochs" | "already_done"
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    model: torch.nn.Module | None = field(default=None, repr=False)  # final (not best) weights, this rank
 
 
 # --------------------------------------------------------------------------- metrics file
@@ -143,6 +145,18 @@ def _clear_stage(stage_dir: Path) -> None:
         (stage_dir / name).unlink(missing_ok=True)
     for name in ("previews", "tensorboard"):
         shutil.rmtree(stage_dir / name, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block (network construction) with the global torch RNG seeded, restoring it after.
+
+    Weight initialisation draws from the global RNG inside MONAI/torch constructors; forking it
+    makes every rank and every (re)start build identical initial weights without global side effects.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -300,7 +314,8 @@ def fit(
         console.print(f"{task.stage}: done after {epoch} epochs ({reason}); best val loss {best:.5g} "
                       f"at epoch {best_epoch} -> {run.model_path(task.stage)}")
     barrier(ctx)
-    return FitResult(task.stage, stage_dir, epoch, best, best_epoch, reason, time.time() - start_time, history)
+    return FitResult(task.stage, stage_dir, epoch, best, best_epoch, reason, time.time() - start_time, history,
+                     task.model())
 
 
 def _batch_len(batch: Any) -> int:

@@ -24,7 +24,7 @@ from ..runs import RunDir
 from . import losses
 from .distributed import DistContext, wrap_ddp
 from .ldm import encode_dataset
-from .loop import FitResult, fit
+from .loop import FitResult, fit, seeded
 
 ORDERING_SEED = 0
 
@@ -54,9 +54,15 @@ class TransformerTask:
         self.latent_spatial = tuple(latent_spatial)
         self.num_tokens = config.first_stage.num_embeddings + 1
         self.seq_len = math.prod(self.latent_spatial)
-        self.net_core = build_transformer(self.cfg, self.num_tokens, self.seq_len).to(ctx.device)
+        with seeded(self.cfg.optim.seed):
+            self.net_core = build_transformer(self.cfg, self.num_tokens, self.seq_len).to(ctx.device)
+        # MONAI builds a cross-attention LayerNorm in every block even without cross-attention; it never
+        # receives gradients, which DDP would report as unused parameters
+        for name, p in self.net_core.named_parameters():
+            if "norm_cross_attn" in name:
+                p.requires_grad_(False)
         self.net = wrap_ddp(self.net_core, ctx)
-        self.opt = torch.optim.Adam(self.net_core.parameters(), lr=self.cfg.optim.lr)
+        self.opt = torch.optim.Adam([p for p in self.net_core.parameters() if p.requires_grad], lr=self.cfg.optim.lr)
         self.generator = torch.Generator(device="cpu")
 
     def modules(self) -> dict[str, torch.nn.Module]:
