@@ -1,0 +1,385 @@
+"""Files in, files out for paper 000 scoring: ``calibrate --method ldm`` and ``score --method ldm``.
+
+* :func:`calibrate_ood` reconstructs the manifest's ``val`` split, fits the per-t metric statistics,
+  the validation score distribution and operating threshold (``RunDir.ood_calibration_path``) and
+  the per-voxel MAE-map statistics (``RunDir.ood_voxel_stats_path``) — see :mod:`.ood`.
+* :func:`score_ood` (manifest mode) writes ``scores/ldm/<set>.csv`` one row per scan as scans
+  finish (``case_id,set,pred_score,score_mse,score_lpips,percentile,flag,map_path,seconds`` then
+  ``mse@<t>`` …, ``lpips@<t>`` …) and the §2.3 anomaly maps to ``maps/ldm/<set>/<case>.nii.gz`` on
+  the input's native grid and affine. Scans already in the CSV are skipped (resume). Folder mode
+  (MOOD challenge layout, ``input_dir`` → ``output_dir``) writes ``<case>.txt`` (the score) and
+  ``<case>.nii.gz`` (the map) per input file; a case whose ``.txt`` exists is skipped.
+
+``score.batch_size`` scans share one batched reconstruction. Each scan's noise is seeded from
+``score.seed`` and its ``case_id``, so its score does not depend on its batch or on resuming. A scan
+that fails (unreadable, wrong dimensionality …) is reported at the end (``BatchError``) after all
+the others were written.
+
+Networks, LPIPS and preprocessing are loaded from the run unless passed in (``models=``,
+``similarity=``, ``preprocessor=``), which is how the tests run tiny random nets.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..config import Config, ConfigError, DiffusionConfig, ScoreConfig
+from ..data.io import Image
+from ..data.manifest import Case, read_manifest, select, set_names
+from ..errors import BatchFailures
+from ..models.diffusion import build_inference_scheduler
+from ..precision import default_device, prepare_for_inference
+from ..runs import RunDir
+from ..training.checkpoint import atomic_write_text
+from .maps import VoxelAccumulator, VoxelStats, anomaly_map, write_anomaly_map
+from .ood import OODCalibration, fit_calibration
+from .reconstruct import CallCounter, chain_starts, default_t_values, inference_grid, reconstruct, snap_to_grid
+from .records import RecordWriter
+from .similarity import ScanMetrics, SimilarityFn, measure, similarity_functions
+
+BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "percentile", "flag", "map_path", "seconds")
+
+
+class Preprocessing(Protocol):
+    """What the pipeline needs of ``ldm_ood.data.transforms.Preprocessor`` (CONTRACTS.md)."""
+
+    def load(self, path: str | Path) -> tuple[torch.Tensor, Any]: ...
+
+    def invert(self, array_on_grid: Any, meta: Any) -> Image: ...
+
+
+def fieldnames(metrics: Sequence[str], t_values: Sequence[int]) -> list[str]:
+    """Columns of ``scores/ldm/<set>.csv``: the contract's base columns, then ``<metric>@<t>``."""
+    return [*BASE_FIELDS, *(f"{m}@{t}" for m in metrics for t in t_values)]
+
+
+def case_seed(seed: int, case_id: str) -> int:
+    """Noise seed of one scan: depends only on ``score.seed`` and the case id."""
+    return (int(seed) * 1_000_003 + zlib.crc32(case_id.encode())) % (2**63)
+
+
+# ----------------------------------------------------------------------------- models and scorer
+
+
+@dataclass
+class ScoringModels:
+    """The trained networks scoring needs (loaded from the run, or built by tests)."""
+
+    first_stage: torch.nn.Module
+    unet: torch.nn.Module
+    scale_factor: float
+    latent_multiple: int
+    ldm_config: DiffusionConfig
+    spatial_dims: int
+    lpips_model: torch.nn.Module | None = None
+
+
+def load_scoring_models(run: RunDir, cfg: Config, device: torch.device) -> ScoringModels:
+    """First stage + latent DDPM of the run, and LPIPS when ``score.metrics`` has it."""
+    from ..models.loading import load_first_stage, load_ldm
+
+    ldm = load_ldm(run, device)
+    lp = None
+    if "lpips" in cfg.score.metrics:
+        from ..models.perceptual import load_lpips
+
+        lp = load_lpips(device)
+    return ScoringModels(load_first_stage(run, device), ldm.unet, ldm.scale_factor, ldm.latent_multiple,
+                         ldm.config, cfg.data.spatial_dims, lp)
+
+
+class OODScorer:
+    """Raw per-scan metrics of batches of preprocessed scans (paper 000 §2.2–2.3).
+
+    ``t_values`` (score) and ``map_t_values`` are grid starts (see ``reconstruct.snap_to_grid``);
+    the chains run are their union, each once.
+    """
+
+    def __init__(
+        self,
+        models: ScoringModels,
+        cfg: ScoreConfig,
+        similarity: Mapping[str, SimilarityFn] | None = None,
+        sequential: bool = False,
+        bf16: bool | None = None,
+        unet_batch: int | None = None,
+        decode_batch: int = 4,
+    ):
+        self.models, self.cfg = models, cfg
+        self.bf16 = cfg.bf16 if bf16 is None else bf16
+        self.mode = "reference" if (sequential or cfg.sequential) else "batched"
+        self.unet_batch, self.decode_batch = unet_batch, decode_batch
+        self.scheduler = build_inference_scheduler(models.ldm_config, cfg.sampler, cfg.num_inference_steps)
+        grid = inference_grid(self.scheduler)
+        requested = cfg.t_values or default_t_values(cfg.num_t_values, models.ldm_config.num_train_timesteps)
+        self.t_values = tuple(sorted(set(snap_to_grid(requested, grid))))
+        self.map_t_values = tuple(dict.fromkeys(snap_to_grid(cfg.map_t_values, grid)))
+        self.starts = chain_starts(self.t_values, self.map_t_values, grid=grid)
+        sd = models.spatial_dims
+        prepare_for_inference(models.first_stage, sd, self.bf16)
+        prepare_for_inference(models.unet, sd, self.bf16)
+        self.similarity = dict(similarity) if similarity is not None else similarity_functions(
+            cfg.metrics, sd, models.lpips_model, self.bf16
+        )
+        self.metrics = list(self.similarity)
+        self.calls = CallCounter()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"sampler": c.sampler, "num_inference_steps": c.num_inference_steps, "requantize": c.requantize,
+                "metrics": self.metrics, "seed": c.seed, "bf16": self.bf16, "mode": self.mode}
+
+    @torch.no_grad()
+    def measure(self, x: torch.Tensor, seeds: Sequence[int]) -> ScanMetrics:
+        """``x (B, 1, *grid)`` in [0, 1] → raw metric values ``(B, n_t)`` and MAE maps ``(B, n_map, *grid)``."""
+        m = self.models
+        rec = reconstruct(m.first_stage, m.unet, self.scheduler, x, self.starts, seeds, m.scale_factor,
+                          m.latent_multiple, self.mode, self.bf16, self.unet_batch)
+        self.calls.calls += rec.calls.calls
+        self.calls.evals += rec.calls.evals
+        return measure(m.first_stage, rec, x, self.similarity, self.t_values, self.map_t_values,
+                       requantize=self.cfg.requantize, bf16=self.bf16, decode_batch=self.decode_batch)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+@dataclass
+class _Loaded:
+    case: Case
+    x: torch.Tensor
+    meta: Any
+    seconds: float
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+def _measured(
+    scorer: OODScorer, preprocessor: Preprocessing, cases: Sequence[Case], device: torch.device,
+    failures: BatchFailures, progress: Progress, task: Any,
+) -> Iterator[tuple[_Loaded, ScanMetrics, float]]:
+    """Load, batch (``score.batch_size``) and measure ``cases``; yields ``(loaded, metrics, seconds)``
+    per scan. Unloadable scans and failing batches are recorded in ``failures`` (a failing batch is
+    retried scan by scan, so one bad scan doesn't sink its batch-mates)."""
+    bs = scorer.cfg.batch_size
+    for i in range(0, len(cases), bs):
+        loaded: list[_Loaded] = []
+        for case in cases[i : i + bs]:
+            with failures.guard(case.case_id, case.path):
+                t0 = time.perf_counter()
+                x, meta = preprocessor.load(case.path)
+                loaded.append(_Loaded(case, x, meta, time.perf_counter() - t0))
+        results: list[tuple[_Loaded, ScanMetrics, float]] = []
+        if loaded:
+            try:
+                results = _measure_group(scorer, loaded, device)
+            except Exception:  # retry scan by scan: only the culprit is recorded as failed
+                for item in loaded:
+                    with failures.guard(item.case.case_id, item.case.path):
+                        results += _measure_group(scorer, [item], device)
+        yield from results
+        progress.advance(task, len(cases[i : i + bs]))
+
+
+def _measure_group(scorer: OODScorer, group: list[_Loaded], device: torch.device) -> list[tuple[_Loaded, ScanMetrics, float]]:
+    t0 = time.perf_counter()
+    x = torch.stack([item.x for item in group]).to(device)
+    metrics = scorer.measure(x, [case_seed(scorer.cfg.seed, item.case.case_id) for item in group])
+    per_scan = (time.perf_counter() - t0) / len(group)
+    return [(item, metrics.select(b), per_scan + item.seconds) for b, item in enumerate(group)]
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+@dataclass
+class CalibrationResult:
+    """What ``calibrate_ood`` wrote."""
+
+    path: Path
+    voxel_stats_path: Path
+    n: int
+    t_values: list[int]
+    map_t_values: list[int]
+    threshold: float
+    fpr: float
+    failed: int = 0
+
+
+@dataclass
+class ScoreResult:
+    """What ``score_ood`` wrote: score files (or the output folder), counts, UNet usage."""
+
+    outputs: dict[str, Path] = field(default_factory=dict)
+    scored: int = 0
+    skipped: int = 0
+    failed: int = 0
+    unet_calls: int = 0
+
+
+def _setup(run_dir, config, models, similarity, preprocessor, device, sequential):
+    run = RunDir(run_dir)
+    cfg = config if config is not None else run.config_or(None)
+    device = torch.device(device) if device is not None else default_device()
+    if models is None:
+        models = load_scoring_models(run, cfg, device)
+    if preprocessor is None:
+        from ..data.transforms import Preprocessor
+
+        preprocessor = Preprocessor(cfg.data)
+    scorer = OODScorer(models, cfg.score, similarity=similarity, sequential=sequential)
+    return run, cfg, scorer, preprocessor, device
+
+
+def _cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
+    source = manifest if manifest is not None else cfg.data.manifest
+    if source is None:
+        raise ConfigError("no manifest: pass --data or set data.manifest in the run's config")
+    return read_manifest(source)
+
+
+def calibrate_ood(
+    run_dir: str | Path,
+    manifest: str | Path | None = None,
+    config: Config | None = None,
+    *,
+    models: ScoringModels | None = None,
+    similarity: Mapping[str, SimilarityFn] | None = None,
+    preprocessor: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+    sequential: bool = False,
+    progress: bool = True,
+) -> CalibrationResult:
+    """Reconstruct the ``val`` split and save the OOD calibration (paper 000 §2.2–2.3)."""
+    run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device, sequential)
+    val = select(_cases(cfg, manifest), split="val")
+    if not val:
+        raise ConfigError("the manifest has no split=val cases to calibrate on")
+    failures = BatchFailures()
+    ids: list[str] = []
+    values: dict[str, list[np.ndarray]] = {m: [] for m in scorer.metrics}
+    voxels = VoxelAccumulator()
+    with _progress(progress) as bar:
+        task = bar.add_task("calibrate ldm", total=len(val))
+        for item, met, _ in _measured(scorer, preprocessor, val, device, failures, bar, task):
+            ids.append(item.case.case_id)
+            for m in scorer.metrics:
+                values[m].append(met.values[m][0].numpy())
+            voxels.add(met.mae_maps)
+    if not ids:
+        failures.raise_if_any("calibrate --method ldm")
+    cal = fit_calibration(ids, {m: np.stack(v) for m, v in values.items()}, scorer.t_values, scorer.map_t_values,
+                          cfg.score.fpr, scorer.settings)
+    run.ensure(run.calibration_dir)
+    cal.save(run.ood_calibration_path)
+    voxels.finish(scorer.map_t_values).save(run.ood_voxel_stats_path)
+    failures.raise_if_any("calibrate --method ldm")
+    return CalibrationResult(run.ood_calibration_path, run.ood_voxel_stats_path, len(ids), cal.t_values,
+                             cal.map_t_values, cal.threshold, cal.fpr)
+
+
+def score_rows(cal: OODCalibration, voxel: VoxelStats, met: ScanMetrics) -> tuple[dict[str, Any], torch.Tensor]:
+    """One scan's CSV row values (without case/paths/seconds) and its §2.3 anomaly map ``(*grid)``."""
+    values = {m: met.values[m].numpy() for m in cal.metrics}
+    s = cal.score(values)
+    row: dict[str, Any] = {
+        "pred_score": float(s["pred_score"][0]),
+        "score_mse": float(s["score_mse"][0]) if "score_mse" in s else "",
+        "score_lpips": float(s["score_lpips"][0]) if "score_lpips" in s else "",
+        "percentile": float(s["percentile"][0]),
+        "flag": int(bool(s["flag"][0])),
+    }
+    for m in cal.metrics:
+        for k, t in enumerate(cal.t_values):
+            row[f"{m}@{t}"] = float(values[m][0, k])
+    amap = anomaly_map(met.mae_maps, voxel.mean, voxel.std)[0] if met.mae_maps.shape[1] else torch.zeros(met.mae_maps.shape[2:])
+    return row, amap
+
+
+def score_ood(
+    run_dir: str | Path,
+    manifest: str | Path | None = None,
+    sets: Sequence[str] | None = None,
+    input_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    sequential: bool = False,
+    *,
+    config: Config | None = None,
+    models: ScoringModels | None = None,
+    similarity: Mapping[str, SimilarityFn] | None = None,
+    preprocessor: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> ScoreResult:
+    """Score scans (paper 000 §2.2–2.3): records + anomaly maps on each input's native grid.
+
+    ``sequential=True`` runs the reference implementation's one-chain-at-a-time loop with its shared
+    PLMS scheduler (see ``reconstruct``), for comparison; the default batches all chains.
+    """
+    if (input_dir is None) != (output_dir is None):
+        raise ValueError("input_dir and output_dir go together")
+    run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device, sequential)
+    cal = OODCalibration.load(run.ood_calibration_path)
+    if not run.ood_voxel_stats_path.exists():
+        raise FileNotFoundError(f"{run.ood_voxel_stats_path}: no voxel statistics; run `ldm-ood calibrate --method ldm`")
+    voxel = VoxelStats.load(run.ood_voxel_stats_path)
+    cal.check_compatible(scorer.t_values, scorer.map_t_values, scorer.settings)
+    failures, result = BatchFailures(), ScoreResult()
+    names = fieldnames(cal.metrics, cal.t_values)
+
+    def jobs() -> list[tuple[str, list[Case], Callable[[Case], Path], Callable[[dict[str, Any]], None] | None]]:
+        if input_dir is not None:
+            out = Path(output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            result.outputs["folder"] = out
+            cases = read_manifest(input_dir)
+            todo = [c for c in cases if not (out / f"{c.case_id}.txt").exists()]
+            result.skipped += len(cases) - len(todo)
+            return [("folder", todo, lambda c: out / f"{c.case_id}.nii.gz", None)]
+        cases, out_jobs = _cases(cfg, manifest), []
+        for set_name in sets or set_names(cases, split="test"):
+            writer = RecordWriter(run.scores_path("ldm", set_name), names)
+            result.outputs[set_name] = writer.path
+            todo_all = select(cases, split="test", set_name=set_name)
+            if not todo_all:
+                raise ConfigError(f"no test cases in set {set_name!r}")
+            done = writer.done_ids()
+            todo = [c for c in todo_all if c.case_id not in done]
+            result.skipped += len(todo_all) - len(todo)
+            maps = run.maps_dir("ldm", set_name)
+            out_jobs.append((set_name, todo, lambda c, maps=maps: maps / f"{c.case_id}.nii.gz", writer.write))
+        return out_jobs
+
+    all_jobs = jobs()
+    with _progress(progress) as bar:
+        for name, todo, map_path_of, write_row in all_jobs:
+            task = bar.add_task(f"score ldm {name}", total=len(todo))
+            for item, met, seconds in _measured(scorer, preprocessor, todo, device, failures, bar, task):
+                case = item.case
+                with failures.guard(case.case_id, case.path):
+                    t0 = time.perf_counter()
+                    values, amap = score_rows(cal, voxel, met)
+                    map_path = write_anomaly_map(preprocessor, amap, item.meta, map_path_of(case))
+                    row = {"case_id": case.case_id, "set": case.set, **values, "map_path": str(map_path),
+                           "seconds": round(seconds + time.perf_counter() - t0, 3)}
+                    if write_row is not None:
+                        write_row(row)
+                    else:  # MOOD layout: the score alone; written last so a rerun resumes correctly
+                        atomic_write_text(map_path.with_name(f"{case.case_id}.txt"), f"{row['pred_score']!r}\n")
+                    result.scored += 1
+    result.failed = len(failures)
+    result.unet_calls = scorer.calls.calls
+    failures.raise_if_any("score --method ldm")
+    return result

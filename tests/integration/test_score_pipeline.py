@@ -1,0 +1,118 @@
+"""File-level paper 000 scoring: calibrate, score sets (CSV + native-grid maps), failures, resume, folder mode."""
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from ldm_ood.config import load_config
+from ldm_ood.data.manifest import Case, write_manifest
+from ldm_ood.errors import BatchError
+from ldm_ood.models.diffusion import build_unet, latent_multiple
+from ldm_ood.models.first_stage import build_first_stage
+from ldm_ood.models.perceptual import load_lpips
+from ldm_ood.runs import RunDir
+from ldm_ood.scoring.ood import OODCalibration
+from ldm_ood.scoring.pipeline import BASE_FIELDS, ScoringModels, calibrate_ood, score_ood
+from ldm_ood.scoring.records import read_records
+
+AFFINE = np.array([[-2.0, 0, 0, 40.0], [0, 2.5, 0, -20.0], [0, 0, 1.5, 3.0], [0, 0, 0, 1]])
+
+
+def _scan(path, seed, shape=(18, 14, 20), noise=0.0):
+    rng = np.random.default_rng(seed)
+    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    head = (np.sqrt((g**2).sum(0)) < 0.8 + 0.05 * rng.standard_normal()) * 60.0
+    data = (head + rng.normal(0, 5 + noise, size=shape)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, AFFINE), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("score")
+    cfg = load_config(preset="tiny", overrides={"score": {"bf16": False}})
+    cases = [Case(f"v{i}", _scan(root / f"v{i}.nii.gz", i), split="val", set="id") for i in range(3)]
+    cases += [Case(f"t{i}", _scan(root / f"t{i}.nii.gz", 10 + i), split="test", set="id") for i in range(2)]
+    bad = root / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti file at all")
+    cases.append(Case("bad", bad, split="test", set="id"))
+    cases += [Case(f"n{i}", _scan(root / f"n{i}.nii.gz", 20 + i, noise=60.0), split="test", set="noise") for i in range(3)]
+    manifest = write_manifest(root / "manifest.csv", cases)
+    torch.manual_seed(0)
+    fs = build_first_stage(cfg.first_stage, 3).eval()
+    unet = build_unet(cfg.ldm, 3, cfg.first_stage.embedding_dim).eval()
+    models = ScoringModels(fs, unet, 0.8, latent_multiple(cfg.ldm), cfg.ldm, 3, load_lpips())
+    run = RunDir(root / "run")
+    run.save_config(cfg)
+    return run, cfg, manifest, models, root
+
+
+def test_calibrate_then_score_writes_rows_maps_and_reports_failures(setup):
+    run, cfg, manifest, models, root = setup
+    res = calibrate_ood(run.root, manifest, models=models, progress=False)
+    assert res.n == 3 and run.ood_calibration_path.exists() and run.ood_voxel_stats_path.exists()
+    cal = OODCalibration.load(run.ood_calibration_path)
+    assert cal.t_values == [100, 300, 600, 800] and cal.map_t_values == [200, 500]  # tiny preset on a 10-step grid
+    assert len(cal.val_scores) == 3 and abs(np.mean(cal.val_scores)) < 1e-9  # z-scores of val average to 0
+
+    with pytest.raises(BatchError, match="bad"):
+        score_ood(run.root, manifest, models=models, progress=False)
+    rows = read_records(run.scores_path("ldm", "id"))
+    assert [r["case_id"] for r in rows] == ["t0", "t1"]  # the bad file did not stop the others
+    with open(run.scores_path("ldm", "id")) as fh:
+        header = next(csv.reader(fh))
+    assert header[: len(BASE_FIELDS)] == list(BASE_FIELDS)
+    assert header[len(BASE_FIELDS):] == [f"mse@{t}" for t in cal.t_values] + [f"lpips@{t}" for t in cal.t_values]
+    noise_rows = read_records(run.scores_path("ldm", "noise"))
+    assert len(noise_rows) == 3
+    for r in rows + noise_rows:
+        z_mse = [(float(r[f"mse@{t}"]) - m) / s for t, m, s in zip(cal.t_values, cal.mean["mse"], cal.std["mse"])]
+        z_lp = [(float(r[f"lpips@{t}"]) - m) / s for t, m, s in zip(cal.t_values, cal.mean["lpips"], cal.std["lpips"])]
+        assert float(r["pred_score"]) == pytest.approx(np.mean(z_mse + z_lp))
+        assert float(r["score_mse"]) == pytest.approx(np.mean(z_mse))
+        assert int(r["flag"]) == int(float(r["pred_score"]) > cal.threshold)
+        img = nib.load(r["map_path"])
+        assert img.shape == (18, 14, 20)
+        np.testing.assert_allclose(img.affine, AFFINE, atol=1e-5)
+
+
+def test_resume_skips_done_scans_and_recomputes_identically(setup):
+    run, cfg, manifest, models, root = setup
+    if not run.ood_calibration_path.exists():
+        calibrate_ood(run.root, manifest, models=models, progress=False)
+        score_ood(run.root, manifest, sets=["noise"], models=models, progress=False)
+    path = run.scores_path("ldm", "noise")
+    before = read_records(path)
+    assert len(before) == 3
+    # simulate an interruption after two scans: drop the last row
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
+    res = score_ood(run.root, manifest, sets=["noise"], models=models, progress=False)
+    assert (res.scored, res.skipped) == (1, 2)
+    assert res.unet_calls == 9  # one scan: one batched call per grid step 800, 700, ..., 0
+    after = read_records(path)
+    assert [r["case_id"] for r in after] == [r["case_id"] for r in before]  # no duplicates
+    assert float(after[-1]["pred_score"]) == pytest.approx(float(before[-1]["pred_score"]), rel=1e-5)
+    res = score_ood(run.root, manifest, sets=["noise"], models=models, progress=False)
+    assert (res.scored, res.skipped, res.unet_calls) == (0, 3, 0)
+
+
+def test_folder_in_folder_out(setup):
+    run, cfg, manifest, models, root = setup
+    if not run.ood_calibration_path.exists():
+        calibrate_ood(run.root, manifest, models=models, progress=False)
+    inp = root / "mood_in"
+    inp.mkdir()
+    for i in range(2):
+        _scan(inp / f"case{i}.nii.gz", 30 + i)
+    out = root / "mood_out"
+    res = score_ood(run.root, input_dir=inp, output_dir=out, models=models, progress=False)
+    assert res.scored == 2
+    for i in range(2):
+        assert np.isfinite(float((out / f"case{i}.txt").read_text()))
+        img = nib.load(str(out / f"case{i}.nii.gz"))
+        assert img.shape == (18, 14, 20)
+    assert score_ood(run.root, input_dir=inp, output_dir=out, models=models, progress=False).skipped == 2
