@@ -178,6 +178,9 @@ class SegmentConfig(_Strict):
     ddim_steps: int = Field(default=50, ge=1)
     healing: Literal["paper", "repaint"] = "paper"
     gaussian_sigma: float = Field(default=1.0, ge=0, description="in latent voxels, for the upsampled mask")
+    score_num_t: int | None = Field(
+        default=50, ge=1, description="image-level score (§4.1): t-values evenly spaced over [1, T-1]; None = every t"
+    )
     fpr: float = Field(default=0.05, gt=0, lt=1)
     batch_size: int = Field(default=16, ge=1)
     bf16: bool = True

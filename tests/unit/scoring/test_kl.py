@@ -24,6 +24,15 @@ from ldm_ood.scoring.kl import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _scheduler(T=1000):
     return DDPMScheduler(num_train_timesteps=T, schedule="scaled_linear_beta", beta_start=0.0015,
                          beta_end=0.0195, clip_sample=False)
