@@ -83,32 +83,67 @@ def slice_panel(slice_xy: np.ndarray, title: str = "", overlay: np.ndarray | Non
                  None if contour is None else display_slice(contour) > 0.5, **kwargs)
 
 
-def save_preview_grid(panels: Sequence[Panel], path: str | Path, ncols: int = 12,
-                      panel_size: float = 1.6, dpi: int = 80) -> Path:
-    """Draw ``panels`` row-major in a grid with ``ncols`` columns and save a PNG at ``path``."""
+def _colour(values: np.ndarray, cmap: str, vmin: float | None, vmax: float | None) -> np.ndarray:
+    from matplotlib import colormaps
+
+    v = np.asarray(values, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    lo = vmin if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+    hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    norm = np.clip((np.nan_to_num(v, nan=lo) - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    return colormaps[cmap](norm)[..., :3]
+
+
+def render_panel(p: Panel, cell: int = 96) -> np.ndarray:
+    """RGB float image ``(h, w, 3)`` of a panel, upsampled by an integer factor towards ``cell`` px:
+    the image, the overlay alpha-blended where it is finite and above ``overlay_min``, and the
+    contour's boundary pixels in ``contour_color``."""
+    from matplotlib.colors import to_rgb
+    from scipy import ndimage as ndi
+
+    f = max(1, int(round(cell / max(p.image.shape))))
+    up = lambda a: np.repeat(np.repeat(np.asarray(a), f, axis=0), f, axis=1)  # noqa: E731
+    rgb = _colour(up(p.image), p.cmap, p.vmin, p.vmax)
+    if p.overlay is not None:
+        ov = up(p.overlay).astype(np.float64)
+        shown = np.isfinite(ov) & (ov > p.overlay_min if p.overlay_min is not None else True)
+        col = _colour(ov, p.overlay_cmap, p.overlay_min, p.overlay_max)
+        rgb = np.where(shown[..., None], (1 - p.alpha) * rgb + p.alpha * col, rgb)
+    if p.contour is not None:
+        m = up(p.contour).astype(bool)
+        edge = m & ~ndi.binary_erosion(m, border_value=0)
+        rgb[edge] = to_rgb(p.contour_color)
+    return rgb
+
+
+def save_preview_grid(panels: Sequence[Panel], path: str | Path, ncols: int = 12, cell: int = 96,
+                      dpi: int = 100) -> Path:
+    """Tile ``panels`` row-major (``ncols`` per row, each rendered by :func:`render_panel`) with their
+    titles above, and save a PNG at ``path``. One image, one axes: fast for many panels."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = max(1, len(panels))
-    ncols = min(ncols, n)
-    nrows = -(-n // ncols)
-    fig = Figure(figsize=(ncols * panel_size, nrows * (panel_size + 0.25)))
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, p in zip(axes.ravel(), panels):
-        ax.imshow(p.image, cmap=p.cmap, vmin=p.vmin, vmax=p.vmax, interpolation="nearest")
-        if p.overlay is not None:
-            ov = np.ma.masked_invalid(np.asarray(p.overlay, dtype=np.float64))
-            if p.overlay_min is not None:
-                ov = np.ma.masked_less_equal(ov, p.overlay_min)
-            ax.imshow(ov, cmap=p.overlay_cmap, alpha=p.alpha, vmin=p.overlay_min, vmax=p.overlay_max,
-                      interpolation="nearest")
-        if p.contour is not None and p.contour.any():
-            ax.contour(p.contour.astype(float), levels=[0.5], colors=[p.contour_color], linewidths=0.8)
+    tiles = [render_panel(p, cell) for p in panels] or [np.zeros((cell, cell, 3))]
+    ch = max(t.shape[0] for t in tiles)
+    cw = max(t.shape[1] for t in tiles)
+    title_h, gap = 14, 2
+    ncols = max(1, min(ncols, len(tiles)))
+    nrows = -(-len(tiles) // ncols)
+    mosaic = np.ones((nrows * (ch + title_h + gap), ncols * (cw + gap), 3))
+    for n, t in enumerate(tiles):
+        r, c = divmod(n, ncols)
+        y0, x0 = r * (ch + title_h + gap) + title_h, c * (cw + gap)
+        mosaic[y0 : y0 + ch, x0 : x0 + cw] = 0.0
+        mosaic[y0 : y0 + t.shape[0], x0 : x0 + t.shape[1]] = t
+    h, w = mosaic.shape[:2]
+    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for n, p in enumerate(panels):
         if p.title:
-            ax.set_title(p.title, fontsize=7, loc="left")
-    fig.tight_layout(pad=0.2)
+            r, c = divmod(n, ncols)
+            ax.text(c * (cw + gap) + 1, r * (ch + title_h + gap) + title_h - 3, p.title, fontsize=7, va="bottom")
     fig.savefig(path, dpi=dpi)
     return path

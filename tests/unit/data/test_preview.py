@@ -1,0 +1,46 @@
+"""Preview helpers: display orientation from the affine, overlays and contours."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image as PILImage
+
+from ldm_ood.data.preview import Panel, render_panel, save_preview_grid, to_ras, triplanar, volume_panels
+
+
+def test_triplanar_orientation_independent_of_axis_order():
+    v = np.random.default_rng(0).random((4, 5, 6))
+    ras = np.diag([1.0, 1.0, 1.0, 1.0])
+    sag, cor, ax = triplanar(v, ras)
+    # sagittal: superior (last z) on top, anterior (last y) on the left
+    assert sag.shape == (6, 5) and sag[0, 0] == v[2, 4, 5]
+    assert cor[0, 0] == v[3, 2, 5]  # coronal: patient right (last x) on the left
+    assert ax[0, 0] == v[3, 4, 3]  # axial: anterior on top, right on the left
+    # the same volume stored L-S-P permuted: identical panels
+    perm = np.transpose(v, (2, 0, 1))[:, ::-1, ::-1]  # axes: z, -x, -y
+    aff = np.array([[0, -1.0, 0, 3], [0, 0, -1.0, 4], [1.0, 0, 0, 0], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(to_ras(perm, aff), v)
+    for p, q in zip(triplanar(perm, aff), (sag, cor, ax)):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_render_overlay_and_contour_pixels():
+    img = np.zeros((4, 4))
+    ov = np.full((4, 4), np.nan)
+    ov[0, 0] = 1.0
+    mask = np.zeros((4, 4), bool)
+    mask[1:3, 1:3] = True
+    rgb = render_panel(Panel(img, overlay=ov, overlay_min=0.0, overlay_max=1.0, alpha=1.0, contour=mask,
+                             overlay_cmap="gray", contour_color="red"), cell=4)
+    assert rgb.shape == (4, 4, 3)
+    np.testing.assert_allclose(rgb[0, 0], [1, 1, 1])  # overlay drawn with alpha 1
+    np.testing.assert_allclose(rgb[3, 3], [0, 0, 0])  # transparent overlay (NaN): image shows
+    np.testing.assert_allclose(rgb[1, 1], [1, 0, 0])  # mask boundary in red
+
+
+def test_save_grid_writes_png(tmp_path):
+    v = np.random.default_rng(0).random((8, 8, 8))
+    panels = volume_panels(v, "a", overlay=v, contour=v > 0.5) + [Panel(np.eye(5), "b")]
+    path = save_preview_grid(panels, tmp_path / "p.png", ncols=2, cell=32)
+    with PILImage.open(path) as im:
+        assert im.size[0] >= 64 and im.size[1] >= 2 * 32
