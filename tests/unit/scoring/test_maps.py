@@ -2,7 +2,6 @@
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 
 from ldm_ood.config import load_config

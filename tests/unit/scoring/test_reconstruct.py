@@ -1,6 +1,5 @@
 """Multi-start reconstructions: PLMS per-chain history vs MONAI, batched == sequential, no shared history."""
 
-import numpy as np
 import pytest
 import torch
 
