@@ -11,8 +11,8 @@ plays the role of paper 000's CROMIS/KCH head CTs. Per subject:
   (template z < -50 mm) bone turns into soft tissue (neck); air outside;
 * **CT intensities** (HU): WM ~25, GM ~38, CSF ~5, scalp ~30, bone 700–1400, air −1000, each jittered
   per subject, then a smooth bias (≤ 4 HU) and Gaussian noise (σ 1–2.5 HU);
-* **population variability**: random rigid + scaling (rotations ±8°, global scale ×0.94·U(0.92, 1.08)
-  with ±3 % per axis, translation ±6 mm), a smooth elastic displacement (2–5 mm), ventricle
+* **population variability**: random rigid + scaling (rotations ±8°, global scale ×0.88·U(0.92, 1.08)
+  with ±3 % per axis, translation ±4 mm), a smooth elastic displacement (2–5 mm), ventricle
   enlargement (a radial warp about the lateral ventricles) and cortical atrophy (GM → CSF near the
   brain surface).
 
@@ -34,8 +34,11 @@ HU = {"wm": 25.0, "gm": 38.0, "csf": 5.0, "scalp": 30.0, "air": -1000.0}
 #: lateral-ventricle centre in MNI space (mm), the centre of the ventricle-enlargement warp
 VENTRICLE_CENTRE = np.array([0.0, -12.0, 14.0])
 NECK_Z_MM = -50.0
-#: the MNI brain is larger than an average head: base scale so a ±8 % scaled head fits a 205 mm grid
-BASE_SCALE = 0.94
+#: the MNI152 brain is larger than an average brain: base scale for adult head breadth ~152 mm, so heads
+#: fit the paper grid (176×208×176 mm; rarely a few voxels are cut at the extremes, as in the paper)
+BASE_SCALE = 0.88
+#: the grid centre sits this far (mm) above the hull's centre: the skull top fits, the neck is cut
+GRID_CENTRE_OFFSET = np.array([0.0, 0.0, 10.0])
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def draw_subject(rng: np.random.Generator) -> SubjectParams:
     u = rng.uniform
     g = BASE_SCALE * u(0.92, 1.08)
     return SubjectParams(
-        angles_deg=tuple(u(-8, 8, 3)), scale=tuple(g * u(0.97, 1.03, 3)), shift_mm=tuple(u(-6, 6, 3)),
+        angles_deg=tuple(u(-8, 8, 3)), scale=tuple(g * u(0.97, 1.03, 3)), shift_mm=tuple(u(-4, 4, 3)),
         elastic_mm=u(2, 5), ventricle=u(0.0, 0.35), atrophy=u(0.0, 0.4),
         csf_gap_mm=u(1, 3), skull_mm=u(4.5, 8.5), scalp_mm=u(4, 8),
         hu_wm=HU["wm"] + u(-3, 3), hu_gm=HU["gm"] + u(-3, 3), hu_csf=HU["csf"] + u(-3, 3),
@@ -179,14 +182,14 @@ def template_coords(
 ) -> np.ndarray:
     """``(3, *shape)`` template-world mm sampled by each output voxel (the subject's inverse warp).
 
-    q = c_t + S⁻¹ Rᵀ (p − c_o − shift) + elastic(p), then the radial ventricle warp about
+    q = c_t + S⁻¹ Rᵀ (p − c_o − shift) + elastic(p) (c_t: hull centre + :data:`GRID_CENTRE_OFFSET`), then the radial ventricle warp about
     :data:`VENTRICLE_CENTRE` pulls q towards it (seen from the output: larger ventricles).
     """
     p = world_coords(shape, affine).reshape(3, -1)
     c_o = np.zeros(3) if centre is None else np.asarray(centre, dtype=np.float64)
     r = rotation(params.angles_deg)
     q = (r.T @ (p - c_o[:, None] - np.asarray(params.shift_mm)[:, None])) / np.asarray(params.scale)[:, None]
-    q += tpl.centre[:, None]
+    q += (tpl.centre + GRID_CENTRE_OFFSET)[:, None]
     q += params.elastic_mm * smooth_field(rng, shape, channels=3).reshape(3, -1)
     d = q - VENTRICLE_CENTRE[:, None]
     q -= params.ventricle * d * np.exp(-(d**2).sum(0) / (2 * 25.0**2))
