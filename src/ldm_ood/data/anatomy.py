@@ -7,7 +7,7 @@ plays the role of paper 000's CROMIS/KCH head CTs. Per subject:
   (``nilearn.datasets.load_mni152_{gm,wm}_template``, ``load_mni152_brain_mask``); CSF is the part
   of the brain mask that is neither GM nor WM (sulci, ventricles);
 * **skull and scalp**: shells at distances from the (smoothed) brain hull — a CSF gap of 1–3 mm,
-  bone 4.5–8.5 mm thick with a smooth ±25 % spatial modulation, scalp 4–8 mm; below the skull base
+  bone 4.5–8.5 mm thick with a smooth ±25 % spatial modulation, scalp 5–9 mm; below the skull base
   (template z < -50 mm) bone turns into soft tissue (neck); air outside;
 * **CT intensities** (HU): WM ~25, GM ~38, CSF ~5, scalp ~30, bone 700–1400, air −1000, each jittered
   per subject, then a smooth bias (≤ 4 HU) and Gaussian noise (σ 1–2.5 HU);
@@ -133,7 +133,7 @@ def draw_subject(rng: np.random.Generator) -> SubjectParams:
     return SubjectParams(
         angles_deg=tuple(u(-8, 8, 3)), scale=tuple(g * u(0.97, 1.03, 3)), shift_mm=tuple(u(-4, 4, 3)),
         elastic_mm=u(2, 5), ventricle=u(0.0, 0.35), atrophy=u(0.0, 0.4),
-        csf_gap_mm=u(1, 3), skull_mm=u(4.5, 8.5), scalp_mm=u(4, 8),
+        csf_gap_mm=u(1, 3), skull_mm=u(4.5, 8.5), scalp_mm=u(5, 9),
         hu_wm=HU["wm"] + u(-3, 3), hu_gm=HU["gm"] + u(-3, 3), hu_csf=HU["csf"] + u(-3, 3),
         hu_scalp=HU["scalp"] + u(-5, 10), hu_bone=u(700, 1400), noise_hu=u(1.0, 2.5), bias_hu=u(0, 4),
     )
@@ -232,8 +232,10 @@ def head_ct(
     scalp_out = skull_out + params.scalp_mm
     f_csf = 1.0 - _ramp(d_out, skull_in, pv)
     f_bone = _ramp(d_out, skull_in, pv) - _ramp(d_out, skull_out, pv)
-    f_scalp = _ramp(d_out, skull_out, pv) - _ramp(d_out, scalp_out, pv)
-    f_air = _ramp(d_out, scalp_out, pv)
+    # a sharp skin edge (ramp pv / 4): a partial-volume skin voxel is mostly air (< -15 HU) and would
+    # leave the thin scalp full of holes after the CT window
+    f_scalp = _ramp(d_out, skull_out, pv) - _ramp(d_out, scalp_out, pv / 4)
+    f_air = _ramp(d_out, scalp_out, pv / 4)
     neck = np.clip((NECK_Z_MM - q[2]) / 10.0, 0.0, 1.0)  # below the skull base: soft tissue
     f_scalp, f_bone = f_scalp + f_bone * neck, f_bone * (1.0 - neck)
     out_hu = f_csf * params.hu_csf + f_bone * params.hu_bone + f_scalp * params.hu_scalp + f_air * HU["air"]
