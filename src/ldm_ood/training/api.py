@@ -95,8 +95,16 @@ def train(
     ctx = distributed.init_distributed()
     started_group = ctx.distributed
     try:
-        config = resolve_config(run, config_path, preset) if ctx.is_main else None
-        config = distributed.broadcast_object(config, ctx)
+        payload: Config | Exception | None = None
+        if ctx.is_main:  # rank 0 reads/writes config.yaml; a config error reaches every rank
+            try:
+                payload = resolve_config(run, config_path, preset)
+            except ConfigError as err:
+                payload = err
+        payload = distributed.broadcast_object(payload, ctx)
+        if isinstance(payload, Exception):
+            raise payload
+        config = payload
         if manifest is None:
             manifest = config.data.manifest
         if manifest is None:
