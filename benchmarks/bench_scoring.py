@@ -128,6 +128,7 @@ def _run_mode(models, cfg, x, ids, sequential: bool, bf16: bool) -> dict:
                         m.scale_factor, m.latent_multiple, scorer.mode, bf16)
             t_rec += time.perf_counter() - t0
     n = x.shape[0]
+    print(f"{scorer.mode} bf16={bf16}: {t_total / n:.2f} s/scan (reconstruct {t_rec / n:.2f})", flush=True)
     return {
         "mode": scorer.mode, "bf16": bf16, "seconds_per_scan": t_total / n, "reconstruct_seconds_per_scan": t_rec / n,
         "unet_calls_per_scan_batch": scorer.calls.calls / max(1, -(-n // bs)), "peak_rss_growth_mb": mem.growth_mb,
