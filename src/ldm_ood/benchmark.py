@@ -28,7 +28,7 @@ console = Console(stderr=True)
 
 @dataclass
 class BenchmarkPlan:
-    """What to run. ``overrides_3d`` / ``overrides_2d`` are config overrides on top of the preset."""
+    """What to run; ``overrides_3d`` / ``overrides_2d`` are config overrides on top of the preset."""
 
     preset: str
     levels: list[int]
@@ -39,31 +39,11 @@ class BenchmarkPlan:
     segmentation: bool = True
 
 
-DEFAULT_LEVELS = {"tiny": [2], "cpu": [2, 3], "paper": [2, 3, 4]}
+DEFAULT_LEVELS = {"tiny": [2], "demo": [2], "cpu": [2, 3], "paper": [2, 3, 4]}
 
 
 def default_plan(preset: str, levels: list[int] | None = None) -> BenchmarkPlan:
     return BenchmarkPlan(preset=preset, levels=list(levels or DEFAULT_LEVELS.get(preset, [2])))
-
-
-def demo_plan() -> BenchmarkPlan:
-    """The demo: the ``cpu`` benchmark with one VQ-GAN level and short training (~10 min, 2 cores)."""
-    return BenchmarkPlan(
-        preset="cpu",
-        levels=[2],
-        variants=["c", "d"],
-        overrides_3d={
-            "first_stage": {"optim": {"max_epochs": 12, "patience": 12}},
-            "ldm": {"optim": {"max_epochs": 60, "patience": 60}},
-            "transformer": {"optim": {"max_epochs": 10, "patience": 10}},
-            "score": {"num_t_values": 5, "num_inference_steps": 25},
-            "synth": {"n_train": 24, "n_val": 8, "n_test": 8, "n_far_per_class": 4},
-        },
-        overrides_2d={
-            "first_stage": {"optim": {"max_epochs": 6, "patience": 6}},
-            "ldm": {"optim": {"max_epochs": 30, "patience": 30}},
-        },
-    )
 
 
 class Timings:
@@ -153,7 +133,7 @@ def run_plan(plan: BenchmarkPlan, out: str | Path) -> dict[str, Any]:
     manifest_3d, manifest_2d = data_dir / "manifest.csv", data_dir / "manifest_2d.csv"
     if not manifest_3d.exists():
         with timings.stage("synth"):
-            synth(plan.preset, data_dir, overrides=plan.overrides_3d.get("synth"))
+            synth(plan.preset, data_dir)
 
     runs: dict[str, Path] = {}
     for level in plan.levels:
@@ -181,5 +161,5 @@ def run_benchmark(preset: str, out: str | Path, levels: list[int] | None = None)
 
 
 def run_demo(out: str | Path) -> dict[str, Any]:
-    """``make demo``: a smaller benchmark (one level, short training) in about ten minutes."""
-    return run_plan(demo_plan(), out)
+    """``make demo``: the benchmark at the ``demo`` preset (32³ cohort, one level, short training)."""
+    return run_plan(default_plan("demo"), out)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PRESETS: tuple[str, ...] = ("tiny", "cpu", "paper", "tiny-2d", "cpu-2d", "paper-2d")
+PRESETS: tuple[str, ...] = ("tiny", "demo", "cpu", "paper", "tiny-2d", "demo-2d", "cpu-2d", "paper-2d")
 
 
 class ConfigError(ValueError):
@@ -258,19 +258,21 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "first_stage": {
             "levels": 2, "channels": 32, "num_res_layers": 2, "num_res_channels": 32,
             "embedding_dim": 8, "num_embeddings": 256, "disc_channels": 16, "disc_layers": 2,
-            "optim": {"lr": 3e-4, "batch_size": 4, "max_epochs": 60, "patience": 15, "preview_every": 10},
+            "optim": {"lr": 3e-4, "batch_size": 4, "max_epochs": 15, "patience": 15, "preview_every": 5,
+                      "bf16": True},
         },
         "ldm": {
             "channels": (32, 64, 64), "num_head_channels": 32, "norm_num_groups": 16,
-            "optim": {"lr": 2.5e-4, "batch_size": 8, "max_epochs": 300, "patience": 40, "preview_every": 50},
+            "optim": {"lr": 2.5e-4, "batch_size": 8, "max_epochs": 150, "patience": 40, "preview_every": 50,
+                      "bf16": True},
         },
         "transformer": {
             "num_layers": 4, "dim": 64, "heads": 4,
-            "optim": {"lr": 5e-4, "batch_size": 8, "max_epochs": 60, "patience": 15},
+            "optim": {"lr": 5e-4, "batch_size": 8, "max_epochs": 6, "patience": 6, "bf16": True},
         },
-        "score": {"num_t_values": 10, "num_inference_steps": 50, "batch_size": 2},
+        "score": {"num_t_values": 10, "num_inference_steps": 25, "batch_size": 2},
         "segment": {"batch_size": 50},
-        "synth": {},
+        "synth": {"n_test_2d": 50},
     },
     # paper 000 §3.2 exactly (and paper 001 defaults in `segment`)
     "paper": {
@@ -294,6 +296,18 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     },
 }
 
+# `make demo`: the cpu networks on a 32^3 / 32^2 cohort with short training (~10 min on 2 cores)
+_PRESET_OVERRIDES["demo"] = copy.deepcopy(_PRESET_OVERRIDES["cpu"])
+for _k, _v in {
+    "data": {"grid": (32, 32, 32)},
+    "synth": {"grid": (32, 32, 32), "spacing_mm": 6.4, "n_train": 32, "n_val": 8, "n_test": 8,
+              "n_far_per_class": 4, "slice_size": 32, "n_train_2d": 400, "n_val_2d": 40, "n_test_2d": 30},
+}.items():
+    _PRESET_OVERRIDES["demo"][_k] = _v
+_PRESET_OVERRIDES["demo"]["first_stage"]["optim"].update({"max_epochs": 20, "patience": 20, "preview_every": 10})
+_PRESET_OVERRIDES["demo"]["ldm"]["optim"].update({"max_epochs": 100, "patience": 100, "preview_every": 50})
+_PRESET_OVERRIDES["demo"]["transformer"]["optim"].update({"max_epochs": 10, "patience": 10})
+
 # 2D variants (paper 001 §4.1: 64x64 slices, VQ-VAE with EMA codebook, f = 4)
 _2D = {
     "data": {"spatial_dims": 2, "grid": (64, 64)},
@@ -312,14 +326,14 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-for _name, _grid in (("tiny", (16, 16)), ("cpu", (64, 64)), ("paper", (64, 64))):
+for _name, _grid in (("tiny", (16, 16)), ("demo", (32, 32)), ("cpu", (64, 64)), ("paper", (64, 64))):
     _PRESET_OVERRIDES[f"{_name}-2d"] = copy.deepcopy(
         _deep_merge(_deep_merge(_PRESET_OVERRIDES[_name], _2D), {"data": {"grid": _grid, "spacing": None}})
     )
 _PRESET_OVERRIDES["cpu-2d"]["first_stage"].update(
     {"channels": 64, "num_res_channels": 64, "embedding_dim": 8, "num_embeddings": 256}
 )
-_PRESET_OVERRIDES["cpu-2d"]["ldm"].update({"channels": (64, 128, 128)})
+_PRESET_OVERRIDES["cpu-2d"]["ldm"]["optim"].update({"max_epochs": 60, "patience": 20})
 _PRESET_OVERRIDES["paper-2d"]["first_stage"].update({"num_embeddings": 256, "embedding_dim": 64})
 
 
