@@ -57,7 +57,9 @@ def _friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-RunOpt = typer.Option(..., "--run", help="Run directory (models, calibration, scores live here).")
+RunOpt = typer.Option(
+    ..., "--run", "--run-dir", help="Run directory (models, calibration, scores live here). Under torchrun use --run-dir."
+)
 DataOpt = typer.Option(None, "--data", help="Manifest CSV or image folder (default: the run config's data.manifest).")
 ConfigOpt = typer.Option(None, "--config", help="YAML config (fields override the preset).")
 PresetOpt = typer.Option(None, "--preset", help="tiny | cpu | paper | tiny-2d | cpu-2d | paper-2d")

@@ -62,7 +62,7 @@ def test_train_errors_are_clear(tmp_path, cohort):
 
 
 def _train_cmd(run: Path, cfg: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "ldm_ood.training.distributed_entry", "first-stage", "--run", str(run),
+    cmd = [sys.executable, "-m", "ldm_ood", "train", "first-stage", "--run", str(run),
            "--config", str(cfg)]
     return cmd + (["--resume"] if resume else [])
 
