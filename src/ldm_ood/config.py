@@ -89,11 +89,22 @@ class FirstStageConfig(_Strict):
     disc_layers: int = Field(default=3, ge=1)
     disc_lr: float = Field(default=3e-4, gt=0)
     adversarial_warmup_epochs: int = Field(default=0, ge=0)
+    train_patch: tuple[int, ...] | None = Field(
+        default=None,
+        description="beyond the paper: train on random crops of this size (fully convolutional; CPU budgets)",
+    )
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-4))
 
     @property
     def downsampling_factor(self) -> int:
         return 2**self.levels
+
+    @model_validator(mode="after")
+    def _patch_divisible(self) -> "FirstStageConfig":
+        f = 2**self.levels
+        if self.train_patch is not None and any(p <= 0 or p % f for p in self.train_patch):
+            raise ValueError(f"train_patch {self.train_patch} must be positive multiples of 2**levels = {f}")
+        return self
 
 
 class DiffusionConfig(_Strict):
@@ -258,12 +269,13 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "first_stage": {
             "levels": 2, "channels": 32, "num_res_layers": 2, "num_res_channels": 32,
             "embedding_dim": 8, "num_embeddings": 256, "disc_channels": 16, "disc_layers": 2,
-            "optim": {"lr": 3e-4, "batch_size": 4, "max_epochs": 15, "patience": 15, "preview_every": 5,
-                      "bf16": True},
+            "train_patch": (32, 32, 32), "adversarial_warmup_epochs": 10,
+            "optim": {"lr": 5e-4, "batch_size": 4, "max_epochs": 60, "patience": 15, "preview_every": 20,
+                      "val_every": 5, "bf16": True},
         },
         "ldm": {
             "channels": (32, 64, 64), "num_head_channels": 32, "norm_num_groups": 16,
-            "optim": {"lr": 2.5e-4, "batch_size": 8, "max_epochs": 150, "patience": 40, "preview_every": 50,
+            "optim": {"lr": 2.5e-4, "batch_size": 8, "max_epochs": 200, "patience": 40, "preview_every": 100,
                       "bf16": True},
         },
         "transformer": {
@@ -272,7 +284,7 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         },
         "score": {"num_t_values": 10, "num_inference_steps": 25, "batch_size": 2},
         "segment": {"batch_size": 50},
-        "synth": {"n_test_2d": 50},
+        "synth": {"n_test": 8, "n_far_per_class": 6, "n_train_2d": 400, "n_test_2d": 50},
     },
     # paper 000 §3.2 exactly (and paper 001 defaults in `segment`)
     "paper": {
@@ -312,7 +324,7 @@ _PRESET_OVERRIDES["demo"]["transformer"]["optim"].update({"max_epochs": 10, "pat
 _2D = {
     "data": {"spatial_dims": 2, "grid": (64, 64)},
     "first_stage": {"kind": "vqvae", "levels": 2, "perceptual_weight": 0.0, "adversarial_weight": 0.0,
-                    "spectral_weight": 0.0, "reconstruction_loss": "l1"},
+                    "spectral_weight": 0.0, "reconstruction_loss": "l1", "train_patch": None},
 }
 
 #: paper 000 §3.2: codebook size by number of VQ-GAN levels

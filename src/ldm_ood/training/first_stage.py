@@ -2,6 +2,9 @@
 
 One step (``x``: ``(B, 1, *grid)`` in [0, 1]):
 
+0. with ``train_patch`` (beyond the papers, for CPU budgets), ``x`` is a random crop of the volume:
+   the networks are fully convolutional, so a crop costs a fraction of a full volume per step
+   and validation still runs on whole volumes;
 1. generator: ``x̂, vq = VQVAE(x)``; loss = recon + vq + w_p·LPIPS + w_s·spectral
    (+ w_adv·adversarial after ``adversarial_warmup_epochs``), Adam ``optim.lr``;
 2. discriminator (VQ-GAN with ``adversarial_weight > 0``): ½(LS(D(x), 1) + LS(D(x̂), 0)),
@@ -123,8 +126,16 @@ class FirstStageTask:
         assert self.lpips_model is not None
         return losses.perceptual_loss(self.lpips_model, x, x_hat, generator=self.generator, bf16=self.bf16)
 
+    def _random_patch(self, x: torch.Tensor) -> torch.Tensor:
+        """A random crop ``(B, C, *train_patch)`` of ``x (B, C, *S)``, one location per step (seeded)."""
+        patch = self.cfg.train_patch
+        if patch is None or tuple(patch) == tuple(x.shape[2:]):
+            return x
+        starts = [int(torch.randint(0, s - p + 1, (1,), generator=self.generator)) for s, p in zip(x.shape[2:], patch)]
+        return x[(slice(None), slice(None), *(slice(a, a + p) for a, p in zip(starts, patch)))].contiguous()
+
     def train_step(self, batch: dict[str, Any], epoch: int) -> dict[str, float]:
-        x = batch["image"].to(self.ctx.device, non_blocking=True)
+        x = self._random_patch(batch["image"].to(self.ctx.device, non_blocking=True))
         if self.bf16:
             x = to_channels_last(x, self.spatial_dims)
         adv_on = self.use_adv and epoch > self.cfg.adversarial_warmup_epochs

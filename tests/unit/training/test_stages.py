@@ -152,3 +152,21 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
         with torch.no_grad():
             out_b = run_model(b)
         assert torch.equal(out_a, out_b), name
+
+
+def test_random_patch_is_a_seeded_crop_of_the_batch():
+    from ldm_ood.config import load_config
+    from ldm_ood.training.distributed import DistContext
+    from ldm_ood.training.first_stage import FirstStageTask
+
+    cfg = load_config(preset="tiny", overrides={"first_stage": {"train_patch": (8, 8, 4), "perceptual_weight": 0.0}})
+    task = FirstStageTask(cfg, DistContext())
+    x = torch.arange(2 * 16 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16, 16)
+    task.generator.manual_seed(3)
+    p = task._random_patch(x)
+    assert p.shape == (2, 1, 8, 8, 4)
+    # the crop is a contiguous block of x at one location, the same for every item of the batch
+    i, j, k = (int(v) for v in torch.nonzero(x[0, 0] == p[0, 0, 0, 0, 0])[0])
+    assert torch.equal(p, x[:, :, i:i + 8, j:j + 8, k:k + 4])
+    task.generator.manual_seed(3)
+    assert torch.equal(task._random_patch(x), p)
