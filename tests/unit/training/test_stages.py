@@ -155,10 +155,6 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
 
 
 def test_random_patch_is_a_seeded_crop_of_the_batch():
-    from ldm_ood.config import load_config
-    from ldm_ood.training.distributed import DistContext
-    from ldm_ood.training.first_stage import FirstStageTask
-
     cfg = load_config(preset="tiny", overrides={"first_stage": {"train_patch": (8, 8, 4), "perceptual_weight": 0.0}})
     task = FirstStageTask(cfg, DistContext())
     x = torch.arange(2 * 16 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16, 16)
