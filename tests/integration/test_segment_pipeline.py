@@ -121,4 +121,6 @@ def test_segment_variant_a_calibrates_itself_and_reports_bad_files(run_and_manif
     rows = read_records(out / "segment_a.csv")
     assert [r["case_id"] for r in rows] == ["good"]
     assert rows[0]["map_path"].endswith("good_map.png")  # PNG in, PNG out
+    assert float((out / "good.txt").read_text()) == float(rows[0]["pred_score"])  # MOOD layout: the score alone
+    assert not (out / "broken.txt").exists()
     assert read_image(rows[0]["healed_path"], allow_constant=True).array.shape == (16, 16)

@@ -1,0 +1,156 @@
+"""Paper 001 segmentation calibration on the healthy validation split (§3, §4.1).
+
+:func:`calibrate_segment` writes
+
+* ``RunDir.segment_thresholds_path`` (safetensors): one ``(*latent)`` per-position KL threshold per
+  KL t-set (the ``segment.percentile`` of the healthy validation KL maps), keyed by
+  :func:`~.segment_variants.kl_key`;
+* ``RunDir.segment_calibration_path`` (JSON): the t-sets, the validation image-level scores (mean
+  and std), and per variant the residual-map threshold: the (1 − ``segment.fpr``) quantile of the
+  validation maps' foreground voxels (:func:`~.segment_variants.fpr_threshold`).
+
+:func:`segment_setup` and :func:`load_batches` are shared with :func:`.segment.segment`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError
+from ..data.manifest import Case, read_manifest, select
+from ..errors import BatchFailures
+from ..precision import default_device
+from ..runs import RunDir
+from ..training.checkpoint import atomic_write_text
+from .kl import kl_thresholds
+from .segment_batch import SegmentModels, case_seeds, image_score, kl_map_of, latents, segment_batch
+from .segment_variants import FOREGROUND_FRACTION, foreground, fpr_threshold, variant_spec
+
+
+def segment_setup(run_dir, config, models, preprocessor, device):
+    """Run folder, config (the run's unless given), models, preprocessor and device of a segmentation call."""
+    run = RunDir(run_dir)
+    cfg = config if config is not None else run.config_or(None)
+    device = torch.device(device) if device is not None else default_device()
+    models = models or SegmentModels.from_run(run, device, cfg.segment.bf16)
+    if preprocessor is None:
+        from ..data.transforms import Preprocessor
+
+        preprocessor = Preprocessor(cfg.data)
+    return run, cfg, models, preprocessor, device
+
+
+def manifest_cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
+    """Cases of ``manifest``, else of the config's ``data.manifest``."""
+    source = manifest if manifest is not None else cfg.data.manifest
+    if source is None:
+        raise ConfigError("no manifest: pass --data or set data.manifest in the run's config")
+    return read_manifest(source)
+
+
+def load_batches(cases: Sequence[Case], preprocessor, size: int, failures: BatchFailures
+                 ) -> Iterator[tuple[list[Case], torch.Tensor, list[Any]]]:
+    """Load cases in batches of ``size``; unreadable cases go to ``failures``.
+
+    Yields ``(cases, x (b, 1, *grid), metas)`` with ``b <= size`` the cases that loaded.
+    """
+    for i in range(0, len(cases), size):
+        ok, xs, metas = [], [], []
+        for case in cases[i : i + size]:
+            with failures.guard(case.case_id, case.path):
+                x, meta = preprocessor.load(case.path)
+                ok.append(case), xs.append(x), metas.append(meta)
+        if ok:
+            yield ok, torch.stack(xs), metas
+
+
+def load_calibration(run: RunDir) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The run's segmentation calibration JSON and KL thresholds (empty when not calibrated)."""
+    from safetensors.torch import load_file
+
+    calib = json.loads(run.segment_calibration_path.read_text()) if run.segment_calibration_path.exists() else {}
+    thr = load_file(str(run.segment_thresholds_path)) if run.segment_thresholds_path.exists() else {}
+    return calib, thr
+
+
+def _save_calibration(run: RunDir, calib: dict[str, Any], thr: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    run.ensure(run.calibration_dir)
+    tmp = run.segment_thresholds_path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in thr.items()}, str(tmp))
+    tmp.replace(run.segment_thresholds_path)
+    atomic_write_text(run.segment_calibration_path, json.dumps(calib, indent=2))
+
+
+def calibrate_segment(
+    run_dir: str | Path,
+    manifest: str | Path | None = None,
+    config: Config | None = None,
+    *,
+    variants: Sequence[str] | None = None,
+    force: bool = True,
+    models: SegmentModels | None = None,
+    preprocessor: Any = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Calibrate paper 001 segmentation on the manifest's healthy ``val`` split.
+
+    Pass 1 (KL): per-position ``percentile`` thresholds for every KL t-set the ``variants`` need,
+    and the validation image-level scores. Pass 2 (per variant): the residual-map threshold at
+    ``segment.fpr`` over foreground voxels. ``variants`` defaults to ``(segment.variant,)``;
+    ``force=False`` keeps what is already calibrated. Returns a summary dict.
+    """
+    run, cfg, models, preprocessor, device = segment_setup(run_dir, config, models, preprocessor, device)
+    scfg = cfg.segment
+    specs = [variant_spec(v, scfg) for v in (variants or (scfg.variant,))]
+    calib, thr = ({}, {}) if force else load_calibration(run)
+    calib.setdefault("kl", {}), calib.setdefault("variants", {})
+    calib.update(percentile=scfg.percentile, kl_t_range=list(scfg.kl_t_range), seed=scfg.seed)
+    val = select(manifest_cases(cfg, manifest), split="val")
+    if not val:
+        raise ConfigError("the manifest has no split=val cases to calibrate segmentation on")
+    failures = BatchFailures()
+    t_sets = {s.kl_key: s.kl_t for s in specs if s.kl_t is not None and s.kl_key not in thr}
+    if t_sets or "val_scores" not in calib:
+        maps: dict[str, list[torch.Tensor]] = {k: [] for k in t_sets}
+        scores: dict[str, float] = {}
+        for cases, x, _ in load_batches(val, preprocessor, scfg.batch_size, failures):
+            seeds = case_seeds([c.case_id for c in cases], scfg.seed)
+            z0 = latents(models, x.to(device))
+            scores.update({c.case_id: float(v) for c, v in zip(cases, image_score(models, z0, scfg, seeds))})
+            for key, ts in t_sets.items():
+                maps[key].append(kl_map_of(models, z0, ts, seeds).cpu())
+        if not scores:
+            failures.raise_if_any("calibrate --method segment")
+        for key, ts in t_sets.items():
+            thr[key] = kl_thresholds(torch.cat(maps[key]), scfg.percentile)
+            calib["kl"][key] = {"t_values": list(ts), "n_val": len(scores)}
+        vals = np.array(list(scores.values()))
+        calib.update(val_scores=scores, score_num_t=scfg.score_num_t, val_score_mean=float(vals.mean()),
+                     val_score_std=float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+    for spec in specs:
+        if spec.name in calib["variants"]:
+            continue
+        fg_values: list[np.ndarray] = []
+        for cases, x, _ in load_batches(val, preprocessor, scfg.batch_size, failures):
+            x = x.to(device)
+            seeds = case_seeds([c.case_id for c in cases], scfg.seed)
+            out = segment_batch(models, x, spec, scfg, thr.get(spec.kl_key) if spec.kl_key else None, seeds,
+                                with_score=False)
+            fg_values.append(out.anomaly_map[foreground(x)].cpu().numpy())
+        calib["variants"][spec.name] = {
+            "residual_threshold": fpr_threshold(np.concatenate(fg_values), scfg.fpr) if fg_values else None,
+            "fpr": scfg.fpr, "foreground": f"x > min + {FOREGROUND_FRACTION} (max - min)",
+            "kl_key": spec.kl_key, "n_val": len(val) - len(failures),
+        }
+    _save_calibration(run, calib, thr)
+    failures.raise_if_any("calibrate --method segment")
+    return {"path": str(run.segment_calibration_path), "thresholds": str(run.segment_thresholds_path),
+            "n_val": len(calib.get("val_scores", {})),
+            "residual_thresholds": {k: v["residual_threshold"] for k, v in calib["variants"].items()}}
