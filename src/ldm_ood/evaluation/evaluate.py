@@ -1,282 +1,34 @@
 """``ldm-ood evaluate``: score files of one or more runs → metrics → ``summary.json`` + tables.
 
-Inputs per run (docs/CONTRACTS.md, "Score files"):
+Per run (files read by :mod:`.inputs`):
 
-- ``scores/ldm/<set>.csv`` (``pred_score``, ``score_mse``, ``score_lpips``) and ``scores/ltm/<set>.csv``
-  (``pred_score``): one OOD score per scan, higher = more OOD.
-- ``segment/<variant>/<set>.csv`` (image-level ``pred_score``, per-case ``map_path``), with
-  ground-truth masks from the manifest's ``mask`` column and the validation threshold
-  ``residual_threshold`` from ``calibration/segment.json``.
+- detection (paper 000 Table 1): each OOD set's ``pred_score`` (and ``score_mse``/``score_lpips``)
+  vs set ``id`` of the same run and method: AUROC with a stratified bootstrap 95% CI, AUPRC,
+  FPR@95TPR; DeLong LDM vs LTM on the cases both scored (§3.3);
+- segmentation (paper 001 Table 1): per variant and set with masks, ⌈DICE⌉ (best threshold), Dice
+  at the validation ``residual_threshold``, pixel AUPRC (voxels pooled or per scan) and the
+  image-level AUROC/AUPRC vs set ``id``.
 
-Labels: set ``id`` is negative, every other set positive. Each OOD set is compared with ``id`` of
-the same run and method. Far-OOD sets are those named ``far_*``, near-OOD everything else.
 Whatever is missing (a method, a run, a set, a threshold, a mask) is skipped with a note in
 ``Summary.notes``; metrics undefined for a set (one class) are ``None`` (n/a).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from ..data.io import read_image
-from ..data.manifest import Case, read_manifest
+from ..data.manifest import Case
 from ..runs import RunDir
 from ..scoring.records import read_records
+from .inputs import normalise_runs, read_scores, read_threshold, resolve_path, run_manifest, score_sets, segment_variants
 from .metrics import Pooling, auroc, average_precision, best_dice, dice_at_threshold, fpr_at_tpr, pixel_auprc
 from .stats import bootstrap_ci, delong_test, significance_marker
-
-ID_SET = "id"
-#: detection methods: name -> (score folder, column)
-DETECTION_METHODS: dict[str, tuple[str, str]] = {
-    "ldm": ("ldm", "pred_score"),
-    "ldm_mse": ("ldm", "score_mse"),
-    "ldm_lpips": ("ldm", "score_lpips"),
-    "ltm": ("ltm", "pred_score"),
-}
-METHOD_LABELS = {"ldm": "LDM", "ldm_mse": "LDM (MSE)", "ldm_lpips": "LDM (LPIPS)", "ltm": "LTM"}
-#: near-OOD display order by name prefix (paper 000 Table 1); unknown names follow alphabetically
-_NEAR_ORDER = ("noise", "bg", "background", "flip", "chunk", "skull", "scale", "sprites")
-
-
-def is_far(set_name: str) -> bool:
-    return set_name.startswith("far_")
-
-
-def order_sets(names: Iterable[str]) -> list[str]:
-    """Far-OOD sets (alphabetical) then near-OOD sets in paper 000 Table 1 order; ``id`` dropped."""
-    names = [n for n in dict.fromkeys(names) if n != ID_SET]
-
-    def near_key(n: str) -> tuple[int, str]:
-        for i, p in enumerate(_NEAR_ORDER):
-            if n.startswith(p):
-                return i, n
-        return len(_NEAR_ORDER), n
-
-    return sorted((n for n in names if is_far(n))) + sorted((n for n in names if not is_far(n)), key=near_key)
-
-
-# ----------------------------------------------------------------------------- results
-
-
-def _clean(v: Any) -> Any:
-    """NaN/Inf → None for JSON."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-@dataclass
-class DetectionResult:
-    """One method on one OOD set vs ``id`` of the same run."""
-
-    run: str
-    method: str
-    set: str
-    kind: str  # "far" | "near"
-    n_id: int
-    n_ood: int
-    auroc: float | None
-    auroc_low: float | None
-    auroc_high: float | None
-    auprc: float | None
-    fpr95: float | None
-
-
-@dataclass
-class DeLongResultRow:
-    """DeLong test LDM vs LTM on the cases both scored (same run = same VQ-GAN base)."""
-
-    run: str
-    set: str
-    n_cases: int
-    auc_ldm: float | None
-    auc_ltm: float | None
-    cov: float | None
-    z: float | None
-    p_value: float | None
-    marker: str  # "**" p < 0.001, "*" p < 0.05, "" otherwise
-
-
-@dataclass
-class SegmentationResult:
-    """Paper 001 Table 1 metrics of one segmentation variant on one set with masks."""
-
-    run: str
-    variant: str
-    set: str
-    n_cases: int
-    n_masks: int
-    pooling: str
-    best_dice: float | None
-    best_dice_threshold: float | None
-    threshold: float | None
-    dice_at_threshold: float | None
-    pixel_auprc: float | None
-    image_auroc: float | None
-    image_auprc: float | None
-
-
-@dataclass
-class Summary:
-    """Everything ``evaluate`` computed; ``summary.json`` is ``to_dict()``."""
-
-    runs: dict[str, str] = field(default_factory=dict)
-    detection: list[DetectionResult] = field(default_factory=list)
-    delong: list[DeLongResultRow] = field(default_factory=list)
-    segmentation: list[SegmentationResult] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    # ---- lookups
-    def detection_for(self, run: str, method: str, set_name: str) -> DetectionResult | None:
-        return next((d for d in self.detection if (d.run, d.method, d.set) == (run, method, set_name)), None)
-
-    def delong_for(self, run: str, set_name: str) -> DeLongResultRow | None:
-        return next((d for d in self.delong if (d.run, d.set) == (run, set_name)), None)
-
-    def ood_sets(self) -> list[str]:
-        return order_sets(d.set for d in self.detection)
-
-    def methods(self) -> list[str]:
-        present = {d.method for d in self.detection}
-        return [m for m in DETECTION_METHODS if m in present]
-
-    # ---- (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        def rows(items: list) -> list[dict]:
-            return [{k: _clean(v) for k, v in asdict(x).items()} for x in items]
-
-        return {
-            "runs": dict(self.runs),
-            "detection": rows(self.detection),
-            "delong": rows(self.delong),
-            "segmentation": rows(self.segmentation),
-            "notes": list(self.notes),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Summary":
-        def build(kind: type, items: list[dict]) -> list:
-            names = {f.name for f in fields(kind)}
-            return [kind(**{k: v for k, v in it.items() if k in names}) for it in items]
-
-        return cls(
-            runs=dict(d.get("runs", {})),
-            detection=build(DetectionResult, d.get("detection", [])),
-            delong=build(DeLongResultRow, d.get("delong", [])),
-            segmentation=build(SegmentationResult, d.get("segmentation", [])),
-            notes=list(d.get("notes", [])),
-        )
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Summary":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-# ----------------------------------------------------------------------------- reading runs
-
-
-def normalise_runs(run_dirs: Mapping[str, str | Path] | str | Path | Iterable[str | Path]) -> dict[str, Path]:
-    """``{name: path}`` from a dict, one path, or a list of paths (name = folder name)."""
-    if isinstance(run_dirs, Mapping):
-        return {str(k): Path(v) for k, v in run_dirs.items()}
-    if isinstance(run_dirs, (str, Path)):
-        return {Path(run_dirs).name: Path(run_dirs)}
-    out: dict[str, Path] = {}
-    for p in run_dirs:
-        out[Path(p).name] = Path(p)
-    return out
-
-
-def score_sets(run: RunDir, method: str) -> list[str]:
-    """Set names with a score file in ``scores/<method>/``."""
-    folder = run.root / "scores" / method
-    return sorted(p.stem for p in folder.glob("*.csv")) if folder.is_dir() else []
-
-
-def segment_variants(run: RunDir) -> list[str]:
-    folder = run.root / "segment"
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.csv"))) if folder.is_dir() else []
-
-
-def read_scores(path: Path, column: str, notes: list[str] | None = None) -> dict[str, float]:
-    """``{case_id: score}`` from one score file; rows with a missing or non-finite value are skipped."""
-    out: dict[str, float] = {}
-    bad = 0
-    for row in read_records(path):
-        try:
-            v = float(row.get(column, "") or "nan")
-        except ValueError:
-            v = float("nan")
-        if math.isfinite(v):
-            out[row["case_id"]] = v
-        else:
-            bad += 1
-    if bad and notes is not None:
-        notes.append(f"{path}: {bad} row(s) without a finite {column!r} skipped")
-    return out
-
-
-def resolve_path(raw: str, run: RunDir) -> Path | None:
-    """A path from a score file: absolute, relative to the run folder, or to the working directory."""
-    if not raw:
-        return None
-    p = Path(raw)
-    if p.is_absolute():
-        return p
-    return (run.root / p) if (run.root / p).exists() else p
-
-
-def run_manifest(run: RunDir, manifest: str | Path | None, notes: list[str]) -> list[Case] | None:
-    """Cases of ``manifest``, else of the run config's ``data.manifest``; None (with a note) if neither."""
-    source: Path | None = Path(manifest) if manifest is not None else None
-    if source is None and run.config_path.exists():
-        try:
-            source = run.load_config().data.manifest
-        except Exception as err:  # a broken config must not stop evaluation of the scores
-            notes.append(f"{run.config_path}: could not read data.manifest ({err})")
-    if source is None:
-        return None
-    try:
-        return read_manifest(source, check_files=False)
-    except Exception as err:
-        notes.append(f"{source}: manifest unreadable ({err}); masks and input images unavailable")
-        return None
-
-
-def read_threshold(path: Path, key: str, variant: str | None = None) -> float | None:
-    """A threshold from a calibration JSON: ``{key: x}``, ``{key: {variant: x}}`` or ``{variant: {key: x}}``."""
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    candidates = [data.get(key)] if isinstance(data, dict) else []
-    if isinstance(data, dict) and variant is not None:
-        inner = data.get(variant) or (data.get("variants") or {}).get(variant)
-        if isinstance(inner, dict):
-            candidates.insert(0, inner.get(key))
-    for c in candidates:
-        if isinstance(c, dict) and variant is not None:
-            c = c.get(variant)
-        if isinstance(c, (int, float)) and math.isfinite(c):
-            return float(c)
-    return None
-
-
-# ----------------------------------------------------------------------------- metrics per part
+from .summary import DETECTION_METHODS, ID_SET, DeLongResultRow, DetectionResult, SegmentationResult, Summary, is_far, order_sets
 
 
 def _f(x: float) -> float | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
-from .evaluate import METHOD_LABELS, Summary, is_far, order_sets
+from .summary import METHOD_LABELS, Summary, is_far, order_sets
 
 MARK_TEXT = {"strong": "**", "weak": "*", "": ""}
 SHORT_LABELS = {"ldm": "LDM", "ltm": "LTM", "ldm_mse": "MSE", "ldm_lpips": "LPIPS"}

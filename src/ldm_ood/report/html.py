@@ -20,21 +20,9 @@ import numpy as np
 
 from ..data.io import read_image
 from ..data.manifest import Case
-from ..evaluation.evaluate import (
-    DETECTION_METHODS,
-    ID_SET,
-    METHOD_LABELS,
-    Summary,
-    evaluate,
-    normalise_runs,
-    order_sets,
-    read_scores,
-    read_threshold,
-    resolve_path,
-    run_manifest,
-    score_sets,
-    segment_variants,
-)
+from ..evaluation.evaluate import evaluate
+from ..evaluation.inputs import normalise_runs, read_scores, read_threshold, resolve_path, run_manifest, score_sets, segment_variants
+from ..evaluation.summary import DETECTION_METHODS, ID_SET, METHOD_LABELS, Summary, order_sets
 from ..evaluation.tables import Grid, detail_grid, segmentation_grid, table1_grid
 from ..runs import RunDir
 from ..scoring.records import read_records

@@ -9,7 +9,9 @@ import pytest
 from fake_run import EXPECTED, make_tiny_run
 from rich.console import Console
 
-from ldm_ood.evaluation.evaluate import Summary, evaluate, order_sets, read_threshold
+from ldm_ood.evaluation.evaluate import evaluate
+from ldm_ood.evaluation.inputs import read_threshold
+from ldm_ood.evaluation.summary import Summary, order_sets
 from ldm_ood.evaluation.tables import detail_grid, print_summary, segmentation_grid, table1_grid, to_markdown
 
 

@@ -1,0 +1,107 @@
+"""Reading what evaluation needs from a run folder: score files, manifest, calibration thresholds.
+
+Score files (docs/CONTRACTS.md): ``scores/<ldm|ltm>/<set>.csv`` and ``segment/<variant>/<set>.csv``,
+one row per case with ``case_id`` and ``pred_score`` (higher = more anomalous); segmentation rows
+also carry ``map_path``. Ground-truth masks come from the manifest's ``mask`` column, the
+segmentation threshold from ``calibration/segment.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from ..data.manifest import Case, read_manifest
+from ..runs import RunDir
+from ..scoring.records import read_records
+
+
+def normalise_runs(run_dirs: Mapping[str, str | Path] | str | Path | Iterable[str | Path]) -> dict[str, Path]:
+    """``{name: path}`` from a dict, one path, or a list of paths (name = folder name)."""
+    if isinstance(run_dirs, Mapping):
+        return {str(k): Path(v) for k, v in run_dirs.items()}
+    if isinstance(run_dirs, (str, Path)):
+        return {Path(run_dirs).name: Path(run_dirs)}
+    out: dict[str, Path] = {}
+    for p in run_dirs:
+        out[Path(p).name] = Path(p)
+    return out
+
+
+def score_sets(run: RunDir, method: str) -> list[str]:
+    """Set names with a score file in ``scores/<method>/``."""
+    folder = run.root / "scores" / method
+    return sorted(p.stem for p in folder.glob("*.csv")) if folder.is_dir() else []
+
+
+def segment_variants(run: RunDir) -> list[str]:
+    folder = run.root / "segment"
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.csv"))) if folder.is_dir() else []
+
+
+def read_scores(path: Path, column: str, notes: list[str] | None = None) -> dict[str, float]:
+    """``{case_id: score}`` from one score file; rows with a missing or non-finite value are skipped."""
+    out: dict[str, float] = {}
+    bad = 0
+    for row in read_records(path):
+        try:
+            v = float(row.get(column, "") or "nan")
+        except ValueError:
+            v = float("nan")
+        if math.isfinite(v):
+            out[row["case_id"]] = v
+        else:
+            bad += 1
+    if bad and notes is not None:
+        notes.append(f"{path}: {bad} row(s) without a finite {column!r} skipped")
+    return out
+
+
+def resolve_path(raw: str, run: RunDir) -> Path | None:
+    """A path from a score file: absolute, relative to the run folder, or to the working directory."""
+    if not raw:
+        return None
+    p = Path(raw)
+    if p.is_absolute():
+        return p
+    return (run.root / p) if (run.root / p).exists() else p
+
+
+def run_manifest(run: RunDir, manifest: str | Path | None, notes: list[str]) -> list[Case] | None:
+    """Cases of ``manifest``, else of the run config's ``data.manifest``; None (with a note) if neither."""
+    source: Path | None = Path(manifest) if manifest is not None else None
+    if source is None and run.config_path.exists():
+        try:
+            source = run.load_config().data.manifest
+        except Exception as err:  # a broken config must not stop evaluation of the scores
+            notes.append(f"{run.config_path}: could not read data.manifest ({err})")
+    if source is None:
+        return None
+    try:
+        return read_manifest(source, check_files=False)
+    except Exception as err:
+        notes.append(f"{source}: manifest unreadable ({err}); masks and input images unavailable")
+        return None
+
+
+def read_threshold(path: Path, key: str, variant: str | None = None) -> float | None:
+    """A threshold from a calibration JSON: ``{key: x}``, ``{key: {variant: x}}`` or ``{variant: {key: x}}``."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    candidates = [data.get(key)] if isinstance(data, dict) else []
+    if isinstance(data, dict) and variant is not None:
+        inner = data.get(variant) or (data.get("variants") or {}).get(variant)
+        if isinstance(inner, dict):
+            candidates.insert(0, inner.get(key))
+    for c in candidates:
+        if isinstance(c, dict) and variant is not None:
+            c = c.get(variant)
+        if isinstance(c, (int, float)) and math.isfinite(c):
+            return float(c)
+    return None

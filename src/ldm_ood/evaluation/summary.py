@@ -1,0 +1,165 @@
+"""Evaluation results: per-set detection, DeLong and segmentation rows, and ``summary.json``.
+
+:class:`Summary` holds everything ``evaluate`` computed (paper 000 Table 1: AUROC with 95% CI,
+AUPRC, FPR@95TPR per method and OOD set; DeLong LDM vs LTM; paper 001 Table 1: ⌈DICE⌉, Dice at
+the validation threshold, pixel AUPRC, image-level AUROC/AUPRC). Labels: set ``id`` is negative,
+every other set positive. Far-OOD sets are named ``far_*``, near-OOD everything else
+(:func:`order_sets` gives the table order).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+ID_SET = "id"
+#: detection methods: name -> (score folder, column)
+DETECTION_METHODS: dict[str, tuple[str, str]] = {
+    "ldm": ("ldm", "pred_score"),
+    "ldm_mse": ("ldm", "score_mse"),
+    "ldm_lpips": ("ldm", "score_lpips"),
+    "ltm": ("ltm", "pred_score"),
+}
+METHOD_LABELS = {"ldm": "LDM", "ldm_mse": "LDM (MSE)", "ldm_lpips": "LDM (LPIPS)", "ltm": "LTM"}
+#: near-OOD display order by name prefix (paper 000 Table 1); unknown names follow alphabetically
+_NEAR_ORDER = ("noise", "bg", "background", "flip", "chunk", "skull", "scale", "sprites")
+
+
+def is_far(set_name: str) -> bool:
+    return set_name.startswith("far_")
+
+
+def order_sets(names: Iterable[str]) -> list[str]:
+    """Far-OOD sets (alphabetical) then near-OOD sets in paper 000 Table 1 order; ``id`` dropped."""
+    names = [n for n in dict.fromkeys(names) if n != ID_SET]
+
+    def near_key(n: str) -> tuple[int, str]:
+        for i, p in enumerate(_NEAR_ORDER):
+            if n.startswith(p):
+                return i, n
+        return len(_NEAR_ORDER), n
+
+    return sorted((n for n in names if is_far(n))) + sorted((n for n in names if not is_far(n)), key=near_key)
+
+
+def _clean(v: Any) -> Any:
+    """NaN/Inf → None for JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+@dataclass
+class DetectionResult:
+    """One method on one OOD set vs ``id`` of the same run."""
+
+    run: str
+    method: str
+    set: str
+    kind: str  # "far" | "near"
+    n_id: int
+    n_ood: int
+    auroc: float | None
+    auroc_low: float | None
+    auroc_high: float | None
+    auprc: float | None
+    fpr95: float | None
+
+
+@dataclass
+class DeLongResultRow:
+    """DeLong test LDM vs LTM on the cases both scored (same run = same VQ-GAN base)."""
+
+    run: str
+    set: str
+    n_cases: int
+    auc_ldm: float | None
+    auc_ltm: float | None
+    cov: float | None
+    z: float | None
+    p_value: float | None
+    marker: str  # "**" p < 0.001, "*" p < 0.05, "" otherwise
+
+
+@dataclass
+class SegmentationResult:
+    """Paper 001 Table 1 metrics of one segmentation variant on one set with masks."""
+
+    run: str
+    variant: str
+    set: str
+    n_cases: int
+    n_masks: int
+    pooling: str
+    best_dice: float | None
+    best_dice_threshold: float | None
+    threshold: float | None
+    dice_at_threshold: float | None
+    pixel_auprc: float | None
+    image_auroc: float | None
+    image_auprc: float | None
+
+
+@dataclass
+class Summary:
+    """Everything ``evaluate`` computed; ``summary.json`` is ``to_dict()``."""
+
+    runs: dict[str, str] = field(default_factory=dict)
+    detection: list[DetectionResult] = field(default_factory=list)
+    delong: list[DeLongResultRow] = field(default_factory=list)
+    segmentation: list[SegmentationResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    # ---- lookups
+    def detection_for(self, run: str, method: str, set_name: str) -> DetectionResult | None:
+        return next((d for d in self.detection if (d.run, d.method, d.set) == (run, method, set_name)), None)
+
+    def delong_for(self, run: str, set_name: str) -> DeLongResultRow | None:
+        return next((d for d in self.delong if (d.run, d.set) == (run, set_name)), None)
+
+    def ood_sets(self) -> list[str]:
+        return order_sets(d.set for d in self.detection)
+
+    def methods(self) -> list[str]:
+        present = {d.method for d in self.detection}
+        return [m for m in DETECTION_METHODS if m in present]
+
+    # ---- (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        def rows(items: list) -> list[dict]:
+            return [{k: _clean(v) for k, v in asdict(x).items()} for x in items]
+
+        return {
+            "runs": dict(self.runs),
+            "detection": rows(self.detection),
+            "delong": rows(self.delong),
+            "segmentation": rows(self.segmentation),
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Summary":
+        def build(kind: type, items: list[dict]) -> list:
+            names = {f.name for f in fields(kind)}
+            return [kind(**{k: v for k, v in it.items() if k in names}) for it in items]
+
+        return cls(
+            runs=dict(d.get("runs", {})),
+            detection=build(DetectionResult, d.get("detection", [])),
+            delong=build(DeLongResultRow, d.get("delong", [])),
+            segmentation=build(SegmentationResult, d.get("segmentation", [])),
+            notes=list(d.get("notes", [])),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Summary":
+        return cls.from_dict(json.loads(Path(path).read_text()))
