@@ -1,9 +1,10 @@
-"""Shared fixtures (keep small): a seeded generator and a tiny RAS head-like volume."""
+"""Shared fixtures (keep small): a seeded generator, a tiny RAS head-like volume, one torch thread."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -26,3 +27,13 @@ def tiny_head() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = (-19, -23, -21)
     return img, affine, brain
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared CPU.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,13 +19,7 @@ from ldm_ood.scoring.segment import FIELDS, calibrate_segment, segment
 from ldm_ood.training.checkpoint import save_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _slice(rng, shape, lesion=False):

@@ -17,7 +17,7 @@ For ``m`` positives ``X`` and ``n`` negatives ``Y`` and each classifier ``r``, w
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,9 +39,6 @@ class DeLongResult:
     cov: float
     z: float
     p_value: float
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def _structural_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,9 +118,6 @@ class ConfidenceInterval:
     high: float
     level: float
     n_boot: int
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def bootstrap_ci(
