@@ -7,9 +7,11 @@ Same interface as the LDM pipeline (paper 000 §2.3/§3.2):
 * ``score_ltm`` (manifest mode) writes ``scores/ltm/<set>.csv`` row by row
   (``case_id,set,pred_score,percentile,flag,map_path,seconds,nll``; ``pred_score`` = sum NLL,
   ``nll`` = mean NLL per token) and maps to ``maps/ltm/<set>/<case>.nii.gz``; finished cases are
-  skipped on a rerun. Folder mode (``input_dir``/``output_dir``) writes ``<case>.txt`` (the row as
-  ``key: value`` lines) and ``<case>.nii.gz``. Without a calibration, ``percentile`` / ``flag``
-  stay empty. A failing case is reported at the end (``BatchError``) after all others are written.
+  skipped on a rerun. Folder mode (MOOD challenge layout, ``input_dir`` → ``output_dir``) writes
+  ``<case>.txt`` (the score, one number, as the LDM's folder mode: :func:`.common.write_folder_score`)
+  and ``<case>.nii.gz``; a case whose ``.txt`` exists is skipped. Without a calibration,
+  ``percentile`` / ``flag`` stay empty. A failing case is reported at the end (``BatchError``) after
+  all others are written.
 
 Networks and preprocessing are loaded from the run (``models.loading``, ``data.transforms``) unless
 passed in (``networks=``, ``preprocessor=``), which is how the tests run tiny nets.
@@ -20,29 +22,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ..config import Config, ConfigError
-from ..data.io import Image, write_image
-from ..data.manifest import Case, read_manifest, select, set_names
+from ..data.io import write_image
+from ..data.manifest import Case
 from ..errors import BatchFailures
-from ..precision import default_device
 from ..runs import RunDir
-from ..training.checkpoint import atomic_write_text
+from .common import Preprocessing, folder_cases, load_context, pending, progress_bar, test_cases, validation_cases, write_folder_score
 from .likelihood import LTMCalibration, LTMNetworks, LTMScore, check_ensemble, score_image, upsample_map
 from .records import RecordWriter
 
 FIELDS = ("case_id", "set", "pred_score", "percentile", "flag", "map_path", "seconds", "nll")
-
-
-class Preprocessing(Protocol):
-    """What the pipeline needs of ``ldm_ood.data.transforms.Preprocessor`` (CONTRACTS.md)."""
-
-    def load(self, path: str | Path) -> tuple[torch.Tensor, Any]: ...
-
-    def invert(self, array_on_grid: Any, meta: Any) -> Image: ...
 
 
 @dataclass
@@ -67,25 +60,12 @@ def load_ltm_networks(run: RunDir, cfg: Config, device: torch.device) -> LTMNetw
 
 
 def _setup(run_dir, config, networks, preprocessor, device):
-    run = RunDir(run_dir)
-    cfg = config if config is not None else run.config_or(None)
-    device = torch.device(device) if device is not None else default_device()
+    ctx = load_context(run_dir, config, preprocessor, device)
     if networks is None:
-        networks = load_ltm_networks(run, cfg, device)
+        networks = load_ltm_networks(ctx.run, ctx.cfg, ctx.device)
     else:
-        check_ensemble(cfg, networks)
-    if preprocessor is None:
-        from ..data.transforms import Preprocessor
-
-        preprocessor = Preprocessor(cfg.data)
-    return run, cfg, networks, preprocessor, device
-
-
-def _cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
-    source = manifest if manifest is not None else cfg.data.manifest
-    if source is None:
-        raise ConfigError("no manifest: pass --data or set data.manifest in the run's config")
-    return read_manifest(source)
+        check_ensemble(ctx.cfg, networks)
+    return ctx.run, ctx.cfg, networks, ctx.preprocessor, ctx.device
 
 
 def _score_case(networks: LTMNetworks, preprocessor: Preprocessing, path: Path, bf16: bool, device) -> tuple[LTMScore, Any]:
@@ -108,19 +88,21 @@ def calibrate_ltm(
     networks: LTMNetworks | None = None,
     preprocessor: Preprocessing | None = None,
     device: str | torch.device | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score the ``val`` split, fit :class:`LTMCalibration` at ``score.fpr`` and save it; returns a summary."""
     run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device)
-    val = select(_cases(cfg, manifest), split="val")
-    if not val:
-        raise ConfigError("the manifest has no split=val cases to calibrate on")
+    val = validation_cases(cfg, manifest)
     failures = BatchFailures()
     values, ids = [], []
-    for case in val:
-        with failures.guard(case.case_id, case.path):
-            score, _ = _score_case(networks, preprocessor, case.path, cfg.score.bf16, device)
-            values.append(score.nll)
-            ids.append(case.case_id)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("calibrate ltm", total=len(val))
+        for case in val:
+            with failures.guard(case.case_id, case.path):
+                score, _ = _score_case(networks, preprocessor, case.path, cfg.score.bf16, device)
+                values.append(score.nll)
+                ids.append(case.case_id)
+            bar.advance(task)
     if values:
         calib = LTMCalibration.fit(values, ids, cfg.score.fpr, networks.kinds)
         calib.save(run.ltm_calibration_path)
@@ -154,6 +136,7 @@ def score_ltm(
     preprocessor: Preprocessing | None = None,
     device: str | torch.device | None = None,
     map_interpolation: str = "nearest",
+    progress: bool = True,
 ) -> LTMScoreResult:
     """Score scans with the LTM (sum NLL), write records and NIfTI maps on each input's grid."""
     if (input_dir is None) != (output_dir is None):
@@ -176,35 +159,30 @@ def score_ltm(
         _write_map(preprocessor, score, meta, grid, map_path, map_interpolation)
         return _row(case, score, calib, map_path, time.perf_counter() - t0)
 
+    jobs: list[tuple[str, list[Case], Path, RecordWriter | None]] = []
     if input_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        result.outputs["folder"] = out
-        for case in read_manifest(input_dir):
-            txt = out / f"{case.case_id}.txt"
-            if txt.exists():
-                result.skipped += 1
-                continue
-            with failures.guard(case.case_id, case.path):
-                row = one(case, out / f"{case.case_id}.nii.gz")
-                atomic_write_text(txt, "".join(f"{k}: {row[k]}\n" for k in FIELDS))
-                result.scored += 1
+        out, todo, skipped = folder_cases(input_dir, output_dir)
+        result.outputs["folder"], result.skipped = out, skipped
+        jobs.append(("folder", todo, out, None))
     else:
-        cases = _cases(cfg, manifest)
-        for set_name in sets or set_names(cases, split="test"):
+        for set_name, cases in test_cases(cfg, manifest, sets).items():
             writer = RecordWriter(run.scores_path("ltm", set_name), FIELDS)
             result.outputs[set_name] = writer.path
-            done = writer.done_ids()
-            todo = select(cases, split="test", set_name=set_name)
-            if not todo:
-                raise ConfigError(f"no test cases in set {set_name!r}")
+            todo, skipped = pending(cases, writer.done_ids())
+            result.skipped += skipped
+            jobs.append((set_name, todo, run.maps_dir("ltm", set_name), writer))
+    with progress_bar(progress) as bar:
+        for name, todo, out_dir, writer in jobs:
+            task = bar.add_task(f"score ltm {name}", total=len(todo))
             for case in todo:
-                if case.case_id in done:
-                    result.skipped += 1
-                    continue
                 with failures.guard(case.case_id, case.path):
-                    writer.write(one(case, run.maps_dir("ltm", set_name) / f"{case.case_id}.nii.gz"))
+                    row = one(case, out_dir / f"{case.case_id}.nii.gz")
+                    if writer is not None:
+                        writer.write(row)
+                    else:  # MOOD layout: the score alone; written last so a rerun resumes correctly
+                        write_folder_score(out_dir / f"{case.case_id}.txt", row["pred_score"])
                     result.scored += 1
+                bar.advance(task)
     result.failed = len(failures)
     failures.raise_if_any("score --method ltm")
     return result

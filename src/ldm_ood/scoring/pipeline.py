@@ -25,20 +25,19 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
-from ..config import Config, ConfigError, DiffusionConfig, ScoreConfig
-from ..data.io import Image
-from ..data.manifest import Case, read_manifest, select, set_names
+from ..config import Config, DiffusionConfig, ScoreConfig
+from ..data.manifest import Case
 from ..errors import BatchFailures
 from ..models.diffusion import build_inference_scheduler
-from ..precision import default_device, prepare_for_inference
+from ..precision import prepare_for_inference
 from ..runs import RunDir
-from ..training.checkpoint import atomic_write_text
+from .common import Preprocessing, folder_cases, load_context, pending, progress_bar, test_cases, validation_cases, write_folder_score
 from .maps import VoxelAccumulator, VoxelStats, anomaly_map, write_anomaly_map
 from .ood import OODCalibration, fit_calibration
 from .reconstruct import CallCounter, chain_starts, default_t_values, inference_grid, reconstruct, snap_to_grid
@@ -46,14 +45,6 @@ from .records import RecordWriter
 from .similarity import ScanMetrics, SimilarityFn, measure, similarity_functions
 
 BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "percentile", "flag", "map_path", "seconds")
-
-
-class Preprocessing(Protocol):
-    """What the pipeline needs of ``ldm_ood.data.transforms.Preprocessor`` (CONTRACTS.md)."""
-
-    def load(self, path: str | Path) -> tuple[torch.Tensor, Any]: ...
-
-    def invert(self, array_on_grid: Any, meta: Any) -> Image: ...
 
 
 def fieldnames(metrics: Sequence[str], t_values: Sequence[int]) -> list[str]:
@@ -161,11 +152,6 @@ class _Loaded:
     seconds: float
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), disable=not enabled, transient=False)
-
-
 def _measured(
     scorer: OODScorer, preprocessor: Preprocessing, cases: Sequence[Case], device: torch.device,
     failures: BatchFailures, progress: Progress, task: Any,
@@ -230,24 +216,11 @@ class ScoreResult:
 
 
 def _setup(run_dir, config, models, similarity, preprocessor, device, sequential):
-    run = RunDir(run_dir)
-    cfg = config if config is not None else run.config_or(None)
-    device = torch.device(device) if device is not None else default_device()
+    ctx = load_context(run_dir, config, preprocessor, device)
     if models is None:
-        models = load_scoring_models(run, cfg, device)
-    if preprocessor is None:
-        from ..data.transforms import Preprocessor
-
-        preprocessor = Preprocessor(cfg.data)
-    scorer = OODScorer(models, cfg.score, similarity=similarity, sequential=sequential)
-    return run, cfg, scorer, preprocessor, device
-
-
-def _cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
-    source = manifest if manifest is not None else cfg.data.manifest
-    if source is None:
-        raise ConfigError("no manifest: pass --data or set data.manifest in the run's config")
-    return read_manifest(source)
+        models = load_scoring_models(ctx.run, ctx.cfg, ctx.device)
+    scorer = OODScorer(models, ctx.cfg.score, similarity=similarity, sequential=sequential)
+    return ctx.run, ctx.cfg, scorer, ctx.preprocessor, ctx.device
 
 
 def calibrate_ood(
@@ -264,14 +237,12 @@ def calibrate_ood(
 ) -> CalibrationResult:
     """Reconstruct the ``val`` split and save the OOD calibration (paper 000 §2.2–2.3)."""
     run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device, sequential)
-    val = select(_cases(cfg, manifest), split="val")
-    if not val:
-        raise ConfigError("the manifest has no split=val cases to calibrate on")
+    val = validation_cases(cfg, manifest)
     failures = BatchFailures()
     ids: list[str] = []
     values: dict[str, list[np.ndarray]] = {m: [] for m in scorer.metrics}
     voxels = VoxelAccumulator()
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("calibrate ldm", total=len(val))
         for item, met, _ in _measured(scorer, preprocessor, val, device, failures, bar, task):
             ids.append(item.case.case_id)
@@ -341,29 +312,22 @@ def score_ood(
 
     def jobs() -> list[tuple[str, list[Case], Callable[[Case], Path], Callable[[dict[str, Any]], None] | None]]:
         if input_dir is not None:
-            out = Path(output_dir)
-            out.mkdir(parents=True, exist_ok=True)
+            out, todo, skipped = folder_cases(input_dir, output_dir)
             result.outputs["folder"] = out
-            cases = read_manifest(input_dir)
-            todo = [c for c in cases if not (out / f"{c.case_id}.txt").exists()]
-            result.skipped += len(cases) - len(todo)
+            result.skipped += skipped
             return [("folder", todo, lambda c: out / f"{c.case_id}.nii.gz", None)]
-        cases, out_jobs = _cases(cfg, manifest), []
-        for set_name in sets or set_names(cases, split="test"):
+        out_jobs = []
+        for set_name, cases in test_cases(cfg, manifest, sets).items():
             writer = RecordWriter(run.scores_path("ldm", set_name), names)
             result.outputs[set_name] = writer.path
-            todo_all = select(cases, split="test", set_name=set_name)
-            if not todo_all:
-                raise ConfigError(f"no test cases in set {set_name!r}")
-            done = writer.done_ids()
-            todo = [c for c in todo_all if c.case_id not in done]
-            result.skipped += len(todo_all) - len(todo)
+            todo, skipped = pending(cases, writer.done_ids())
+            result.skipped += skipped
             maps = run.maps_dir("ldm", set_name)
             out_jobs.append((set_name, todo, lambda c, maps=maps: maps / f"{c.case_id}.nii.gz", writer.write))
         return out_jobs
 
     all_jobs = jobs()
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         for name, todo, map_path_of, write_row in all_jobs:
             task = bar.add_task(f"score ldm {name}", total=len(todo))
             for item, met, seconds in _measured(scorer, preprocessor, todo, device, failures, bar, task):
@@ -377,7 +341,7 @@ def score_ood(
                     if write_row is not None:
                         write_row(row)
                     else:  # MOOD layout: the score alone; written last so a rerun resumes correctly
-                        atomic_write_text(map_path.with_name(f"{case.case_id}.txt"), f"{row['pred_score']!r}\n")
+                        write_folder_score(map_path.with_name(f"{case.case_id}.txt"), row["pred_score"])
                     result.scored += 1
     result.failed = len(failures)
     result.unet_calls = scorer.calls.calls

@@ -175,6 +175,10 @@ def test_bad_file_fails_alone_and_folder_mode(tmp_path):
     out = tmp_path / "out"
     res = score_ltm(run.root, input_dir=tmp_path / "data", output_dir=out, **kw)
     assert res.scored == 6
+    # MOOD layout, as the LDM's folder mode: the score alone, equal to the sum NLL of the scan
+    x, _ = Preprocessor(CFG.data).load(cases[0].path)
+    expected = score_image(kw["networks"], x[None], bf16=CFG.score.bf16)[0].nll
     txt = (out / "c0.txt").read_text()
-    assert "pred_score: " in txt and "flag: " in txt
+    assert txt == f"{float(txt)!r}\n" and float(txt) == pytest.approx(expected, rel=1e-6)
+    assert res.skipped == 0 and score_ltm(run.root, input_dir=tmp_path / "data", output_dir=out, **kw).skipped == 6
     assert nib.load(out / "c0.nii.gz").shape == (18, 14, 16)
