@@ -1,7 +1,7 @@
 """Preview figures: tri-planar views of volumes, 2D slices, optional overlays and mask outlines.
 
-Used for the synthetic benchmark's ``preview.png`` and reused by the report for anomaly-map
-overlays. Display convention (radiological, as CT viewers): every panel has superior (sagittal,
+Used for the synthetic benchmark's ``preview.png`` and by the report's anomaly-map overlays and
+segmentation examples (:func:`display_views`, :func:`unit_intensity`). Display convention (radiological, as CT viewers): every panel has superior (sagittal,
 coronal) or anterior (axial) at the top, and the patient's right on the left of axial / coronal
 panels (anterior on the left of sagittal panels). Volumes are reoriented to RAS from their affine
 first, so any array axis order is displayed the same way.
@@ -58,6 +58,26 @@ def triplanar(
     v = to_ras(volume, affine)
     i, j, k = (np.array(v.shape) // 2) if index is None else index
     return display_slice(v[i, :, :]), display_slice(v[:, j, :]), display_slice(v[:, :, k])
+
+
+def display_views(image: np.ndarray, affine: np.ndarray | None = None) -> list[np.ndarray]:
+    """Display views of a 2D slice ``(X, Y)`` stored in RAS order (one view) or of a 3D volume
+    (sagittal, coronal, axial through the centre, reoriented with ``affine``; see module docstring)."""
+    v = np.asarray(image, dtype=np.float32)
+    return [display_slice(v)] if v.ndim == 2 else list(triplanar(v, affine))
+
+
+def unit_intensity(array: np.ndarray, modality: str = "ct", ct_window: Sequence[float] = (-15.0, 100.0)) -> np.ndarray:
+    """The intensity step of the preprocessing (paper 000 §3.1) on the native grid, for display with
+    a fixed [0, 1] window: CT clamped to ``ct_window`` HU and rescaled; other modalities min–max
+    rescaled. A scaled or skull-stripped scan then looks like what the model sees."""
+    from .transforms import to_unit_range_ct
+
+    a = np.asarray(array, dtype=np.float32)
+    if modality == "ct":
+        return to_unit_range_ct(a, (float(ct_window[0]), float(ct_window[1])))
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
 def volume_panels(

@@ -17,8 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from ..data.preview import display_slice, display_views, to_ras  # noqa: E402
 from ..evaluation.metrics import auroc, roc_curve  # noqa: E402
 
 ID_COLOUR = "#1f77b4"
@@ -74,7 +75,8 @@ def roc_grid(
             if fpr.size == 0:
                 continue
             colour = METHOD_COLOURS.get(label, f"C{k}")
-            ax.plot(fpr, tpr, lw=1.6, color=colour, label=f"{label} {auroc(y, s):.3f}", drawstyle="steps-post")
+            # straight segments between operating points: tied scores give a diagonal run, as the AUROC counts them
+            ax.plot(fpr, tpr, lw=1.6, color=colour, label=f"{label} {auroc(y, s):.3f}")
         ax.set_title(set_name, fontsize=10)
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
@@ -108,10 +110,9 @@ def histogram_grid(
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
         ax.hist(id_scores, bins=bins, color=ID_COLOUR, alpha=0.6, label=f"ID (n={id_scores.size})")
         ax.hist(ood, bins=bins, color=OOD_COLOUR, alpha=0.6, label=f"OOD (n={ood.size})")
-        ax.text(0.98, 0.95, f"n={ood.size}", transform=ax.transAxes, ha="right", va="top", fontsize=7, color=OOD_COLOUR)
         if threshold is not None:
             ax.axvline(threshold, color="k", ls="--", lw=1.0, label="threshold")
-        ax.set_title(set_name, fontsize=10)
+        ax.set_title(f"{set_name} (n={ood.size})", fontsize=10)  # n in the title: never over the bars
         ax.tick_params(labelsize=7)
         ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
         ax.set_xlabel(xlabel, fontsize=8)
@@ -124,16 +125,10 @@ def histogram_grid(
 
 
 # ----------------------------------------------------------------------------- spatial views
-
-
-def _triplanar(volume: np.ndarray, centre: Sequence[int] | None = None) -> list[np.ndarray]:
-    """Mid (or ``centre``) slices of the three axes of a 3D volume, rotated for display; a 2D
-    image is returned as its single (rotated) view."""
-    v = np.asarray(volume, dtype=np.float32)
-    if v.ndim == 2:
-        return [np.rot90(v)]
-    c = [s // 2 for s in v.shape] if centre is None else list(centre)
-    return [np.rot90(v[c[0], :, :]), np.rot90(v[:, c[1], :]), np.rot90(v[:, :, c[2]])]
+#
+# Inputs are shown with a fixed [0, 1] grey window: callers pass them through the run's intensity
+# preprocessing (``data.preview.unit_intensity``), so a scaled or skull-stripped scan looks like what
+# the model sees. Views are radiological, reoriented from the affine (``data.preview``).
 
 
 def _match(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -148,46 +143,54 @@ def _match(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _show_image(ax, img: np.ndarray, title: str = "") -> None:
-    ax.imshow(img, cmap="gray", vmin=float(np.percentile(img, 1)), vmax=float(np.percentile(img, 99.5)) + 1e-6)
+    """A display view in [0, 1] (fixed window: grey 0 = air / below the CT window, 1 = its top)."""
+    ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_title(title, fontsize=8)
     ax.axis("off")
 
 
+def _colourbar(fig: Figure, im, ax, fraction: float = 0.03, pad: float = 0.01) -> None:
+    """Colour bar with three plain ticks (no offset text above the bar)."""
+    cb = fig.colorbar(im, ax=ax, fraction=fraction, pad=pad)
+    cb.locator = MaxNLocator(3)
+    cb.formatter = FuncFormatter(lambda v, _: f"{v:.2g}")
+    cb.update_ticks()
+    cb.ax.tick_params(labelsize=7)
+
+
 def overlay_grid(
-    cases: Sequence[tuple[str, np.ndarray, Mapping[str, np.ndarray]]], title: str = "Anomaly maps"
+    cases: Sequence[tuple[str, np.ndarray, np.ndarray | None, Mapping[str, np.ndarray]]], title: str = "Anomaly maps"
 ) -> Figure:
     """Paper 000 Fig. 1 style: per case (row), the input's tri-planar view, then each method's map
     over the input (same planes), side by side. Each map panel block has its own colour bar.
 
     Args:
-        cases: ``(label, image, {method: map})``; image and maps 2D or 3D (maps resampled to the image).
+        cases: ``(label, image in [0, 1], affine or None, {method: map})``; image and maps 2D
+            ``(X, Y)`` or 3D ``(X, Y, Z)`` on the same grid (maps of another shape are resampled).
     """
     n_planes = 3 if cases and np.asarray(cases[0][1]).ndim == 3 else 1
-    n_methods = max((len(m) for _, _, m in cases), default=0)
+    n_methods = max((len(m) for *_, m in cases), default=0)
     ncols = n_planes * (1 + n_methods)
     w, h = 1.9 * ncols + 0.6 * n_methods, 2.0 * len(cases) + 0.6
     fig, axes = plt.subplots(len(cases), ncols, figsize=(w, h), squeeze=False)
     fig.subplots_adjust(left=0.01, right=0.97, bottom=0.01, top=1 - 0.6 / h, wspace=0.12, hspace=0.25)
-    for r, (label, image, maps) in enumerate(cases):
+    for r, (label, image, affine, maps) in enumerate(cases):
         image = np.asarray(image, dtype=np.float32)
-        views = _triplanar(image)
+        views = display_views(image, affine)
         for k, view in enumerate(views):
-            _show_image(axes[r, k], view)
-            if k == 0:
-                axes[r, k].set_title(label, fontsize=9, loc="left")
+            _show_image(axes[r, k], view, "input, window [0, 1]" if k == 1 else "")
+        axes[r, 0].set_title(label, fontsize=9, loc="left")
         for m, (method, amap) in enumerate(maps.items()):
-            mviews = _triplanar(_match(np.asarray(amap, dtype=np.float32), image.shape))
+            mviews = display_views(_match(np.asarray(amap, dtype=np.float32), image.shape), affine)
             vmax = max(float(np.percentile(np.concatenate([v.ravel() for v in mviews]), 99.5)), 1e-6)
             im = None
             for k, (view, mview) in enumerate(zip(views, mviews)):
                 ax = axes[r, n_planes * (m + 1) + k]
                 _show_image(ax, view, f"{method} map" if k == 0 else "")
-                im = ax.imshow(np.ma.masked_less(mview, 0.2 * vmax), cmap=MAP_CMAP, alpha=0.75, vmin=0, vmax=vmax)
+                im = ax.imshow(np.ma.masked_less(mview, 0.2 * vmax), cmap=MAP_CMAP, alpha=0.75, vmin=0, vmax=vmax,
+                               interpolation="nearest")
             if im is not None:
-                cb = fig.colorbar(im, ax=axes[r, n_planes * (m + 1): n_planes * (m + 2)].tolist(), fraction=0.03, pad=0.01)
-                cb.locator = MaxNLocator(3)
-                cb.update_ticks()
-                cb.ax.tick_params(labelsize=7)
+                _colourbar(fig, im, axes[r, n_planes * (m + 1): n_planes * (m + 2)].tolist())
     _title(fig, title + " — maps shown above 20 % of their 99.5th percentile", 0.6)
     return fig
 
@@ -198,41 +201,46 @@ def _lesion_slice(gt: np.ndarray) -> int:
     return int(np.argmax(counts)) if counts.any() else gt.shape[-1] // 2
 
 
+def _lesion_view(arr: np.ndarray, affine: np.ndarray | None, z: int | None) -> np.ndarray:
+    """A 2D slice as displayed, or the axial slice ``z`` (RAS index) of a volume."""
+    return display_slice(arr) if arr.ndim == 2 else display_slice(to_ras(arr, affine)[..., z])
+
+
 def segmentation_grid(
-    cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+    cases: Sequence[tuple[str, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]],
     title: str = "Segmentation examples",
 ) -> Figure:
     """Per case (row): image, image + GT outline, anomaly map (colour bar), predicted mask + GT outline.
 
     Args:
-        cases: ``(label, image, gt_mask, anomaly_map, predicted_mask or None)``; 3D volumes are shown at
-            the axial slice with the most lesion voxels.
+        cases: ``(label, image in [0, 1], affine or None, gt_mask, anomaly_map, predicted_mask or None)``;
+            2D slices ``(X, Y)`` in RAS order; 3D volumes are shown at the axial slice with the most
+            lesion voxels.
     """
     h = 2.6 * len(cases) + 0.6
     fig, axes = plt.subplots(len(cases), 4, figsize=(10.5, h), squeeze=False)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.6 / h, wspace=0.15, hspace=0.35)
-    for r, (label, image, gt, amap, pred) in enumerate(cases):
+    for r, (label, image, affine, gt, amap, pred) in enumerate(cases):
         image = np.asarray(image, dtype=np.float32)
         amap = _match(np.asarray(amap, dtype=np.float32), image.shape)
-        gt = np.asarray(gt) > 0.5
+        gt = np.asarray(gt, dtype=np.float32) > 0.5
         pred = None if pred is None else _match(np.asarray(pred, dtype=np.float32), image.shape) > 0.5
-        if image.ndim == 3:
-            z = _lesion_slice(gt)
-            image, gt, amap = image[..., z], gt[..., z], amap[..., z]
-            pred = None if pred is None else pred[..., z]
-        rot = np.rot90
-        _show_image(axes[r, 0], rot(image), f"{label}\nimage")
-        _show_image(axes[r, 1], rot(image), "ground truth")
+        z = _lesion_slice(to_ras(gt, affine)) if image.ndim == 3 else None
+        image, amap = _lesion_view(image, affine, z), _lesion_view(amap, affine, z)
+        gt = _lesion_view(gt.astype(np.float32), affine, z)
+        pred = None if pred is None else _lesion_view(pred.astype(np.float32), affine, z)
+        _show_image(axes[r, 0], image, f"{label}\nimage")
+        _show_image(axes[r, 1], image, "ground truth")
         if gt.any():
-            axes[r, 1].contour(rot(gt.astype(float)), levels=[0.5], colors=[OOD_COLOUR], linewidths=1.2)
-        im = axes[r, 2].imshow(rot(amap), cmap=MAP_CMAP)
+            axes[r, 1].contour(gt, levels=[0.5], colors=[OOD_COLOUR], linewidths=1.2)
+        im = axes[r, 2].imshow(amap, cmap=MAP_CMAP, interpolation="nearest")
         axes[r, 2].set_title("anomaly map", fontsize=8)
         axes[r, 2].axis("off")
-        fig.colorbar(im, ax=axes[r, 2], fraction=0.046, pad=0.02)
+        _colourbar(fig, im, axes[r, 2], fraction=0.046, pad=0.02)
         if pred is not None:
-            axes[r, 3].imshow(rot(pred.astype(float)), cmap="gray", vmin=0, vmax=1)
+            axes[r, 3].imshow(pred, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             if gt.any():
-                axes[r, 3].contour(rot(gt.astype(float)), levels=[0.5], colors=[OOD_COLOUR], linewidths=1.2)
+                axes[r, 3].contour(gt, levels=[0.5], colors=[OOD_COLOUR], linewidths=1.2)
             axes[r, 3].set_title("predicted mask (GT outline)", fontsize=8)
         else:
             axes[r, 3].text(0.5, 0.5, "no threshold", ha="center", va="center", fontsize=8)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..data.io import read_image
 from ..data.manifest import Case
+from ..data.preview import unit_intensity
 from ..evaluation.evaluate import evaluate
 from ..evaluation.inputs import normalise_runs, read_scores, read_threshold, resolve_path, run_manifest, score_sets, segment_variants
 from ..evaluation.summary import DETECTION_METHODS, ID_SET, METHOD_LABELS, Summary, order_sets
@@ -171,6 +172,17 @@ def _case_lookup(cases: list[Case] | None) -> dict[tuple[str, str], Case]:
     return out
 
 
+def _display_input(run: RunDir, path: str | Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """An input scan in [0, 1] by the run's intensity preprocessing (``data.modality`` / ``ct_window``),
+    on its native grid, and its affine. Without a run config the stored values are shown as they are."""
+    img = read_image(path, allow_constant=True)
+    if not run.config_path.exists():
+        notes.append(f"{run.root}: no config.yaml; inputs shown as stored, in a [0, 1] window")
+        return np.clip(img.array, 0.0, 1.0), img.affine
+    data = run.load_config().data
+    return unit_intensity(img.array, data.modality, data.ct_window), img.affine
+
+
 def _overlay_section(runs: Mapping[str, RunDir], manifests: Mapping[str, list[Case] | None], notes: list[str], max_cases: int) -> str:
     parts = []
     for name, run in runs.items():
@@ -186,7 +198,7 @@ def _overlay_section(runs: Mapping[str, RunDir], manifests: Mapping[str, list[Ca
                     notes.append(f"{name}/{s}/{cid}: not in the manifest; no overlay")
                     continue
                 try:
-                    image = read_image(case.path, allow_constant=True).array
+                    image, affine = _display_input(run, case.path, notes)
                     maps = {}
                     for m, label in (("ldm", "LDM"), ("ltm", "LTM")):
                         p = resolve_path(by_method[m].get(cid, {}).get("map_path", ""), run)
@@ -196,7 +208,7 @@ def _overlay_section(runs: Mapping[str, RunDir], manifests: Mapping[str, list[Ca
                     notes.append(f"{name}/{s}/{cid}: overlay skipped ({err})")
                     continue
                 if maps:
-                    rows.append((f"{s}: {cid}", image, maps))
+                    rows.append((f"{s}: {cid}", image, affine, maps))
         if rows:
             fig = figures.overlay_grid(rows, title=f"Anomaly maps, run {name} (input | LDM | LTM)")
             parts.append(_png(figures.to_png(fig), f"anomaly maps {name}"))
@@ -217,7 +229,7 @@ def _segmentation_examples(runs: Mapping[str, RunDir], manifests: Mapping[str, l
                     if shown >= max_cases or case is None or case.mask is None:
                         continue
                     try:
-                        image = read_image(case.path, allow_constant=True).array
+                        image, affine = _display_input(run, case.path, notes)
                         gt = read_image(case.mask, allow_constant=True).array
                         amap = read_image(resolve_path(r.get("map_path", ""), run) or "", allow_constant=True).array
                         pred_path = resolve_path(r.get("mask_path", ""), run)
@@ -226,7 +238,7 @@ def _segmentation_examples(runs: Mapping[str, RunDir], manifests: Mapping[str, l
                     except Exception as err:
                         notes.append(f"{name}/{variant}/{s}/{r['case_id']}: example skipped ({err})")
                         continue
-                    rows.append((f"{s}: {r['case_id']}", image, gt, amap, pred))
+                    rows.append((f"{s}: {r['case_id']}", image, affine, gt, amap, pred))
                     shown += 1
             if rows:
                 fig = figures.segmentation_grid(rows, title=f"Segmentation, run {name}, variant ({variant})")
@@ -297,7 +309,7 @@ def build_report(
         f'<h2 id="segmentation-examples">{SECTION_TITLES[5]}</h2>', _segmentation_examples(runs, manifests, notes, max_cases),
         f'<h2 id="benchmarks">{SECTION_TITLES[6]}</h2>', _benchmark_section(None if benchmarks_dir is None else Path(benchmarks_dir)),
         f'<h2 id="notes">{SECTION_TITLES[7]}</h2>',
-        "<ul>" + "".join(f'<li class="note">{_esc(n)}</li>' for n in [*summary.notes, *notes]) + "</ul>"
+        "<ul>" + "".join(f'<li class="note">{_esc(n)}</li>' for n in dict.fromkeys([*summary.notes, *notes])) + "</ul>"
         if summary.notes or notes else '<p class="note">None.</p>',
     ]
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ldm-ood report</title>'

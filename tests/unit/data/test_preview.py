@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image as PILImage
 
-from ldm_ood.data.preview import Panel, render_panel, save_preview_grid, to_ras, triplanar, volume_panels
+from ldm_ood.data.preview import (
+    Panel,
+    display_slice,
+    display_views,
+    render_panel,
+    save_preview_grid,
+    to_ras,
+    triplanar,
+    unit_intensity,
+    volume_panels,
+)
 
 
 def test_triplanar_orientation_independent_of_axis_order():
@@ -44,3 +54,11 @@ def test_save_grid_writes_png(tmp_path):
     path = save_preview_grid(panels, tmp_path / "p.png", ncols=2, cell=32)
     with PILImage.open(path) as im:
         assert im.size[0] >= 64 and im.size[1] >= 2 * 32
+
+
+def test_display_views_and_unit_intensity():
+    v = np.random.default_rng(0).random((4, 5, 6))
+    assert [a.shape for a in display_views(v)] == [(6, 5), (6, 4), (5, 4)]
+    np.testing.assert_array_equal(display_views(v[..., 0])[0], display_slice(v[..., 0].astype(np.float32)))
+    np.testing.assert_allclose(unit_intensity(np.array([-1000.0, -15.0, 42.5, 100.0, 900.0])), [0, 0, 0.5, 1, 1])
+    np.testing.assert_allclose(unit_intensity(np.array([2.0, 4.0, 6.0]), modality="other"), [0, 0.5, 1])

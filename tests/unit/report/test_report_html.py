@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fake_run import make_tiny_run
 
+from ldm_ood.data.preview import display_slice, to_ras
 from ldm_ood.evaluation.evaluate import evaluate
 from ldm_ood.report import figures
 from ldm_ood.report.html import SECTION_TITLES, build_report
@@ -59,17 +60,41 @@ def test_report_of_an_empty_run_still_renders(tmp_path):
     assert "No detection results" in page
 
 
-def test_triplanar_views_and_figures():
-    vol = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
-    views = figures._triplanar(vol)
-    assert [v.shape for v in views] == [(6, 5), (6, 4), (5, 4)]  # rot90 of (y,z), (x,z), (x,y)
-    np.testing.assert_array_equal(views[0], np.rot90(vol[2]))
-    assert len(figures._triplanar(np.zeros((3, 3)))) == 1
+def test_figures_show_inputs_radiologically_in_a_fixed_window():
     y = np.r_[np.zeros(10), np.ones(10)]
     fig = figures.roc_grid({"a": {"LDM": (y, np.arange(20.0))}, "b": {"LTM": (y, -np.arange(20.0))}})
     assert figures.to_png(fig).startswith(b"\x89PNG")
     gt = np.zeros((8, 8, 8))
     gt[2:4, 2:4, 5] = 1
     assert figures._lesion_slice(gt) == 5
-    fig = figures.segmentation_grid([("c", np.random.default_rng(0).random((8, 8, 8)), gt, gt * 0.9, None)])
+    # a volume stored with its z axis flipped: the lesion slice and view come from the RAS volume
+    flipped = np.diag([1.0, 1.0, -1.0, 1.0])
+    view = figures._lesion_view(gt[..., ::-1], flipped, figures._lesion_slice(to_ras(gt[..., ::-1], flipped)))
+    np.testing.assert_array_equal(view, display_slice(gt[..., 5]))
+    dark = np.full((8, 8, 8), 0.01, np.float32)  # e.g. scale_0.01: must look dark, not like a normal scan
+    fig = figures.segmentation_grid([("c", dark, flipped, gt[..., ::-1], gt * 0.9, None)])
+    axes = fig.axes
+    assert axes[0].images[0].get_clim() == (0.0, 1.0)
     assert figures.to_png(fig).startswith(b"\x89PNG")
+    fig = figures.overlay_grid([("scale_0.01: c", dark, np.eye(4), {"LDM": gt})])
+    assert [ax.images[0].get_clim() for ax in fig.axes[:3]] == [(0.0, 1.0)] * 3
+    assert len(fig.axes) == 3 + 3 + 1  # input planes, map planes, one colour bar
+    assert figures.to_png(fig).startswith(b"\x89PNG")
+
+
+def test_inputs_are_shown_as_the_preprocessing_sees_them(tmp_path):
+    from ldm_ood.config import load_config
+    from ldm_ood.data.io import write_image
+    from ldm_ood.report.html import _display_input
+    from ldm_ood.runs import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.save_config(load_config(preset="tiny"))
+    hu = np.full((4, 4, 4), -15.0 + 0.01 * 115, np.float32)  # a scale_0.01 scan stored in HU
+    hu[0] = 1000.0
+    img, affine = _display_input(run, write_image(tmp_path / "x.nii.gz", hu, np.diag([2.0, 2, 2, 1])), [])
+    np.testing.assert_allclose(img[1:], 0.01, atol=1e-6)
+    assert img[0].max() == 1.0 and affine[0, 0] == 2.0
+    notes: list[str] = []
+    raw, _ = _display_input(RunDir(tmp_path / "none"), tmp_path / "x.nii.gz", notes)
+    assert raw.max() == 1.0 and raw.min() == 0.0 and "no config.yaml" in notes[0]
