@@ -270,8 +270,8 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
             "levels": 2, "channels": 32, "num_res_layers": 2, "num_res_channels": 32,
             "embedding_dim": 8, "num_embeddings": 256, "disc_channels": 16, "disc_layers": 2,
             "train_patch": (32, 32, 32), "adversarial_warmup_epochs": 10,
-            "optim": {"lr": 5e-4, "batch_size": 4, "max_epochs": 60, "patience": 15, "preview_every": 20,
-                      "val_every": 5, "bf16": True},
+            "optim": {"lr": 5e-4, "batch_size": 4, "max_epochs": 200, "patience": 50, "preview_every": 50,
+                      "val_every": 10, "bf16": True},
         },
         "ldm": {
             "channels": (32, 64, 64), "num_head_channels": 32, "norm_num_groups": 16,
@@ -344,6 +344,9 @@ for _name, _grid in (("tiny", (16, 16)), ("demo", (32, 32)), ("cpu", (64, 64)), 
     )
 _PRESET_OVERRIDES["cpu-2d"]["first_stage"].update(
     {"channels": 64, "num_res_channels": 64, "embedding_dim": 8, "num_embeddings": 256}
+)
+_PRESET_OVERRIDES["cpu-2d"]["first_stage"]["optim"].update(
+    {"max_epochs": 20, "patience": 10, "val_every": 2, "preview_every": 10}
 )
 _PRESET_OVERRIDES["cpu-2d"]["ldm"]["optim"].update({"max_epochs": 60, "patience": 20})
 _PRESET_OVERRIDES["paper-2d"]["first_stage"].update({"num_embeddings": 256, "embedding_dim": 64})
