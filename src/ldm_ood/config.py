@@ -316,7 +316,7 @@ for _k, _v in {
               "n_far_per_class": 4, "slice_size": 32, "n_train_2d": 400, "n_val_2d": 40, "n_test_2d": 30},
 }.items():
     _PRESET_OVERRIDES["demo"][_k] = _v
-_PRESET_OVERRIDES["demo"]["first_stage"]["optim"].update({"max_epochs": 20, "patience": 20, "preview_every": 10})
+_PRESET_OVERRIDES["demo"]["first_stage"]["optim"].update({"max_epochs": 80, "patience": 80, "preview_every": 40})
 _PRESET_OVERRIDES["demo"]["ldm"]["optim"].update({"max_epochs": 100, "patience": 100, "preview_every": 50})
 _PRESET_OVERRIDES["demo"]["transformer"]["optim"].update({"max_epochs": 10, "patience": 10})
 
