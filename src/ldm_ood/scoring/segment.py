@@ -9,9 +9,9 @@ The pieces live in one module each and are re-exported here (the CLI and the ben
 
 :func:`segment` writes, on the input's grid and affine, ``<case>_healed``, ``<case>_map`` and
 ``<case>_mask`` (PNG for PNG inputs, else NIfTI) under ``RunDir.segment_dir(variant, set)`` and the
-rows of ``segment_scores_path(variant, set)`` (``FIELDS``). Folder mode (MOOD layout) writes the same
-three images plus ``<case>.txt`` (the image-level score, one number) into the output folder, and
-``segment_<variant>.csv`` there.
+rows of ``segment_scores_path(variant, set)`` (``FIELDS``). Folder mode (MOOD layout, as LDM and LTM:
+:mod:`.common`) writes the same three images and ``<case>.txt`` (the image-level score, one number,
+written last: a case with a ``.txt`` is done) into the output folder.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..data.io import suffix_of, write_image
-from ..data.manifest import Case, read_manifest, select, set_names
+from ..data.manifest import Case
 from ..errors import BatchFailures
-from ..training.checkpoint import atomic_write_text
+from ..runs import RunDir
+from .common import Preprocessing, folder_cases, folder_score_path, pending, progress_bar, test_cases, write_folder_score
 from .records import RecordWriter
 from .segment_batch import (  # noqa: F401  (_generators, _score_t: used by benchmarks/bench_segment.py)
     BatchOutput,
@@ -40,9 +40,11 @@ from .segment_batch import (  # noqa: F401  (_generators, _score_t: used by benc
     image_score,
     kl_map_of,
     latents,
+    load_batches,
     segment_batch,
+    segment_context,
 )
-from .segment_calibration import calibrate_segment, load_batches, load_calibration, manifest_cases, segment_setup
+from .segment_calibration import calibrate_segment, load_calibration
 from .segment_variants import (
     FOREGROUND_FRACTION,
     VARIANT_D_KL_NUM_T,
@@ -91,16 +93,28 @@ def _write_outputs(preprocessor, meta, case: Case, out_dir: Path, healed, amap, 
     return {f"{k}_path": str(p) for k, p in paths.items()}
 
 
-def _jobs(run, cfg: Config, variant: str, manifest, sets, input_dir, output_dir) -> list[tuple[Path, Path, list[Case]]]:
-    """``(score csv, image folder, cases)`` per test set, or one job for folder mode."""
+@dataclass
+class _Job:
+    """Cases to segment and where their outputs go; ``writer`` None in folder mode (``<case>.txt``)."""
+
+    name: str
+    cases: list[Case]
+    out_dir: Path
+    writer: RecordWriter | None
+
+
+def _jobs(run: RunDir, cfg: Config, variant: str, manifest, sets, input_dir, output_dir, result: SegmentResult) -> list[_Job]:
+    """One job per test set (resuming from its score CSV), or the folder's (resuming from ``.txt``)."""
     if input_dir is not None:
-        return [(Path(output_dir) / f"segment_{variant}.csv", Path(output_dir), read_manifest(input_dir))]
-    cases, jobs = manifest_cases(cfg, manifest), []
-    for name in sets or set_names(cases, split="test"):
-        todo = select(cases, split="test", set_name=name)
-        if not todo:
-            raise ConfigError(f"no test cases in set {name!r}")
-        jobs.append((run.segment_scores_path(variant, name), run.segment_dir(variant, name), todo))
+        out, todo, skipped = folder_cases(input_dir, output_dir)
+        result.outputs["folder"], result.skipped = out, result.skipped + skipped
+        return [_Job("folder", todo, out, None)]
+    jobs = []
+    for name, cases in test_cases(cfg, manifest, sets).items():
+        writer = RecordWriter(run.segment_scores_path(variant, name), FIELDS)
+        todo, skipped = pending(cases, writer.done_ids())
+        result.outputs[name], result.skipped = writer.path, result.skipped + skipped
+        jobs.append(_Job(name, todo, run.segment_dir(variant, name), writer))
     return jobs
 
 
@@ -114,21 +128,22 @@ def segment(
     *,
     config: Config | None = None,
     models: SegmentModels | None = None,
-    preprocessor: Any = None,
+    preprocessor: Preprocessing | None = None,
     device: str | torch.device | None = None,
+    progress: bool = True,
 ) -> SegmentResult:
     """Segment anomalies with variant ``variant`` (paper 001 §3): healed image, map, mask, score.
 
     Manifest mode: every ``test`` set (or ``sets``) -> ``RunDir.segment_dir(variant, set)`` and
     ``segment_scores_path(variant, set)``. Folder mode (``input_dir`` + ``output_dir``): every image
-    of the folder -> ``output_dir/<case>_{healed,map,mask}.*``, ``output_dir/<case>.txt`` (the score)
-    and ``output_dir/segment_<variant>.csv``. Finished cases are skipped; ``seconds`` is the batch's
-    time divided by its size. A variant not yet calibrated is calibrated first on the run's
-    validation split.
+    of the folder -> ``output_dir/<case>_{healed,map,mask}.*`` and ``output_dir/<case>.txt`` (the
+    score). Finished cases are skipped; ``seconds`` is the batch's time divided by its size. A
+    variant not yet calibrated is calibrated first on the run's validation split.
     """
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
-    run, cfg, models, preprocessor, device = segment_setup(run_dir, config, models, preprocessor, device)
+    ctx, models = segment_context(run_dir, config, models, preprocessor, device)
+    run, cfg, preprocessor, device = ctx.run, ctx.cfg, ctx.preprocessor, ctx.device
     scfg, spec = cfg.segment, variant_spec(variant, cfg.segment)
     calib, thr = load_calibration(run)
     if variant not in calib.get("variants", {}) or (spec.kl_key and spec.kl_key not in thr):
@@ -137,19 +152,14 @@ def segment(
         calib, thr = load_calibration(run)
     threshold = calib["variants"][variant]["residual_threshold"]
     kl_thr = thr.get(spec.kl_key) if spec.kl_key else None
-    folder_mode = input_dir is not None
 
     failures, result = BatchFailures(), SegmentResult(variant)
     t_start = time.perf_counter()
-    with Progress(transient=True) as progress:
-        for csv_path, out_dir, cases in _jobs(run, cfg, variant, manifest, sets, input_dir, output_dir):
-            writer = RecordWriter(csv_path, FIELDS)
-            result.outputs["folder" if folder_mode else cases[0].set] = csv_path
-            done = writer.done_ids()
-            todo = [c for c in cases if c.case_id not in done]
-            result.skipped += len(cases) - len(todo)
-            task = progress.add_task(f"segment ({variant}) {cases[0].set}", total=len(todo))
-            for batch, x, metas in load_batches(todo, preprocessor, scfg.batch_size, failures):
+    jobs = _jobs(run, cfg, variant, manifest, sets, input_dir, output_dir, result)
+    with progress_bar(progress) as bar:
+        for job in jobs:
+            task = bar.add_task(f"segment ({variant}) {job.name}", total=len(job.cases))
+            for batch, x, metas in load_batches(job.cases, preprocessor, scfg.batch_size, failures):
                 t0 = time.perf_counter()
                 try:
                     x = x.to(device)
@@ -157,19 +167,21 @@ def segment(
                 except Exception as err:  # one failing batch never loses the others
                     for c in batch:
                         failures.add(c.case_id, f"{c.path}: {type(err).__name__}: {err}")
-                    progress.advance(task, len(batch))
+                    bar.advance(task, len(batch))
                     continue
                 seconds = (time.perf_counter() - t0) / len(batch)
                 for i, (case, meta) in enumerate(zip(batch, metas)):
                     with failures.guard(case.case_id, case.path):
                         score = float(out.pred_score[i])
-                        paths = _write_outputs(preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0], threshold)
-                        if folder_mode:  # MOOD layout: the score alone, as LDM/LTM folder mode
-                            atomic_write_text(out_dir / f"{case.case_id}.txt", f"{score!r}\n")
-                        writer.write({"case_id": case.case_id, "set": case.set, "pred_score": score,
-                                      **paths, "seconds": round(seconds, 4)})
+                        paths = _write_outputs(preprocessor, meta, case, job.out_dir, out.healed[i, 0],
+                                               out.anomaly_map[i, 0], threshold)
+                        if job.writer is None:  # MOOD layout: the score alone, written last
+                            write_folder_score(folder_score_path(job.out_dir, case.case_id), score)
+                        else:
+                            job.writer.write({"case_id": case.case_id, "set": case.set, "pred_score": score,
+                                              **paths, "seconds": round(seconds, 4)})
                         result.segmented += 1
-                    progress.advance(task)
+                    bar.advance(task)
     result.seconds = time.perf_counter() - t_start
     result.failed = len(failures)
     failures.raise_if_any(f"segment (variant {variant})")

@@ -12,21 +12,26 @@ A batch of preprocessed images ``x (B, 1, *grid)`` in [0, 1] goes through (same 
 5. the anomaly map of :mod:`.segment_variants`.
 
 Randomness is per case (:func:`case_seeds`), one stream per step, so results do not depend on how
-cases are batched, and variants a and b heal with the same noise.
+cases are batched, and variants a and b heal with the same noise. :func:`segment_context` and
+:func:`load_batches` are the run and case loading shared by calibration and segmentation.
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..config import SegmentConfig
+from ..config import Config, SegmentConfig
+from ..data.manifest import Case
+from ..errors import BatchFailures
 from ..models.first_stage import decode, encode
 from ..precision import autocast, prepare_for_inference
 from ..runs import RunDir
+from .common import Context, Preprocessing, load_context
 from .healing import heal
 from .kl import image_kl_score, kl_map, kl_mask, kl_terms, score_t_values
 from .segment_variants import VariantSpec, residual_map, upsample_mask
@@ -67,6 +72,31 @@ class BatchOutput:
     pred_score: torch.Tensor | None  # (B,) mean KL over the chain (§4.1)
     kl_map: torch.Tensor | None = None  # (B, *latent) v
     latent_mask: torch.Tensor | None = None  # (B, *latent) bool m
+
+
+def segment_context(
+    run_dir: str | Path, config: Config | None, models: SegmentModels | None, preprocessor: Preprocessing | None,
+    device: str | torch.device | None,
+) -> tuple[Context, SegmentModels]:
+    """Run, config, device and preprocessor (:func:`.common.load_context`) and the run's models unless given."""
+    ctx = load_context(run_dir, config, preprocessor, device)
+    return ctx, models or SegmentModels.from_run(ctx.run, ctx.device, ctx.cfg.segment.bf16)
+
+
+def load_batches(cases: Sequence[Case], preprocessor: Preprocessing, size: int, failures: BatchFailures
+                 ) -> Iterator[tuple[list[Case], torch.Tensor, list[Any]]]:
+    """Load cases in batches of ``size``; unreadable cases go to ``failures``.
+
+    Yields ``(cases, x (b, 1, *grid), metas)`` with ``b <= size`` the cases that loaded.
+    """
+    for i in range(0, len(cases), size):
+        ok, xs, metas = [], [], []
+        for case in cases[i : i + size]:
+            with failures.guard(case.case_id, case.path):
+                x, meta = preprocessor.load(case.path)
+                ok.append(case), xs.append(x), metas.append(meta)
+        if ok:
+            yield ok, torch.stack(xs), metas
 
 
 def case_seeds(case_ids: Sequence[str], seed: int) -> list[int]:

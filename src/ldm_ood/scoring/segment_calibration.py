@@ -8,65 +8,26 @@
 * ``RunDir.segment_calibration_path`` (JSON): the t-sets, the validation image-level scores (mean
   and std), and per variant the residual-map threshold: the (1 − ``segment.fpr``) quantile of the
   validation maps' foreground voxels (:func:`~.segment_variants.fpr_threshold`).
-
-:func:`segment_setup` and :func:`load_batches` are shared with :func:`.segment.segment`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError
-from ..data.manifest import Case, read_manifest, select
+from ..config import Config
 from ..errors import BatchFailures
-from ..precision import default_device
 from ..runs import RunDir
 from ..training.checkpoint import atomic_write_text
+from .common import Preprocessing, validation_cases
 from .kl import kl_thresholds
-from .segment_batch import SegmentModels, case_seeds, image_score, kl_map_of, latents, segment_batch
+from .segment_batch import (SegmentModels, case_seeds, image_score, kl_map_of, latents, load_batches,
+                            segment_batch, segment_context)
 from .segment_variants import FOREGROUND_FRACTION, foreground, fpr_threshold, variant_spec
-
-
-def segment_setup(run_dir, config, models, preprocessor, device):
-    """Run folder, config (the run's unless given), models, preprocessor and device of a segmentation call."""
-    run = RunDir(run_dir)
-    cfg = config if config is not None else run.config_or(None)
-    device = torch.device(device) if device is not None else default_device()
-    models = models or SegmentModels.from_run(run, device, cfg.segment.bf16)
-    if preprocessor is None:
-        from ..data.transforms import Preprocessor
-
-        preprocessor = Preprocessor(cfg.data)
-    return run, cfg, models, preprocessor, device
-
-
-def manifest_cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
-    """Cases of ``manifest``, else of the config's ``data.manifest``."""
-    source = manifest if manifest is not None else cfg.data.manifest
-    if source is None:
-        raise ConfigError("no manifest: pass --data or set data.manifest in the run's config")
-    return read_manifest(source)
-
-
-def load_batches(cases: Sequence[Case], preprocessor, size: int, failures: BatchFailures
-                 ) -> Iterator[tuple[list[Case], torch.Tensor, list[Any]]]:
-    """Load cases in batches of ``size``; unreadable cases go to ``failures``.
-
-    Yields ``(cases, x (b, 1, *grid), metas)`` with ``b <= size`` the cases that loaded.
-    """
-    for i in range(0, len(cases), size):
-        ok, xs, metas = [], [], []
-        for case in cases[i : i + size]:
-            with failures.guard(case.case_id, case.path):
-                x, meta = preprocessor.load(case.path)
-                ok.append(case), xs.append(x), metas.append(meta)
-        if ok:
-            yield ok, torch.stack(xs), metas
 
 
 def load_calibration(run: RunDir) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -96,7 +57,7 @@ def calibrate_segment(
     variants: Sequence[str] | None = None,
     force: bool = True,
     models: SegmentModels | None = None,
-    preprocessor: Any = None,
+    preprocessor: Preprocessing | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Calibrate paper 001 segmentation on the manifest's healthy ``val`` split.
@@ -106,15 +67,14 @@ def calibrate_segment(
     ``segment.fpr`` over foreground voxels. ``variants`` defaults to ``(segment.variant,)``;
     ``force=False`` keeps what is already calibrated. Returns a summary dict.
     """
-    run, cfg, models, preprocessor, device = segment_setup(run_dir, config, models, preprocessor, device)
+    ctx, models = segment_context(run_dir, config, models, preprocessor, device)
+    run, cfg, preprocessor, device = ctx.run, ctx.cfg, ctx.preprocessor, ctx.device
     scfg = cfg.segment
     specs = [variant_spec(v, scfg) for v in (variants or (scfg.variant,))]
     calib, thr = ({}, {}) if force else load_calibration(run)
     calib.setdefault("kl", {}), calib.setdefault("variants", {})
     calib.update(percentile=scfg.percentile, kl_t_range=list(scfg.kl_t_range), seed=scfg.seed)
-    val = select(manifest_cases(cfg, manifest), split="val")
-    if not val:
-        raise ConfigError("the manifest has no split=val cases to calibrate segmentation on")
+    val = validation_cases(cfg, manifest)
     failures = BatchFailures()
     t_sets = {s.kl_key: s.kl_t for s in specs if s.kl_t is not None and s.kl_key not in thr}
     if t_sets or "val_scores" not in calib:
