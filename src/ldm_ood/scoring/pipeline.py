@@ -91,7 +91,11 @@ class OODScorer:
     """Raw per-scan metrics of batches of preprocessed scans (paper 000 §2.2–2.3).
 
     ``t_values`` (score) and ``map_t_values`` are grid starts (see ``reconstruct.snap_to_grid``);
-    the chains run are their union, each once.
+    the chains run are their union, each once. ``bf16`` (default ``score.bf16``) runs the first
+    stage, the UNet and LPIPS under bf16 autocast (LPIPS's first conv and heads stay fp32; see
+    :mod:`.similarity` for why that is accurate enough for the z-scores). ``decode_batch`` chains
+    are decoded at a time; ``measure_batch`` of a scan's reconstructions share one LPIPS pass of
+    the input (``similarity.measure``).
     """
 
     def __init__(
@@ -103,11 +107,12 @@ class OODScorer:
         bf16: bool | None = None,
         unet_batch: int | None = None,
         decode_batch: int = 4,
+        measure_batch: int = 16,
     ):
         self.models, self.cfg = models, cfg
         self.bf16 = cfg.bf16 if bf16 is None else bf16
         self.mode = "reference" if (sequential or cfg.sequential) else "batched"
-        self.unet_batch, self.decode_batch = unet_batch, decode_batch
+        self.unet_batch, self.decode_batch, self.measure_batch = unet_batch, decode_batch, measure_batch
         self.scheduler = build_inference_scheduler(models.ldm_config, cfg.sampler, cfg.num_inference_steps)
         grid = inference_grid(self.scheduler)
         requested = cfg.t_values or default_t_values(cfg.num_t_values, models.ldm_config.num_train_timesteps)
@@ -138,7 +143,8 @@ class OODScorer:
         self.calls.calls += rec.calls.calls
         self.calls.evals += rec.calls.evals
         return measure(m.first_stage, rec, x, self.similarity, self.t_values, self.map_t_values,
-                       requantize=self.cfg.requantize, bf16=self.bf16, decode_batch=self.decode_batch)
+                       requantize=self.cfg.requantize, bf16=self.bf16, decode_batch=self.decode_batch,
+                       measure_batch=self.measure_batch)
 
 
 # ----------------------------------------------------------------------------- batching

@@ -20,7 +20,9 @@ from ldm_ood.models.perceptual import (
     load_lpips,
     lpips,
     lpips_loss,
+    lpips_many,
     lpips_volume,
+    lpips_volume_many,
 )
 
 # Produced by this implementation after it reproduced pyiqa 0.1.16's published LPIPS-AlexNet
@@ -194,6 +196,57 @@ def test_volume_batching_does_not_change_values(model):
     for bs in (1, 7):
         torch.testing.assert_close(lpips_volume(model, a, b, batch_slices=bs), ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(lpips_volume(model, a[1:], b[1:]), ref[1:], atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ one input, many reconstructions
+def _recons(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``(B, n, *x.shape[1:])``: ``x`` corrupted n different ways (noise, shift, contrast), in [0, 1]."""
+    g = torch.Generator().manual_seed(3)
+    out = [x + 0.05 * (j + 1) * torch.randn(x.shape, generator=g) for j in range(n - 1)]
+    out.append(0.2 + 0.6 * x.roll(2, dims=-1))
+    return torch.stack(out, 1).clamp(0, 1)
+
+
+def test_many_2d_equals_lpips_per_reconstruction(model):
+    x, _ = _pair((2, 1, 20, 36))
+    recons = _recons(x, 3)
+    expected = torch.stack([lpips(model, recons[:, j], x) for j in range(3)], 1)
+    for batch in (64, 4):  # chunks of the flattened (B * N) images that straddle references
+        torch.testing.assert_close(lpips_many(model, x, recons, batch=batch), expected, atol=1e-6, rtol=1e-5)
+    bf = lpips_many(model, x, recons, bf16=True)
+    expected_bf = torch.stack([lpips(model, recons[:, j], x, bf16=True) for j in range(3)], 1)
+    torch.testing.assert_close(bf, expected_bf, atol=1e-6, rtol=1e-5)
+
+
+def test_volume_many_equals_lpips_volume_per_reconstruction(model):
+    x, _ = _pair((2, 1, 12, 16, 20))
+    recons = _recons(x, 3)
+    for bs, planes in ((64, (0, 1, 2)), (7, (0, 1, 2)), (30, (2,)), (5, (1, 0))):
+        got = lpips_volume_many(model, x, recons, batch_slices=bs, planes=planes)
+        expected = torch.stack([lpips_volume(model, recons[:, j], x, batch_slices=bs, planes=planes)
+                                for j in range(3)], 1)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    got = lpips_volume_many(model, x, recons, bf16=True)
+    expected = torch.stack([lpips_volume(model, recons[:, j], x, bf16=True) for j in range(3)], 1)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    # the reconstruction equal to its input scores 0
+    same = lpips_volume_many(model, x, torch.cat([x[:, None], recons[:, :1]], 1))
+    torch.testing.assert_close(same[:, 0], torch.zeros(2), atol=1e-7, rtol=0)
+
+
+def test_many_computes_the_reference_features_once(model, monkeypatch):
+    x, _ = _pair((1, 1, 12, 16, 20))
+    recons = _recons(x, 4)
+    seen = []
+    real = model.features
+    monkeypatch.setattr(model, "features", lambda t: (seen.append(t.shape[0]), real(t))[1])
+    lpips_volume_many(model, x, recons, batch_slices=64)
+    # per plane: the input's n slices once, then the 4 reconstructions' slices, floor(64 / n) per pass:
+    # X (12): 4 in one pass; Y (16): 4 in one pass; Z (20): 3 then 1
+    assert seen == [12, 48, 16, 64, 20, 60, 20]
+    assert sum(seen) == (1 + 4) * (12 + 16 + 20)
+    with pytest.raises(ValueError, match="recons"):
+        lpips_volume_many(model, x, recons[:, :, :, :5])
 
 
 # ------------------------------------------------------------------------------------ loss

@@ -96,20 +96,23 @@ class _PlaneProbe(torch.nn.Module):
         self.codes = {shapes[0]: 1.0, shapes[1]: 10.0, shapes[2]: 100.0}
         self.seen = set()
 
-    def forward(self, a, b):
+    def features(self, a):
         hw = tuple(a.shape[-2:])
         self.seen.add(hw)
-        return torch.full((a.shape[0],), self.codes[hw])
+        return [torch.full((a.shape[0], 1, 1, 1), self.codes[hw])]
+
+    def distance(self, fa, fb):
+        return fa[0].flatten(1)[:, 0]
 
 
 def test_lpips_volume_averages_all_slices_of_all_three_planes():
     X, Y, Z = 4, 6, 8
     probe = _PlaneProbe([(Y, Z), (X, Z), (X, Y)])
     fn = lpips_similarity(probe, spatial_dims=3, batch_slices=5)
-    v = fn(torch.rand(2, 1, X, Y, Z), torch.rand(2, 1, X, Y, Z))
+    v = fn(torch.rand(2, 3, 1, X, Y, Z), torch.rand(2, 1, X, Y, Z))  # 3 reconstructions of each of 2 volumes
     assert probe.seen == {(Y, Z), (X, Z), (X, Y)}
     expected = (X * 1.0 + Y * 10.0 + Z * 100.0) / (X + Y + Z)  # mean over every slice
-    torch.testing.assert_close(v, torch.full((2,), expected))
+    torch.testing.assert_close(v, torch.full((2, 3), expected))
 
 
 def test_measure_values_equal_metrics_of_decoded_reconstructions():
@@ -121,14 +124,26 @@ def test_measure_values_equal_metrics_of_decoded_reconstructions():
     x = torch.rand(2, 1, 16, 16, 16)
     rec = reconstruct(fs, unet, sch, x, starts=(100, 300, 500), seeds=[0, 1], multiple=4)
     calls = []
-    sim = {"mse": mse, "fake": lambda a, b: (calls.append(a.shape[0]), (a - b).abs().flatten(1).amax(1))[1]}
+
+    def fake(recons, ref):  # (B', N', C, *S), (B', C, *S) -> max |difference| of each reconstruction
+        calls.append(tuple(recons.shape[:2]))
+        return (recons - ref[:, None]).abs().flatten(2).amax(2)
+
+    sim = {"mse": mse, "fake": fake}
     met = measure(fs, rec, x, sim, t_values=(100, 500), map_t_values=(300, 500), decode_batch=4)
     imgs = torch.cat([im for _, im in decode_chains(fs, rec.latents.flatten(0, 1), True, False)]).clamp(0, 1)
     imgs = imgs.view(2, 3, 1, 16, 16, 16)
     for b in range(2):
         for k, i in enumerate((0, 2)):
             assert met.values["mse"][b, k] == pytest.approx(float(((imgs[b, i] - x[b]) ** 2).mean()), rel=1e-5)
+            assert met.values["fake"][b, k] == pytest.approx(float((imgs[b, i] - x[b]).abs().max()), rel=1e-6)
         for k, i in enumerate((1, 2)):
             torch.testing.assert_close(met.mae_maps[b, k], (x[b, 0] - imgs[b, i, 0]).abs())
-    assert sum(calls) == 4  # the metric ran only on the 2 score chains of each of 2 scans
+    # the metric ran only on the 2 score chains of each of 2 scans, both chains of a scan in one call
+    assert calls == [(1, 2), (1, 2)]
+    held = []
+    met1 = measure(fs, rec, x, {"fake": lambda r, ref: (held.append(r.shape[1]), fake(r, ref))[1]},
+                   t_values=(100, 500), map_t_values=(300, 500), decode_batch=1, measure_batch=1)
+    assert held == [1, 1, 1, 1]  # measure_batch=1: one reconstruction per call, same values
+    torch.testing.assert_close(met1.values["fake"], met.values["fake"])
     assert met.values["mse"].shape == (2, 2) and met.mae_maps.shape == (2, 2, 16, 16, 16)
