@@ -76,7 +76,8 @@ def roc_grid(
                 continue
             colour = METHOD_COLOURS.get(label, f"C{k}")
             # straight segments between operating points: tied scores give a diagonal run, as the AUROC counts them
-            ax.plot(fpr, tpr, lw=1.6, color=colour, label=f"{label} {auroc(y, s):.3f}")
+            # first methods drawn widest, so a later identical curve leaves them visible at the edges
+            ax.plot(fpr, tpr, lw=max(2.6 - 0.5 * k, 1.0), color=colour, label=f"{label} {auroc(y, s):.3f}")
         ax.set_title(set_name, fontsize=10)
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)

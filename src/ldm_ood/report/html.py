@@ -44,7 +44,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f3f
 td:first-child,th:first-child{text-align:left} tr.section td{background:#fafafa;font-style:italic;text-align:left}
 .strong{font-weight:bold} .weak{text-decoration:underline} .caption{color:#555;font-size:.85em;max-width:1100px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} .note{color:#666;font-size:.85em}
-details{margin:8px 0} summary{cursor:pointer;color:#1f5fa8}
+details{margin:8px 0} summary{cursor:pointer;color:#1f5fa8} .wide{overflow-x:auto;max-width:100%} td.txt{text-align:left}
 """
 
 
@@ -72,26 +72,56 @@ def grid_to_html(grid: Grid) -> str:
     return "".join(out)
 
 
-def _json_to_html(data: Any) -> str:
-    """A benchmark JSON as a table: list of records, mapping of records, or flat key/value."""
+def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A record with nested dicts as dotted keys (``train_step.peak_rss_gb``)."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _records(data: Any) -> list[dict[str, Any]] | None:
+    """Rows of a list of records or of a mapping name → record (name first); None otherwise."""
     if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
-        keys = list(dict.fromkeys(k for r in data for k in r))
-        rows = [[r.get(k, "") for k in keys] for r in data]
-    elif isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        keys = ["name"] + list(dict.fromkeys(k for v in data.values() for k in v))
-        rows = [[name] + [v.get(k, "") for k in keys[1:]] for name, v in data.items()]
-    elif isinstance(data, dict):
-        keys, rows = ["key", "value"], [[k, v] for k, v in data.items()]
-    else:
-        return f"<pre>{_esc(json.dumps(data, indent=1)[:5000])}</pre>"
+        return [_flat(r) for r in data]
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        return [{"name": k, **_flat(v)} for k, v in data.items()]
+    return None
+
+
+def _table(keys: list[str], rows: list[list[Any]]) -> str:
+    """A plain HTML table (scrolls sideways when wide); text cells left-aligned, numbers right."""
+    txt = ' class="txt"'
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"
         return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
-    return ("<table><tr>" + "".join(f"<th>{_esc(k)}</th>" for k in keys) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{_esc(cell(v))}</td>" for v in r) + "</tr>" for r in rows) + "</table>")
+    return ('<div class="wide"><table><tr>' + "".join(f"<th>{_esc(k)}</th>" for k in keys) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td{txt if isinstance(v, str) else ''}>{_esc(cell(v))}</td>" for v in r)
+                      + "</tr>" for r in rows)
+            + "</table></div>")
+
+
+def _json_to_html(data: Any) -> str:
+    """A benchmark JSON as tables: its scalar fields as key / value, then each list (or mapping) of
+    records as its own table, nested fields as dotted columns."""
+    recs = _records(data)
+    if recs is not None:
+        keys = list(dict.fromkeys(k for r in recs for k in r))
+        return _table(keys, [[r.get(k, "") for k in keys] for r in recs])
+    if not isinstance(data, dict):
+        return f"<pre>{_esc(json.dumps(data, indent=1)[:5000])}</pre>"
+    scalars = {k: v for k, v in data.items() if _records(v) is None}
+    parts = [_table(["key", "value"], [[k, v] for k, v in _flat(scalars).items()])] if scalars else []
+    for k, v in data.items():
+        if k not in scalars:
+            parts.append(f'<p class="note"><b>{_esc(k)}</b></p>' + _json_to_html(v))
+    return "".join(parts)
 
 
 # ----------------------------------------------------------------------------- sections

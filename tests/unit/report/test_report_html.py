@@ -98,3 +98,15 @@ def test_inputs_are_shown_as_the_preprocessing_sees_them(tmp_path):
     notes: list[str] = []
     raw, _ = _display_input(RunDir(tmp_path / "none"), tmp_path / "x.nii.gz", notes)
     assert raw.max() == 1.0 and raw.min() == 0.0 and "no config.yaml" in notes[0]
+
+
+def test_benchmark_json_becomes_tables_with_dotted_columns():
+    from ldm_ood.report.html import _json_to_html
+
+    page = _json_to_html({"torch": "2.13", "threads": 2, "rows": [
+        {"model": "ldm", "train_step": {"peak_rss_gb": 1.5, "seconds": 3.0}, "grid": [16, 16]},
+        {"model": "ltm", "train_step": {"peak_rss_gb": 0.25}}]})
+    assert page.count("<table>") == 2  # scalar fields, then the rows
+    assert "<th>train_step.peak_rss_gb</th>" in page and "<td>0.25</td>" in page and "<td>[16, 16]</td>" in page
+    assert "peak_rss_gb&quot;" not in page  # no JSON blob in a cell
+    assert '<td class="txt">ldm</td>' in page and "<td>2</td>" in page  # text left, numbers right
