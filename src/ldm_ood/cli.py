@@ -209,7 +209,9 @@ def segment(
     data: Optional[Path] = DataOpt,
     sets: Optional[list[str]] = SetsOpt,
     input_dir: Optional[Path] = InputOpt,
-    output_dir: Optional[Path] = OutputOpt,
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output", help="Output folder of the folder mode: <case>.txt + <case>_{healed,map,mask} images."
+    ),
 ) -> None:
     """Paper 001 anomaly segmentation: healed image, anomaly map, binary mask, image-level KL score."""
     if (input_dir is None) != (output_dir is None):
