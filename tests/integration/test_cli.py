@@ -32,3 +32,10 @@ def test_bad_config_value_fails_with_field_name(tmp_path):
     result = runner.invoke(app, ["config", "--config", str(bad)])
     assert result.exit_code == 1
     assert "ldm.num_train_timesteps" in result.output and "greater than or equal to 2" in result.output
+
+
+def test_every_command_function_is_importable_from_the_package():
+    import ldm_ood
+
+    for name in ldm_ood.__all__[1:]:
+        assert callable(getattr(ldm_ood, name)), name
