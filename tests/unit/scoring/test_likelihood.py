@@ -31,6 +31,7 @@ from ldm_ood.scoring.likelihood import (
 from ldm_ood.scoring.ltm_pipeline import calibrate_ltm, score_ltm
 from ldm_ood.scoring.records import read_records
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets
 CFG = load_config(preset="tiny")  # 16^3 grid, 2 levels -> 4^3 = 64 tokens, codebook 16
 V = CFG.first_stage.num_embeddings
 LATENT = (4, 4, 4)

@@ -19,6 +19,7 @@ from ldm_ood.scoring.reconstruct import (
     snap_to_grid,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets
 CFG = load_config(preset="tiny")
 
 
