@@ -3,13 +3,25 @@
 For the same scans, noise and networks, every mode computes the raw per-t metrics (MSE, 2.5D LPIPS)
 and MAE maps (``OODScorer.measure``: encode, multi-start reconstructions, decode, similarity):
 
-* ``reference_fp32``: one chain at a time with one shared PLMS scheduler (the ``ddpm-ood`` loop), fp32;
-* ``batched_fp32``: all chains in one UNet call per grid step, fp32 (isolates batching);
-* ``batched_bf16``: the default: batched + bf16 autocast + channels-last.
+* ``reference_fp32``: one chain at a time with one shared PLMS scheduler (the ``ddpm-ood`` loop), fp32,
+  each reconstruction decoded and measured alone (LPIPS: input and reconstruction through the trunk
+  for every chain, as ``lpips_volume`` per reconstruction);
+* ``batched_fp32``: all chains in one UNet call per grid step, fp32, the input's LPIPS features
+  computed once for its reconstructions (``lpips_volume_many``) (isolates batching);
+* ``batched_bf16``: the default: batched + bf16 autocast (UNet, first stage, LPIPS trunk) + channels-last.
 
 One calibration (fitted on the reference metrics of the same scans) scores every mode, so the score
 differences come only from the mode. Reports seconds per scan (total and reconstruction-only),
 the speed-up, max |Δ pred_score| vs the reference, and the peak RSS growth of each mode.
+
+Two more rows:
+
+* ``lpips``: the 2.5D LPIPS of one scan's score reconstructions: per reconstruction (``lpips_volume``,
+  fp32) vs features of the input once (``lpips_volume_many``) in fp32 and bf16, with their differences;
+* ``paper_unet``: the ``paper`` preset's UNet (channels 128/256/256) on this preset's latent, for the
+  reconstruction only (``denoise_latents``), reference fp32 vs batched bf16 (and the latents' relative
+  L2 error of batched bf16 vs the per-chain ``sequential`` fp32 loop), plus one batched UNet call in fp32 vs bf16 (bf16 gains more on wider convolutions). ``--paper-t-values`` chains (default
+  4) keep the fp32 reference loop short.
 
     .venv/bin/python benchmarks/bench_scoring.py                 # cpu preset sizes, random-init nets
     .venv/bin/python benchmarks/bench_scoring.py --run runs/x    # a trained run's networks
@@ -31,12 +43,22 @@ import numpy as np
 import torch
 
 from ldm_ood.config import load_config
-from ldm_ood.models.diffusion import build_unet, latent_multiple
+from ldm_ood.models.diffusion import build_inference_scheduler, build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage
+from ldm_ood.precision import autocast, prepare_for_inference
 from ldm_ood.runs import RunDir
 from ldm_ood.scoring.ood import fit_calibration
 from ldm_ood.scoring.pipeline import OODScorer, ScoringModels, case_seed, load_scoring_models
-from ldm_ood.scoring.reconstruct import reconstruct
+from ldm_ood.scoring.reconstruct import (
+    chain_starts,
+    decode_chains,
+    default_t_values,
+    denoise_latents,
+    inference_grid,
+    make_noise,
+    reconstruct,
+    snap_to_grid,
+)
 
 RESULTS = Path(__file__).parent / "results" / "scoring.json"
 
@@ -84,12 +106,23 @@ def _scans(n: int, grid: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.tensor(np.stack(out)[:, None], dtype=torch.float32)
 
 
+def _nonzero_output(unet: torch.nn.Module) -> torch.nn.Module:
+    """MONAI zero-initialises the UNet's output conv (ε ≡ 0 at random init): perturb the all-zero
+    parameters so ε depends on the input, as a trained UNet's does."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return unet
+
+
 def _models(args, cfg) -> ScoringModels:
     if args.run:
         return load_scoring_models(RunDir(args.run), cfg, torch.device("cpu"))
     torch.manual_seed(0)
     fs = build_first_stage(cfg.first_stage, cfg.data.spatial_dims).eval()
-    unet = build_unet(cfg.ldm, cfg.data.spatial_dims, cfg.first_stage.embedding_dim).eval()
+    unet = _nonzero_output(build_unet(cfg.ldm, cfg.data.spatial_dims, cfg.first_stage.embedding_dim).eval())
     lp = None
     if "lpips" in cfg.score.metrics:
         from ldm_ood.models.perceptual import load_lpips
@@ -102,7 +135,8 @@ def _run_mode(models, cfg, x, ids, sequential: bool, bf16: bool) -> dict:
     import copy
 
     m = copy.deepcopy(models)  # prepare_for_inference changes memory format: keep modes independent
-    scorer = OODScorer(m, cfg.score, sequential=sequential, bf16=bf16)
+    one = dict(decode_batch=1, measure_batch=1) if sequential else {}  # reference: one reconstruction at a time
+    scorer = OODScorer(m, cfg.score, sequential=sequential, bf16=bf16, **one)
     bs = cfg.score.batch_size
     seeds = [case_seed(cfg.score.seed, c) for c in ids]
     values = {k: [] for k in scorer.metrics}
@@ -137,6 +171,78 @@ def _run_mode(models, cfg, x, ids, sequential: bool, bf16: bool) -> dict:
     }
 
 
+def _timed(fn, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _lpips_row(models, cfg, x, seed: int) -> dict:
+    """2.5D LPIPS of one scan's decoded score reconstructions: per reconstruction vs input features once."""
+    from ldm_ood.models.perceptual import lpips_volume, lpips_volume_many
+
+    scorer = OODScorer(models, cfg.score, bf16=False)  # fp32 reconstructions; only LPIPS is timed
+    rec = reconstruct(models.first_stage, models.unet, scorer.scheduler, x[:1], scorer.t_values, [seed],
+                      models.scale_factor, models.latent_multiple)
+    imgs = torch.cat([im for _, im in decode_chains(models.first_stage, rec.latents[0], cfg.score.requantize, False)]).clamp(0, 1)
+    recons, lp = imgs[None], models.lpips_model
+    t_per, per = _timed(lambda: torch.stack([lpips_volume(lp, recons[:, j], x[:1]) for j in range(recons.shape[1])], 1))
+    t_many, many = _timed(lambda: lpips_volume_many(lp, x[:1], recons))
+    lpips_volume_many(lp, x[:1], recons[:, :1], bf16=True)  # warm-up of the bf16 kernels
+    t_bf, bf = _timed(lambda: lpips_volume_many(lp, x[:1], recons, bf16=True))
+    row = {
+        "reconstructions": recons.shape[1], "per_reconstruction_fp32_seconds": t_per, "many_fp32_seconds": t_many,
+        "many_bf16_seconds": t_bf, "speedup_many_fp32": t_per / t_many, "speedup_many_bf16": t_per / t_bf,
+        "max_abs_diff_many_vs_per_reconstruction_fp32": float((many - per).abs().max()),
+        "max_abs_diff_bf16_vs_fp32": float((bf - many).abs().max()),
+        "max_rel_diff_bf16_vs_fp32": float(((bf - many).abs() / many.abs()).max()),
+        "lpips_fp32": many[0].tolist(),
+    }
+    print(f"lpips: per-reconstruction {t_per:.2f} s, many fp32 {t_many:.2f} s, many bf16 {t_bf:.2f} s "
+          f"(rel. bf16 diff {row['max_rel_diff_bf16_vs_fp32']:.1e})", flush=True)
+    return row
+
+
+def _paper_unet_row(cfg, latent: tuple[int, ...], n_t: int) -> dict:
+    """Paper-size UNet on this preset's latent: reconstruction (denoising) only, reference fp32 vs batched bf16."""
+    paper = load_config(preset="paper").ldm
+    torch.manual_seed(0)
+    unet = _nonzero_output(build_unet(paper, cfg.data.spatial_dims, latent[0]).eval())
+    sch = build_inference_scheduler(paper, cfg.score.sampler, cfg.score.num_inference_steps)
+    grid = inference_grid(sch)
+    starts = chain_starts(snap_to_grid(default_t_values(n_t, paper.num_train_timesteps), grid), grid=grid)
+    z0 = torch.randn(1, *latent, generator=torch.Generator().manual_seed(0)) * 0.5
+    noise = make_noise(latent, len(starts), seeds=[0])
+    t_ref, _ = _timed(lambda: denoise_latents(unet, sch, z0, starts, noise, "reference", bf16=False))
+    # the correct per-chain loop (fresh PLMS history per chain; the reference leaks it): bf16's error
+    exact = denoise_latents(unet, sch, z0, starts, noise, "sequential", bf16=False)
+    # one batched call over all chains, fp32 then bf16 (bf16 alone, without the batching gain)
+    zb, tb = torch.randn(len(starts), *latent), torch.full((len(starts),), int(starts[-1]))
+    with torch.no_grad():
+        unet(zb, tb)
+        t_call32, _ = _timed(lambda: unet(zb, tb), 2)
+        prepare_for_inference(unet, cfg.data.spatial_dims, True)
+        with autocast("cpu", True):
+            unet(zb, tb)
+            t_call16, _ = _timed(lambda: unet(zb, tb), 2)
+    t_fast, fast = _timed(lambda: denoise_latents(unet, sch, z0, starts, noise, "batched", bf16=True))
+    row = {
+        "channels": list(paper.channels), "latent": list(latent), "starts": list(starts),
+        "num_inference_steps": cfg.score.num_inference_steps,
+        "unet_evals": int(sum(int((grid <= t).sum()) for t in starts)),
+        "reference_fp32_seconds": t_ref, "batched_bf16_seconds": t_fast, "speedup": t_ref / t_fast,
+        "one_batched_call_fp32_seconds": t_call32, "one_batched_call_bf16_seconds": t_call16,
+        "bf16_call_speedup": t_call32 / t_call16,
+        "latent_rel_l2_diff_batched_bf16_vs_sequential_fp32": float((fast - exact).norm() / exact.norm()),
+    }
+    print(f"paper UNet {paper.channels} on {latent}: reference fp32 {t_ref:.1f} s, batched bf16 {t_fast:.1f} s "
+          f"(x{row['speedup']:.2f}); one call fp32 {t_call32:.2f} s vs bf16 {t_call16:.2f} s", flush=True)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
@@ -146,6 +252,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="override score.num_inference_steps")
     p.add_argument("--no-lpips", action="store_true", help="MSE only (LPIPS cost is the same in every mode)")
     p.add_argument("--skip-batched-fp32", action="store_true")
+    p.add_argument("--paper-t-values", type=int, default=4, help="chains of the paper-size UNet row (0: skip it)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -169,6 +276,10 @@ def main() -> None:
         runs["batched_fp32"] = _run_mode(models, cfg, x, ids, sequential=False, bf16=False)
     runs["batched_bf16"] = _run_mode(models, cfg, x, ids, sequential=False, bf16=True)
 
+    lpips_row = _lpips_row(models, cfg, x, case_seed(cfg.score.seed, ids[0])) if models.lpips_model is not None else None
+    latent = (cfg.first_stage.embedding_dim, *(s // 2**cfg.first_stage.levels for s in cfg.data.grid))
+    paper_row = _paper_unet_row(cfg, latent, args.paper_t_values) if args.paper_t_values else None
+
     ref = runs["reference_fp32"]
     cal = fit_calibration(ids, {k: np.asarray(v) for k, v in ref["values"].items()}, ref["t_values"], ref["map_t_values"], 0.05)
     ref_scores = cal.score({k: np.asarray(v) for k, v in ref["values"].items()})["pred_score"]
@@ -185,10 +296,18 @@ def main() -> None:
         "speedup_total": ref["seconds_per_scan"] / fast["seconds_per_scan"],
         "speedup_reconstruct": ref["reconstruct_seconds_per_scan"] / fast["reconstruct_seconds_per_scan"],
         "max_abs_score_diff_bf16_batched_vs_fp32_reference": fast["max_abs_score_diff_vs_reference"],
+        "max_abs_score_diff_bf16_batched_vs_fp32_batched": (
+            float(np.abs(np.subtract(fast["pred_score"], runs["batched_fp32"]["pred_score"])).max())
+            if "batched_fp32" in runs else None),
+        "score_units": "z-scores: validation std of each metric (here the 2 benchmark scans)",
         "val_score_std_for_scale": float(np.std(ref_scores, ddof=1)) if args.scans > 1 else None,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "peak_rss_growth_mb": {k: v["peak_rss_growth_mb"] for k, v in runs.items()},
+        "lpips": lpips_row,
+        "paper_unet_reconstruction": paper_row,
         "modes": {k: {kk: vv for kk, vv in v.items() if kk != "values"} for k, v in runs.items()},
-        "note": "random-init networks" if not args.run else "trained networks",
+        "note": ("random-init networks (UNet output conv perturbed from zero)" if not args.run else "trained networks")
+        + "; the machine may be shared: compare rows of one run only",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))

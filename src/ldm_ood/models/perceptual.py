@@ -243,6 +243,11 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, ndim: int, what: str) -> None:
         raise ValueError(f"lpips_volume needs 1 channel, got {a.shape[1]}")
 
 
+def _check_planes(planes: Sequence[int]) -> None:
+    if not planes or any(p not in (0, 1, 2) for p in planes):
+        raise ValueError(f"planes must be a non-empty subset of (0, 1, 2), got {tuple(planes)}")
+
+
 def _check_many(x: torch.Tensor, recons: torch.Tensor, ndim: int, what: str) -> None:
     if recons.ndim != ndim + 1 or recons.shape[0] != x.shape[0] or recons.shape[2:] != x.shape[1:]:
         raise ValueError(f"{what} expects recons (B, N, *x.shape[1:]) for x {tuple(x.shape)}, got {tuple(recons.shape)}")
@@ -285,8 +290,7 @@ def lpips_volume(
     training use ``lpips_loss``). ``bf16`` runs the trunk under bf16 autocast.
     """
     _check_pair(a, b, 5, "lpips_volume")
-    if not planes or any(p not in (0, 1, 2) for p in planes):
-        raise ValueError(f"planes must be a non-empty subset of (0, 1, 2), got {tuple(planes)}")
+    _check_planes(planes)
     total = torch.zeros(a.shape[0], dtype=torch.float32, device=a.device)
     count = 0
     with torch.no_grad():
@@ -339,8 +343,7 @@ def lpips_volume_many(
     ``2N``, memory bounded by ``batch_slices`` as in ``lpips_volume``. No gradients.
     """
     _check_many(x, recons, 5, "lpips_volume_many")
-    if not planes or any(p not in (0, 1, 2) for p in planes):
-        raise ValueError(f"planes must be a non-empty subset of (0, 1, 2), got {tuple(planes)}")
+    _check_planes(planes)
     B, N = recons.shape[:2]
     total = torch.zeros(B, N, dtype=torch.float32, device=x.device)
     with torch.no_grad(), autocast(x.device, bf16):
