@@ -25,6 +25,8 @@ from ldm_ood.models.perceptual import (
     lpips_volume_many,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small nets and images
+
 # Produced by this implementation after it reproduced pyiqa 0.1.16's published LPIPS-AlexNet
 # values on ResultsCalibra (0.7237, 0.2572, 0.0508, 0.0521, 0.4253; see
 # benchmarks/bench_lpips_calibration.py).

@@ -24,6 +24,8 @@ VAL = {
     "lpips": np.array([[0.1, 0.2], [0.2, 0.2], [0.3, 0.5]]),
 }
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small nets and images
+
 
 def test_fit_calibration_and_score_match_hand_computation(tmp_path):
     cal = fit_calibration(["a", "b", "c"], VAL, t_values=[100, 300], map_t_values=[100], fpr=0.5)
