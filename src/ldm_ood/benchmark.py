@@ -39,7 +39,7 @@ class BenchmarkPlan:
     segmentation: bool = True
 
 
-DEFAULT_LEVELS = {"tiny": [2], "demo": [2], "cpu": [2, 3], "paper": [2, 3, 4]}
+DEFAULT_LEVELS = {"tiny": [2], "demo": [2], "cpu": [2], "paper": [2, 3, 4]}
 
 
 def default_plan(preset: str, levels: list[int] | None = None) -> BenchmarkPlan:

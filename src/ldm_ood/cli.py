@@ -259,7 +259,9 @@ def report(
 def benchmark(
     preset: str = typer.Option("cpu", help="tiny | cpu | paper"),
     out: Path = typer.Option(..., "--out", help="Output folder (resumable: finished stages are skipped)."),
-    levels: Optional[list[int]] = typer.Option(None, "--level", help="VQ-GAN levels to train (default per preset)."),
+    levels: Optional[list[int]] = typer.Option(
+        None, "--level", help="VQ-GAN level(s) to train, repeatable (default: tiny/demo/cpu 2; paper 2, 3, 4)."
+    ),
 ) -> None:
     """Generate the built-in benchmark, train, calibrate, score every set with every method, evaluate, report."""
     from .benchmark import run_benchmark
