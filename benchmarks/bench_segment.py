@@ -31,10 +31,9 @@ from ldm_ood.models.first_stage import build_first_stage, decode
 from ldm_ood.precision import autocast, prepare_for_inference
 from ldm_ood.scoring.healing import heal
 from ldm_ood.scoring.kl import image_kl_score, kl_map, kl_mask, kl_terms, kl_thresholds
+from ldm_ood.scoring.segment_batch import _generators, _score_t
 from ldm_ood.scoring.segment import (
     SegmentModels,
-    _generators,
-    _score_t,
     case_seeds,
     latents,
     residual_map,

@@ -100,7 +100,7 @@ def _ood_run(run: RunDir, plan: BenchmarkPlan, timings: Timings, tag: str) -> No
     with timings.stage(f"{tag}/score_ldm"):
         score_ood(run.root)
     if plan.ltm:
-        from .scoring.likelihood import calibrate_ltm, score_ltm
+        from .scoring.ltm_pipeline import calibrate_ltm, score_ltm
 
         if not run.ltm_calibration_path.exists():
             with timings.stage(f"{tag}/calibrate_ltm"):

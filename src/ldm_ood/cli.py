@@ -168,7 +168,7 @@ def calibrate(
     if method is Method.ldm:
         from .scoring.pipeline import calibrate_ood as fn
     elif method is Method.ltm:
-        from .scoring.likelihood import calibrate_ltm as fn
+        from .scoring.ltm_pipeline import calibrate_ltm as fn
     else:
         from .scoring.segment import calibrate_segment as fn
     console.print(fn(run, manifest=data))
@@ -195,7 +195,7 @@ def score(
 
         result = score_ood(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, sequential=sequential)
     else:
-        from .scoring.likelihood import score_ltm
+        from .scoring.ltm_pipeline import score_ltm
 
         result = score_ltm(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir)
     console.print(result)

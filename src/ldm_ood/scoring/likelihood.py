@@ -44,12 +44,10 @@ __all__ = [
     "LTMCalibration",
     "LTMNetworks",
     "LTMScore",
-    "calibrate_ltm",
     "check_ensemble",
     "encode_tokens",
     "score_image",
     "score_tokens",
-    "score_ltm",
     "token_nll",
     "upsample_map",
 ]
@@ -226,34 +224,3 @@ class LTMCalibration:
     @classmethod
     def load(cls, path: str | Path) -> "LTMCalibration":
         return cls(**json.loads(Path(path).read_text()))
-
-
-# --------------------------------------------------------------------------- run-level entry points
-
-
-def calibrate_ltm(run_dir: str | Path, manifest: str | Path | None = None, config: Config | None = None, **kwargs: Any):
-    """Validation NLL statistics + threshold at ``score.fpr`` → ``RunDir.ltm_calibration_path``.
-
-    See :func:`ldm_ood.scoring.ltm_pipeline.calibrate_ltm` (keyword ``networks=`` / ``preprocessor=``
-    inject models and preprocessing, e.g. in tests).
-    """
-    from .ltm_pipeline import calibrate_ltm as _calibrate
-
-    return _calibrate(run_dir, manifest=manifest, config=config, **kwargs)
-
-
-def score_ltm(
-    run_dir: str | Path,
-    manifest: str | Path | None = None,
-    sets: Sequence[str] | None = None,
-    input_dir: str | Path | None = None,
-    output_dir: str | Path | None = None,
-    **kwargs: Any,
-):
-    """Score a manifest's test sets (``scores/ltm/<set>.csv`` + maps) or a folder (``--input/--output``).
-
-    See :func:`ldm_ood.scoring.ltm_pipeline.score_ltm`.
-    """
-    from .ltm_pipeline import score_ltm as _score
-
-    return _score(run_dir, manifest=manifest, sets=sets, input_dir=input_dir, output_dir=output_dir, **kwargs)

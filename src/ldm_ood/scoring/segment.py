@@ -31,11 +31,9 @@ from ..errors import BatchFailures
 from ..runs import RunDir
 from .common import Preprocessing, folder_cases, folder_score_path, pending, progress_bar, test_cases, write_folder_score
 from .records import RecordWriter
-from .segment_batch import (  # noqa: F401  (_generators, _score_t: used by benchmarks/bench_segment.py)
+from .segment_batch import (
     BatchOutput,
     SegmentModels,
-    _generators,
-    _score_t,
     case_seeds,
     image_score,
     kl_map_of,
