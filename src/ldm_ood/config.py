@@ -270,13 +270,13 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
             "levels": 2, "channels": 32, "num_res_layers": 2, "num_res_channels": 32,
             "embedding_dim": 8, "num_embeddings": 256, "disc_channels": 16, "disc_layers": 2,
             "train_patch": (32, 32, 32), "adversarial_warmup_epochs": 10,
-            "optim": {"lr": 5e-4, "batch_size": 4, "max_epochs": 200, "patience": 50, "preview_every": 50,
+            "optim": {"lr": 5e-4, "batch_size": 4, "max_epochs": 120, "patience": 50, "preview_every": 50,
                       "val_every": 10, "bf16": True},
         },
         "ldm": {
             "channels": (32, 64, 64), "num_head_channels": 32, "norm_num_groups": 16,
-            "optim": {"lr": 2.5e-4, "batch_size": 8, "max_epochs": 200, "patience": 40, "preview_every": 100,
-                      "bf16": True},
+            "optim": {"lr": 2.5e-4, "batch_size": 8, "max_epochs": 80, "patience": 40, "preview_every": 100,
+                      "val_every": 5, "bf16": True},
         },
         "transformer": {
             "num_layers": 4, "dim": 64, "heads": 4,
