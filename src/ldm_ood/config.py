@@ -349,6 +349,8 @@ _PRESET_OVERRIDES["cpu-2d"]["first_stage"]["optim"].update(
     {"max_epochs": 20, "patience": 10, "val_every": 2, "preview_every": 10}
 )
 _PRESET_OVERRIDES["cpu-2d"]["ldm"]["optim"].update({"max_epochs": 60, "patience": 20})
+_PRESET_OVERRIDES["demo-2d"]["first_stage"]["optim"].update({"max_epochs": 10, "patience": 10, "val_every": 2})
+_PRESET_OVERRIDES["demo-2d"]["ldm"]["optim"].update({"max_epochs": 30, "patience": 30, "val_every": 5})
 _PRESET_OVERRIDES["paper-2d"]["first_stage"].update({"num_embeddings": 256, "embedding_dim": 64})
 
 
