@@ -9,13 +9,7 @@ from ldm_ood.models.diffusion import build_ddpm_scheduler, build_unet
 from ldm_ood.scoring.healing import ddim_step, ddpm_step, heal, healing_timesteps, q_sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Counting(torch.nn.Module):
