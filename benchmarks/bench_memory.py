@@ -101,7 +101,7 @@ def _ldm(spec: dict, cfg, latent: tuple[int, ...]) -> dict:
             z = torch.randn(1, c, *padded)
             noise = torch.randn_like(z)
             t = torch.randint(0, cfg.ldm.num_train_timesteps, (1,))
-            with autocast("cpu", cfg.ldm.optim.bf16):
+            with autocast("cpu", cfg.ldm.optim.precision == "bf16"):
                 pred = unet(sched.add_noise(z, noise, t), timesteps=t)
             loss = F.mse_loss(pred.float(), noise)
             opt.zero_grad(set_to_none=True)
@@ -146,7 +146,7 @@ def _ltm(spec: dict, cfg, latent: tuple[int, ...]) -> dict:
         model.train()
 
         def step():
-            loss = -sequence_log_likelihood(model, seq, bf16=cfg.transformer.optim.bf16).mean()
+            loss = -sequence_log_likelihood(model, seq, bf16=cfg.transformer.optim.precision == "bf16").mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

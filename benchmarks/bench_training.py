@@ -44,7 +44,7 @@ def _smooth_images(n: int, grid: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 def _cfg(preset: str, bf16: bool) -> Config:
-    opt = {"optim": {"bf16": bf16}}
+    opt = {"optim": {"precision": "bf16" if bf16 else "fp32"}}
     return load_config(preset=preset, overrides={"first_stage": opt, "ldm": opt, "transformer": opt})
 
 
@@ -100,7 +100,7 @@ def bf16_quality(steps: int, grid: int) -> dict:
     for bf16 in (False, True):
         tag = "bf16" if bf16 else "fp32"
         cfg = load_config(preset="cpu", overrides={"data": {"grid": (grid,) * 3},
-                                                   "first_stage": {"optim": {"bf16": bf16, "batch_size": 2}}})
+                                                   "first_stage": {"optim": {"precision": "bf16" if bf16 else "fp32", "batch_size": 2}}})
         fs = FirstStageTask(cfg, ctx, load_lpips_for(cfg, ctx.device))
         t0 = time.perf_counter()
         for i in range(steps):
@@ -119,7 +119,7 @@ def bf16_quality(steps: int, grid: int) -> dict:
     scale = 1.0 / z_train.std().item()
     for bf16 in (False, True):
         tag = "bf16" if bf16 else "fp32"
-        cfg = load_config(preset="cpu", overrides={"data": {"grid": (grid,) * 3}, "ldm": {"optim": {"bf16": bf16}}})
+        cfg = load_config(preset="cpu", overrides={"data": {"grid": (grid,) * 3}, "ldm": {"optim": {"precision": "bf16" if bf16 else "fp32"}}})
         task = LDMTask(cfg, trained["fp32"], scale, tuple(z_train.shape[2:]), ctx)
         task.generator.manual_seed(0)
         t0 = time.perf_counter()

@@ -30,6 +30,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: ``auto``: bf16 only where a measured self-check on the run's own networks shows finite results that
+#: agree with fp32 and run faster (``ldm_ood.precision``); ``fp32`` / ``bf16`` force one.
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class _HasPrecision(_Strict):
+    """Accepts the older boolean ``bf16`` field (configs saved before ``precision``) as a precision."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_bf16(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bf16" in data:
+            data = dict(data)
+            legacy = data.pop("bf16")
+            if "precision" not in data and isinstance(legacy, bool):
+                data["precision"] = "bf16" if legacy else "fp32"
+            elif not isinstance(legacy, bool):
+                raise ValueError(f"bf16 must be true or false (or use precision: auto | fp32 | bf16), got {legacy!r}")
+        return data
+
+
 class DataConfig(_Strict):
     """Preprocessing of paper 000 §3.1: orientation, spacing, crop/pad to a grid, intensity."""
 
@@ -54,7 +75,7 @@ class DataConfig(_Strict):
         return self
 
 
-class OptimConfig(_Strict):
+class OptimConfig(_HasPrecision):
     """Optimisation and early stopping of one training stage."""
 
     lr: float = Field(gt=0)
@@ -63,7 +84,10 @@ class OptimConfig(_Strict):
     patience: int = Field(default=15, ge=1, description="early stopping: epochs without val improvement")
     val_every: int = Field(default=1, ge=1)
     preview_every: int = Field(default=5, ge=1)
-    bf16: bool = Field(default=False, description="bf16 autocast during training")
+    precision: Precision = Field(default="auto", description="training precision: auto | fp32 | bf16")
+    grad_clip_norm: float | None = Field(
+        default=None, gt=0, description="clip the global gradient norm of every optimizer step to this value"
+    )
     num_workers: int = Field(default=0, ge=0)
     seed: int = 0
     samples_per_epoch: int | None = Field(default=None, ge=1, description="cap on training samples per epoch")
@@ -152,7 +176,7 @@ class TransformerConfig(_Strict):
         return self
 
 
-class ScoreConfig(_Strict):
+class ScoreConfig(_HasPrecision):
     """Paper 000 §2.2–2.3 scoring: multi-start reconstructions, similarity metrics, maps, calibration."""
 
     num_t_values: int = Field(default=50, ge=1, description="starts evenly spaced over [0, T]")
@@ -162,7 +186,7 @@ class ScoreConfig(_Strict):
     metrics: tuple[Literal["mse", "lpips"], ...] = ("mse", "lpips")
     map_t_values: tuple[int, ...] = (100, 200, 300, 400)
     batch_size: int = Field(default=1, ge=1, description="scans per batched reconstruction")
-    bf16: bool = True
+    precision: Precision = Field(default="auto", description="inference precision: auto | fp32 | bf16")
     sequential: bool = Field(default=False, description="one chain at a time, as the reference code")
     requantize: bool = Field(
         default=True, description="snap denoised latents to the codebook before decoding (reference code)"
@@ -178,7 +202,7 @@ class ScoreConfig(_Strict):
         return v
 
 
-class SegmentConfig(_Strict):
+class SegmentConfig(_HasPrecision):
     """Paper 001 §3: KL maps over t in [400, 600], percentile thresholds, masked healing, residuals."""
 
     kl_t_range: tuple[int, int] = (400, 600)
@@ -194,7 +218,7 @@ class SegmentConfig(_Strict):
     )
     fpr: float = Field(default=0.05, gt=0, lt=1)
     batch_size: int = Field(default=16, ge=1)
-    bf16: bool = True
+    precision: Precision = Field(default="auto", description="inference precision: auto | fp32 | bf16")
     seed: int = 0
 
 
@@ -263,7 +287,7 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
             "n_far_per_class": 2, "slice_size": 16, "n_train_2d": 8, "n_val_2d": 4, "n_test_2d": 4,
         },
     },
-    # sized for the demo and the one-command benchmark on 2 CPU cores (AMX bf16)
+    # sized for the demo and the one-command benchmark on 2 CPU cores (precision: auto, measured per machine)
     "cpu": {
         "data": {"grid": (64, 64, 64)},
         "first_stage": {
@@ -271,16 +295,16 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
             "embedding_dim": 8, "num_embeddings": 256, "disc_channels": 16, "disc_layers": 2,
             "train_patch": (32, 32, 32), "adversarial_warmup_epochs": 10,
             "optim": {"lr": 5e-4, "batch_size": 4, "max_epochs": 120, "patience": 50, "preview_every": 50,
-                      "val_every": 10, "bf16": True},
+                      "val_every": 10},
         },
         "ldm": {
             "channels": (32, 64, 64), "num_head_channels": 32, "norm_num_groups": 16,
             "optim": {"lr": 2.5e-4, "batch_size": 8, "max_epochs": 80, "patience": 40, "preview_every": 100,
-                      "val_every": 5, "bf16": True},
+                      "val_every": 5},
         },
         "transformer": {
             "num_layers": 4, "dim": 64, "heads": 4,
-            "optim": {"lr": 5e-4, "batch_size": 8, "max_epochs": 6, "patience": 6, "bf16": True},
+            "optim": {"lr": 5e-4, "batch_size": 8, "max_epochs": 6, "patience": 6},
         },
         "score": {"num_t_values": 10, "num_inference_steps": 25, "batch_size": 2},
         "segment": {"batch_size": 50},

@@ -99,7 +99,7 @@ def calibrate_ltm(
         task = bar.add_task("calibrate ltm", total=len(val))
         for case in val:
             with failures.guard(case.case_id, case.path):
-                score, _ = _score_case(networks, preprocessor, case.path, cfg.score.bf16, device)
+                score, _ = _score_case(networks, preprocessor, case.path, (cfg.score.precision == "bf16"), device)
                 values.append(score.nll)
                 ids.append(case.case_id)
             bar.advance(task)
@@ -149,7 +149,7 @@ def score_ltm(
             f"{networks.kinds}; rerun calibrate --method ltm"
         )
     grid = cfg.data.grid
-    bf16 = cfg.score.bf16
+    bf16 = (cfg.score.precision == "bf16")
     failures = BatchFailures()
     result = LTMScoreResult()
 

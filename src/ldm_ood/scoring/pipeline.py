@@ -110,7 +110,7 @@ class OODScorer:
         measure_batch: int = 16,
     ):
         self.models, self.cfg = models, cfg
-        self.bf16 = cfg.bf16 if bf16 is None else bf16
+        self.bf16 = (cfg.precision == "bf16") if bf16 is None else bf16
         self.mode = "reference" if (sequential or cfg.sequential) else "batched"
         self.unet_batch, self.decode_batch, self.measure_batch = unet_batch, decode_batch, measure_batch
         self.scheduler = build_inference_scheduler(models.ldm_config, cfg.sampler, cfg.num_inference_steps)

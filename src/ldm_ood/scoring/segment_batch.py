@@ -80,7 +80,7 @@ def segment_context(
 ) -> tuple[Context, SegmentModels]:
     """Run, config, device and preprocessor (:func:`.common.load_context`) and the run's models unless given."""
     ctx = load_context(run_dir, config, preprocessor, device)
-    return ctx, models or SegmentModels.from_run(ctx.run, ctx.device, ctx.cfg.segment.bf16)
+    return ctx, models or SegmentModels.from_run(ctx.run, ctx.device, ctx.cfg.segment.precision == "bf16")
 
 
 def load_batches(cases: Sequence[Case], preprocessor: Preprocessing, size: int, failures: BatchFailures

@@ -83,7 +83,7 @@ class FirstStageTask:
     def __init__(self, config: Config, ctx: DistContext, lpips_model: torch.nn.Module | None = None):
         self.config, self.cfg, self.ctx = config, config.first_stage, ctx
         self.spatial_dims = config.data.spatial_dims
-        self.bf16 = self.cfg.optim.bf16
+        self.bf16 = self.cfg.optim.precision == "bf16"
         dev = ctx.device
         self.use_adv = self.cfg.kind == "vqgan" and self.cfg.adversarial_weight > 0
         with seeded(self.cfg.optim.seed):

@@ -75,7 +75,7 @@ class LDMTask:
                  latent_spatial: tuple[int, ...], ctx: DistContext):
         self.config, self.cfg, self.ctx = config, config.ldm, ctx
         self.spatial_dims = config.data.spatial_dims
-        self.bf16 = self.cfg.optim.bf16
+        self.bf16 = self.cfg.optim.precision == "bf16"
         self.first_stage = first_stage.eval()
         self.scale_factor = scale_factor
         self.latent_spatial = tuple(latent_spatial)

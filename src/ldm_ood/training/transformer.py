@@ -50,7 +50,7 @@ class TransformerTask:
 
     def __init__(self, config: Config, latent_spatial: tuple[int, ...], ctx: DistContext):
         self.config, self.cfg, self.ctx = config, config.transformer, ctx
-        self.bf16 = self.cfg.optim.bf16
+        self.bf16 = self.cfg.optim.precision == "bf16"
         self.latent_spatial = tuple(latent_spatial)
         self.num_tokens = config.first_stage.num_embeddings + 1
         self.seq_len = math.prod(self.latent_spatial)

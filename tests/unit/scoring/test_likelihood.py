@@ -141,7 +141,7 @@ def test_calibrate_and_score_write_records_and_maps_on_input_grid(tmp_path):
     assert summary["n"] == 3 and calib["case_ids"] == ["c0", "c1", "c2"]
     # calibration values are the sum NLL of each case scored directly
     x, _ = pre.load(cases[0].path)
-    assert calib["values"][0] == pytest.approx(score_image(net, x[None], bf16=CFG.score.bf16)[0].nll, rel=1e-6)
+    assert calib["values"][0] == pytest.approx(score_image(net, x[None], bf16=CFG.score.precision == "bf16")[0].nll, rel=1e-6)
     assert calib["mean"] == pytest.approx(np.mean(calib["values"]))
 
     res = score_ltm(run.root, manifest, config=CFG, networks=net, preprocessor=pre, device="cpu")
@@ -178,7 +178,7 @@ def test_bad_file_fails_alone_and_folder_mode(tmp_path):
     assert res.scored == 6
     # MOOD layout, as the LDM's folder mode: the score alone, equal to the sum NLL of the scan
     x, _ = Preprocessor(CFG.data).load(cases[0].path)
-    expected = score_image(kw["networks"], x[None], bf16=CFG.score.bf16)[0].nll
+    expected = score_image(kw["networks"], x[None], bf16=CFG.score.precision == "bf16")[0].nll
     txt = (out / "c0.txt").read_text()
     assert txt == f"{float(txt)!r}\n" and float(txt) == pytest.approx(expected, rel=1e-6)
     assert res.skipped == 0 and score_ltm(run.root, input_dir=tmp_path / "data", output_dir=out, **kw).skipped == 6
