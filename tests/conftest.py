@@ -1,10 +1,19 @@
-"""Shared fixtures (keep small): a seeded generator, a tiny RAS head-like volume, one torch thread."""
+"""Shared fixtures (keep small): a seeded generator, a tiny RAS head-like volume, one torch thread.
+
+The precision self-check's machine cache (``precision_policy.cache_path``) goes to a folder of the
+test session, never to the user's ``~/.cache``.
+"""
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 import numpy as np
 import pytest
 import torch
+
+os.environ["LDM_OOD_CACHE_DIR"] = tempfile.mkdtemp(prefix="ldm-ood-test-cache-")
 
 
 @pytest.fixture

@@ -270,18 +270,22 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "first_stage": {
             "levels": 2, "channels": 8, "num_res_layers": 1, "num_res_channels": 8,
             "embedding_dim": 4, "num_embeddings": 16, "disc_channels": 8, "disc_layers": 2,
-            "optim": {"lr": 1e-3, "batch_size": 2, "max_epochs": 2, "patience": 2, "preview_every": 1},
+            "optim": {"lr": 1e-3, "batch_size": 2, "max_epochs": 2, "patience": 2, "preview_every": 1,
+                      "precision": "fp32"},
         },
         "ldm": {
             "channels": (8, 16, 16), "num_head_channels": 8, "norm_num_groups": 8,
-            "optim": {"lr": 1e-3, "batch_size": 2, "max_epochs": 2, "patience": 2, "preview_every": 1},
+            "optim": {"lr": 1e-3, "batch_size": 2, "max_epochs": 2, "patience": 2, "preview_every": 1,
+                      "precision": "fp32"},
         },
         "transformer": {
             "num_layers": 2, "dim": 16, "heads": 2,
-            "optim": {"lr": 1e-3, "batch_size": 2, "max_epochs": 2, "patience": 2},
+            "optim": {"lr": 1e-3, "batch_size": 2, "max_epochs": 2, "patience": 2, "precision": "fp32"},
         },
-        "score": {"num_t_values": 4, "num_inference_steps": 10, "map_t_values": (250, 500), "batch_size": 2},
-        "segment": {"kl_num_t": 4, "ddim_steps": 5, "batch_size": 4},
+        # tests compare against fp32 hand computations: no timing-dependent `auto` in the tiny presets
+        "score": {"num_t_values": 4, "num_inference_steps": 10, "map_t_values": (250, 500), "batch_size": 2,
+                  "precision": "fp32"},
+        "segment": {"kl_num_t": 4, "ddim_steps": 5, "batch_size": 4, "precision": "fp32"},
         "synth": {
             "grid": (16, 16, 16), "spacing_mm": 12.0, "n_train": 4, "n_val": 3, "n_test": 3,
             "n_far_per_class": 2, "slice_size": 16, "n_train_2d": 8, "n_val_2d": 4, "n_test_2d": 4,
@@ -356,6 +360,7 @@ PAPER_CODEBOOK_SIZE = {2: 64, 3: 256, 4: 1024}
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s values on top, nested mappings merged key by key (inputs untouched)."""
     out = dict(base)
     for k, v in over.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
@@ -404,19 +409,13 @@ def build_config(data: dict[str, Any], source: str = "") -> Config:
 def load_config(
     path: str | Path | None = None, preset: str | None = None, overrides: dict[str, Any] | None = None
 ) -> Config:
-    """Preset (optional) < YAML file (optional) < overrides (optional). A YAML may name ``preset:``."""
+    """Preset (optional) < YAML file (optional) < overrides (optional). A YAML may name ``preset:``.
+
+    This builds a new configuration; to change some fields of an existing one (a run's saved
+    ``config.yaml``) use :func:`override_config`.
+    """
     data: dict[str, Any] = {}
-    from_file: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: configuration file not found")
-        try:
-            from_file = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(from_file, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(from_file).__name__}")
+    from_file = read_yaml(path) if path is not None else {}
     preset = preset or from_file.get("preset")
     if preset and preset != "custom":
         data = preset_dict(preset)
@@ -432,3 +431,79 @@ def save_config(config: Config, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- overriding an existing config
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (empty file: ``{}``); a missing or malformed file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def override_config(base: Config, path: str | Path | None = None, preset: str | None = None) -> Config:
+    """``base`` with exactly the fields YAML file ``path`` names replaced (deep merge), validated again.
+
+    A bad value fails with the field path, the reason and the file. A ``preset`` (the argument or the
+    YAML's ``preset:``) must be ``base``'s own, where its other fields came from: it then adds nothing,
+    and a different one is a ConfigError (the preset of an existing run cannot change).
+    """
+    from_file = read_yaml(path) if path is not None else {}
+    for given, where in ((preset, "--preset"), (from_file.get("preset"), str(path))):
+        if given is not None and given != base.preset:
+            raise ConfigError(
+                f"{where}: preset {given!r}, but the run already has a different configuration, from preset "
+                f"{base.preset!r}: the preset of an existing run cannot change; train in a new --run directory "
+                "(or change single fields with --config)"
+            )
+    merged = _deep_merge(base.model_dump(mode="json"), from_file)
+    return build_config(merged, source=str(path) if path is not None else "")
+
+
+def changed_fields(old: Config, new: Config) -> list[str]:
+    """Dotted paths of the fields whose values differ, e.g. ``["ldm.optim.max_epochs"]`` (a tuple is one value)."""
+    return _changed_paths(old.model_dump(mode="json"), new.model_dump(mode="json"), ())
+
+
+def _changed_paths(old: Any, new: Any, prefix: tuple[str, ...]) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(old) + [k for k in new if k not in old]
+        return [p for k in keys for p in _changed_paths(old.get(k), new.get(k), (*prefix, str(k)))]
+    return [".".join(prefix)] if old != new else []
+
+
+#: what a run makes from its configuration: trained stages, then calibrations (``calibration/<method>``)
+ARTIFACTS: tuple[str, ...] = (
+    "first_stage", "ldm", "transformer", "calibration/ldm", "calibration/ltm", "calibration/segment",
+)
+#: the artifacts made with each section of :class:`Config` (a whole section counts, optimisation included)
+SECTION_ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "preset": (),
+    "data": ARTIFACTS,
+    "first_stage": ARTIFACTS,
+    "ldm": ("ldm", "calibration/ldm", "calibration/segment"),
+    "transformer": ("transformer", "calibration/ltm"),
+    "score": ("calibration/ldm", "calibration/ltm"),
+    "segment": ("calibration/segment",),
+    "synth": (),
+}
+
+
+def invalidated_artifacts(fields: list[str]) -> dict[str, list[str]]:
+    """``{artifact: the given fields it was made with}`` for every artifact (of :data:`ARTIFACTS`, in that
+    order) that a change of the dotted ``fields`` makes stale. A section not listed in
+    :data:`SECTION_ARTIFACTS` conservatively invalidates everything."""
+    hit: dict[str, list[str]] = {a: [] for a in ARTIFACTS}
+    for field in fields:
+        for artifact in SECTION_ARTIFACTS.get(field.split(".")[0], ARTIFACTS):
+            hit[artifact].append(field)
+    return {a: fs for a, fs in hit.items() if fs}

@@ -1,6 +1,7 @@
 """DDP training with 2 CPU processes (gloo): every stage completes, ranks end with identical networks
 whose shapes match a single-process run, and only rank 0 writes the stage files."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -65,7 +66,8 @@ def test_two_process_ddp_training_matches_across_ranks(tmp_path):
     for cmd, run in ((env_cmd, ddp_run), ([sys.executable], single_run)):
         run.mkdir()
         out = subprocess.run([*cmd, str(worker), str(run), str(cfg_path)], capture_output=True, text=True,
-                             timeout=900, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                             timeout=900, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                  "LDM_OOD_CACHE_DIR": os.environ["LDM_OOD_CACHE_DIR"]})
         assert out.returncode == 0, out.stderr[-8000:]
     for stage in ("first_stage", "ldm", "transformer"):
         r0 = load_file(str(ddp_run / f"{stage}_rank0_of2.safetensors"))

@@ -8,6 +8,12 @@
 
 MONAI's VQVAE updates its EMA codebook whenever it is in train mode: callers keep it in ``eval()``
 when it is not being trained (LDM training, scoring).
+
+Precision: every function here takes ``bf16``; encoder and decoder then run under bf16 autocast
+in channels-last layout, and the **nearest-codebook search always runs in float32** with autocast
+off (MONAI disables autocast around its quantiser on CUDA only: on CPU the distances would be a
+bf16 matmul and flip codes). Every path that quantises (training, LDM latents, LTM tokens,
+scoring, healing, segmentation) goes through :func:`quantize_fp32`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch
 from monai.networks.nets import VQVAE, PatchDiscriminator
 
 from ..config import FirstStageConfig
+from ..precision import autocast, to_channels_last
 
 
 def build_first_stage(cfg: FirstStageConfig, spatial_dims: int, in_channels: int = 1) -> VQVAE:
@@ -54,23 +61,57 @@ def latent_shape(cfg: FirstStageConfig, grid: tuple[int, ...]) -> tuple[int, ...
     return (cfg.embedding_dim, *(g // f for g in grid))
 
 
-@torch.no_grad()
-def encode(model: VQVAE, x: torch.Tensor) -> torch.Tensor:
-    """Quantised (de-quantised embedding) latent ``z``: ``(B, C, *S) -> (B, embedding_dim, *S/f)``."""
-    return model.encode_stage_2_inputs(x)
+def _encoder(model: VQVAE, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Unquantised encoder output ``(B, embedding_dim, *S/f)`` in float32."""
+    with autocast(x.device, bf16):
+        z = model.encode(to_channels_last(x, x.ndim - 2) if bf16 else x)
+    return z.float()
+
+
+def _decoder(model: VQVAE, q: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Image ``(B, C, *s·f)`` from a (quantised) latent, float32."""
+    with autocast(q.device, bf16):
+        x = model.decode(to_channels_last(q, q.ndim - 2) if bf16 else q)
+    return x.float()
+
+
+def quantize_fp32(model: VQVAE, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(quantised z, quantisation loss)``: MONAI's quantiser in float32 with autocast off."""
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return model.quantize(z.float())
+
+
+def indices_fp32(model: VQVAE, z: torch.Tensor) -> torch.Tensor:
+    """Nearest-codebook indices ``(B, *s)`` of an encoder output, searched in float32."""
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return model.quantizer.quantize(z.float())
+
+
+def vq_forward(model: VQVAE, x: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x̂ (B, C, *S), quantisation loss)``: MONAI ``VQVAE.forward`` with the fp32 codebook search
+    (differentiable; the first stage's training step)."""
+    q, loss = quantize_fp32(model, _encoder(model, x, bf16))
+    return _decoder(model, q, bf16), loss
 
 
 @torch.no_grad()
-def encode_indices(model: VQVAE, x: torch.Tensor) -> torch.Tensor:
+def encode(model: VQVAE, x: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """Quantised (de-quantised embedding) latent ``z``: ``(B, C, *S) -> (B, embedding_dim, *S/f)`` float32."""
+    return quantize_fp32(model, _encoder(model, x, bf16))[0].contiguous()
+
+
+@torch.no_grad()
+def encode_indices(model: VQVAE, x: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """Codebook indices: ``(B, C, *S) -> (B, *S/f)`` (long); the LTM's tokens."""
-    return model.index_quantize(x)
+    return indices_fp32(model, _encoder(model, x, bf16))
 
 
 @torch.no_grad()
-def decode(model: VQVAE, z: torch.Tensor, requantize: bool) -> torch.Tensor:
-    """Image from latent ``(B, embedding_dim, *s) -> (B, C, *s*f)``.
+def decode(model: VQVAE, z: torch.Tensor, requantize: bool, bf16: bool = False) -> torch.Tensor:
+    """Image from latent ``(B, embedding_dim, *s) -> (B, C, *s*f)`` float32.
 
-    ``requantize=True`` snaps ``z`` to the nearest codebook vectors first (MONAI
+    ``requantize=True`` snaps ``z`` to the nearest codebook vectors first (in float32; MONAI
     ``decode_stage_2_outputs``, what the reference code calls); ``False`` decodes ``z`` as is.
     """
-    return model.decode_stage_2_outputs(z) if requantize else model.decode(z)
+    q = quantize_fp32(model, z)[0] if requantize else z
+    return _decoder(model, q, bf16).contiguous()

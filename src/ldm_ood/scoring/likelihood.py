@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DecoderOnlyTransformer, VQVAE
 
 from ..config import Config, ConfigError
-from ..precision import autocast
+from ..models.first_stage import encode_indices
 from ..models.transformer import LatentOrdering, sequence_log_likelihood, sequence_to_latent, tokens_to_sequence
 
 __all__ = [
@@ -118,9 +118,7 @@ def encode_tokens(first_stage: VQVAE, image: torch.Tensor, bf16: bool = False) -
     distances.
     """
     first_stage.eval()
-    with autocast(image.device, bf16):
-        z = first_stage.encode(image)
-    return first_stage.quantizer.quantize(z.float())
+    return encode_indices(first_stage, image, bf16)
 
 
 @torch.no_grad()

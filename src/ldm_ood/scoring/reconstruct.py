@@ -333,10 +333,7 @@ class Reconstructions:
 @torch.no_grad()
 def encode_latents(first_stage: torch.nn.Module, x: torch.Tensor, bf16: bool) -> torch.Tensor:
     """Quantised latent ``z = E(x)``: ``(B, C_in, *S) -> (B, C, *S/f)`` fp32 (one encode per scan)."""
-    sd = x.ndim - 2
-    with autocast(x.device, bf16):
-        z = encode(first_stage, to_channels_last(x, sd) if bf16 else x)
-    return z.float().contiguous()
+    return encode(first_stage, x, bf16)
 
 
 @torch.no_grad()
@@ -353,12 +350,14 @@ def reconstruct(
     bf16: bool = False,
     unet_batch: int | None = None,
     noise: torch.Tensor | None = None,
+    encode_bf16: bool | None = None,
 ) -> Reconstructions:
     """Encode ``x (B, C_in, *S)`` once and reconstruct its latent from every start (paper 000 §2.2).
 
-    ``noise`` (``(B, n, C, *s_padded)``) overrides the seeded noise of :func:`make_noise`.
+    ``noise`` (``(B, n, C, *s_padded)``) overrides the seeded noise of :func:`make_noise`;
+    ``bf16`` is the UNet's precision, ``encode_bf16`` the encoder's (default: ``bf16``).
     """
-    z = encode_latents(first_stage, x, bf16)
+    z = encode_latents(first_stage, x, bf16 if encode_bf16 is None else encode_bf16)
     z_pad, spatial = pad_latent(z * scale_factor, multiple)
     if noise is None:
         noise = make_noise(tuple(z_pad.shape[1:]), len(starts), seeds)
@@ -378,9 +377,5 @@ def decode_chains(
     batch: int = 4,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Decode latents ``(K, C, *s)`` in chunks of ``batch``: yields ``(offset, images (k, C_in, *S))`` fp32."""
-    sd = latents.ndim - 2
     for off in range(0, latents.shape[0], batch):
-        chunk = latents[off : off + batch]
-        with autocast(latents.device, bf16):
-            img = decode(first_stage, to_channels_last(chunk, sd) if bf16 else chunk, requantize=requantize)
-        yield off, img.float().contiguous()
+        yield off, decode(first_stage, latents[off : off + batch], requantize=requantize, bf16=bf16)

@@ -19,7 +19,7 @@ cases are batched, and variants a and b heal with the same noise. :func:`segment
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -28,10 +28,14 @@ import torch
 from ..config import Config, SegmentConfig
 from ..data.manifest import Case
 from ..errors import BatchFailures
+from ..models.diffusion import pad_latent
 from ..models.first_stage import decode, encode
-from ..precision import autocast, prepare_for_inference
+from ..precision import prepare_for_inference
+from ..precision_policy import PrecisionChoice
 from ..runs import RunDir
+from . import inference_precision
 from .common import Context, Preprocessing, load_context
+from .inference_precision import first_stage_probe, unet_probe
 from .healing import heal
 from .kl import image_kl_score, kl_map, kl_mask, kl_terms, score_t_values
 from .segment_variants import VariantSpec, residual_map, upsample_mask
@@ -50,17 +54,33 @@ class SegmentModels:
     scale_factor: float
     multiple: int
     spatial_dims: int
-    bf16: bool = False
+    bf16: bool = False  # the UNet's precision
     requantize: bool = True
+    first_stage_bf16: bool | None = None  # None: as the UNet
+    precision: dict[str, PrecisionChoice] = field(default_factory=dict)  # what was chosen, and why
+
+    @property
+    def decoder_bf16(self) -> bool:
+        return self.bf16 if self.first_stage_bf16 is None else self.first_stage_bf16
 
     @classmethod
-    def from_run(cls, run: RunDir, device: torch.device, bf16: bool) -> "SegmentModels":
+    def from_run(cls, run: RunDir, device: torch.device, precision: str, grid: Sequence[int], batch: int) -> "SegmentModels":
+        """The run's networks, each in the precision ``precision`` (auto | fp32 | bf16) resolves to
+        on ``batch`` images of ``grid`` (:mod:`.inference_precision`)."""
         from ..models.loading import load_first_stage, load_ldm
 
         fs, ldm = load_first_stage(run, device), load_ldm(run, device)
         dims = len(ldm.latent_spatial_shape)
-        return cls(prepare_for_inference(fs, dims, bf16), prepare_for_inference(ldm.unet, dims, bf16),
-                   ldm.ddpm_scheduler(), ldm.scale_factor, ldm.latent_multiple, dims, bf16)
+        latent = pad_latent(encode(fs, torch.zeros((1, 1, *grid), device=device)), ldm.latent_multiple)[0]
+        choices = inference_precision.resolve(precision, {
+            "first_stage": (fs, lambda: first_stage_probe(fs, grid, batch, device)),
+            "unet": (ldm.unet, lambda: unet_probe(ldm.unet, latent.shape[1:], batch, 500, device)),
+        }, device, "segmentation")
+        inference_precision.report(choices, run)
+        for net, name in ((fs, "first_stage"), (ldm.unet, "unet")):
+            prepare_for_inference(net, dims, choices[name].bf16)
+        return cls(fs, ldm.unet, ldm.ddpm_scheduler(), ldm.scale_factor, ldm.latent_multiple, dims,
+                   choices["unet"].bf16, first_stage_bf16=choices["first_stage"].bf16, precision=choices)
 
 
 @dataclass
@@ -80,7 +100,10 @@ def segment_context(
 ) -> tuple[Context, SegmentModels]:
     """Run, config, device and preprocessor (:func:`.common.load_context`) and the run's models unless given."""
     ctx = load_context(run_dir, config, preprocessor, device)
-    return ctx, models or SegmentModels.from_run(ctx.run, ctx.device, ctx.cfg.segment.precision == "bf16")
+    if models is None:
+        seg = ctx.cfg.segment
+        models = SegmentModels.from_run(ctx.run, ctx.device, seg.precision, ctx.cfg.data.grid, seg.batch_size)
+    return ctx, models
 
 
 def load_batches(cases: Sequence[Case], preprocessor: Preprocessing, size: int, failures: BatchFailures
@@ -113,8 +136,7 @@ def _generators(seeds: Sequence[int], stream: int, device: torch.device | str) -
 @torch.no_grad()
 def latents(models: SegmentModels, x: torch.Tensor) -> torch.Tensor:
     """``z_0 = s · E(x)``: ``(B, 1, *grid) -> (B, C, *latent)`` float32."""
-    with autocast(x.device, models.bf16):
-        return encode(models.first_stage, x).float() * models.scale_factor
+    return encode(models.first_stage, x, models.decoder_bf16) * models.scale_factor
 
 
 def _score_t(models: SegmentModels, cfg: SegmentConfig) -> list[int]:
@@ -166,7 +188,6 @@ def segment_batch(
     zh = heal(models.unet, z0, m if spec.heal_with_mask else None, models.scheduler, spec.timesteps,
               sampler=spec.sampler, mode=cfg.healing, multiple=models.multiple,
               generator=_generators(seeds, HEAL_STREAM, x.device), bf16=models.bf16)
-    with autocast(x.device, models.bf16):
-        healed = decode(models.first_stage, zh / models.scale_factor, models.requantize).float()
+    healed = decode(models.first_stage, zh / models.scale_factor, models.requantize, models.decoder_bf16)
     smooth = upsample_mask(m, x.shape[2:], cfg.gaussian_sigma) if spec.mask_residual else None
     return BatchOutput(healed, residual_map(x, healed, smooth), score, v, m)

@@ -1,7 +1,8 @@
 """``train(run_dir, stage, ...)``: the library entry point behind ``ldm-ood train <stage>``.
 
 * configuration: ``config_path`` / ``preset`` for a new run (saved as ``<run>/config.yaml``), else
-  the run's saved config; passing a config that differs from the saved one is an error;
+  the run's saved config with exactly the fields ``config_path`` names changed (saved back; a warning
+  names each finished stage / calibration made with an old value); the preset of a run cannot change;
 * data: ``manifest`` argument, else ``config.data.manifest``; train = rows with ``split == "train"``,
   validation = ``split == "val"`` and ``set == "id"``;
 * ``stage``: ``first_stage`` (also ``first-stage``), ``ldm`` or ``transformer``; the last two need a
@@ -15,12 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, ConfigError, load_config
+from rich.markup import escape
+
+from ..config import Config, ConfigError, changed_fields, load_config, override_config
 from ..data.manifest import Case, read_manifest, select
 from ..errors import InputError
 from ..runs import RunDir
 from . import distributed
-from .loop import FitResult
+from .loop import FitResult, console
 
 STAGE_ALIASES = {"first_stage": "first_stage", "first-stage": "first_stage", "ldm": "ldm", "transformer": "transformer"}
 
@@ -40,20 +43,49 @@ class TrainResult:
     world_size: int = 1
 
 
-def resolve_config(run: RunDir, config_path: str | Path | None, preset: str | None) -> Config:
-    """The run's config: saved one, or the given file/preset (then saved). Conflicts are errors."""
-    given = load_config(config_path, preset) if (config_path is not None or preset is not None) else None
-    if run.config_path.exists() and given is not None:
-        saved = run.load_config()
-        if saved.model_dump(mode="json") != given.model_dump(mode="json"):
-            raise ConfigError(
-                f"{run.config_path}: the run already has a different configuration; "
-                "train in a new --run directory or edit that file"
-            )
-    try:
-        return run.config_or(given)
-    except FileNotFoundError as err:
-        raise ConfigError(str(err)) from None
+def resolve_config(
+    run: RunDir, config_path: str | Path | None, preset: str | None, stage: str | None = None, resume: bool = False
+) -> tuple[Config, list[str]]:
+    """``(config, warnings)``: the run's configuration and one line per stale artifact to print.
+
+    New run: ``preset`` < YAML ``config_path`` (saved as ``<run>/config.yaml``). Existing run: its saved
+    configuration with exactly the fields the YAML names replaced, saved back when that changes
+    anything; ``preset`` must be the run's own (:func:`~ldm_ood.config.override_config`). The warnings
+    name every finished stage or calibration made with the old value of a changed field, except
+    ``stage``, about to be retrained — unless ``resume`` of a finished stage, which does not retrain it.
+    """
+    if not run.config_path.exists():
+        given = load_config(config_path, preset) if (config_path is not None or preset is not None) else None
+        try:
+            return run.config_or(given), []
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
+    saved = run.load_config()
+    config = override_config(saved, config_path, preset)
+    if not changed_fields(saved, config):
+        return saved, []
+    stale = run.stale_artifacts(saved, config)
+    run.save_config(config)
+    return config, _stale_warnings(run, stale, stage, resume)
+
+
+def _stale_warnings(run: RunDir, stale: dict[str, list[str]], stage: str | None, resume: bool) -> list[str]:
+    """One line per ``{artifact: changed fields}`` of :meth:`RunDir.stale_artifacts`: what to redo, how."""
+    lines = []
+    for artifact, fields in stale.items():
+        changed = f"{', '.join(fields)} changed"
+        if artifact.startswith("calibration/"):
+            method = artifact.split("/", 1)[1]
+            files = ", ".join(str(p) for p in run.calibration_paths(method) if p.exists())
+            lines.append(f"{changed}: the {method} calibration ({files}) was made with the old value; "
+                         f"recalibrate: ldm-ood calibrate --run {run.root} --method {method}")
+        elif artifact != stage:
+            lines.append(f"{changed}: finished stage {artifact} ({run.done_path(artifact)}) was trained with the "
+                         f"old value; retrain it: ldm-ood train {artifact.replace('_', '-')} --run {run.root}")
+        elif resume:
+            lines.append(f"{changed}, but stage {stage} is already finished ({run.done_path(stage)}): --resume will "
+                         f"not retrain it; train it without --resume to retrain it with the new value")
+    return lines
 
 
 def training_cases(manifest: str | Path) -> tuple[list[Case], list[Case]]:
@@ -98,7 +130,9 @@ def train(
         payload: Config | Exception | None = None
         if ctx.is_main:  # rank 0 reads/writes config.yaml; a config error reaches every rank
             try:
-                payload = resolve_config(run, config_path, preset)
+                payload, warnings = resolve_config(run, config_path, preset, stage, resume)
+                for line in warnings:
+                    console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
             except ConfigError as err:
                 payload = err
         payload = distributed.broadcast_object(payload, ctx)

@@ -13,9 +13,11 @@ One step (``x``: ``(B, 1, *grid)`` in [0, 1]):
 The validation loss (early stopping, best checkpoint) is recon + vq on the validation split: the
 deterministic, non-adversarial part of the generator objective.
 
-bf16 (``optim.bf16``): encoder, decoder and discriminator run under autocast in channels-last
-layout, while the nearest-codebook search runs in float32 (under CPU autocast MONAI's quantizer
-would compute distances with a bf16 matmul and pick different codes).
+Precision (``optim.precision``, resolved by the training loop): with bf16, encoder, decoder and
+discriminator run under autocast in channels-last layout, the convolutions whose kernel is wider
+than their input run in fp32 (``precision.guard_small_convolutions``: the CPU bf16 weight-gradient
+fault that made the discriminator's last layer NaN after one step), and the nearest-codebook
+search always runs in float32 (``models.first_stage.quantize_fp32``).
 """
 
 from __future__ import annotations
@@ -28,38 +30,25 @@ import torch
 from monai.networks.nets import VQVAE
 
 from ..config import Config
-from ..models.first_stage import build_discriminator, build_first_stage
-from ..precision import autocast, to_channels_last
+from ..models.first_stage import build_discriminator, build_first_stage, vq_forward
+from ..precision import autocast, guard_small_convolutions, set_layout, to_channels_last
 from ..runs import RunDir
 from . import losses
 from .distributed import DistContext, wrap_ddp
+from .finite import optimizer_step
 from .loop import FitResult, fit, save_preview, seeded
 
 
-def vq_forward(model: VQVAE, x: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x̂ (B, C, *S), quantization loss)`` of MONAI ``VQVAE``; with ``bf16``, fp32 quantisation."""
-    return _vq_forward_bf16(model, x) if bf16 else model(x)
-
-
-def _vq_forward_bf16(core: VQVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with autocast(x.device, True):
-        z = core.encode(to_channels_last(x, x.ndim - 2))
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        q, vq_loss = core.quantize(z.float())
-    with autocast(x.device, True):
-        x_hat = core.decode(q)
-    return x_hat, vq_loss
-
-
-class _Bf16VQVAE(torch.nn.Module):
-    """VQVAE whose ``forward`` quantises in fp32 between bf16 encoder/decoder (what DDP wraps)."""
+class _VQForward(torch.nn.Module):
+    """``vq_forward`` of the wrapped VQVAE at the task's current precision (what DDP wraps)."""
 
     def __init__(self, vqvae: VQVAE):
         super().__init__()
         self.vqvae = vqvae
+        self.bf16 = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _vq_forward_bf16(self.vqvae, x)
+        return vq_forward(self.vqvae, x, self.bf16)
 
 
 @contextlib.contextmanager
@@ -83,27 +72,30 @@ class FirstStageTask:
     def __init__(self, config: Config, ctx: DistContext, lpips_model: torch.nn.Module | None = None):
         self.config, self.cfg, self.ctx = config, config.first_stage, ctx
         self.spatial_dims = config.data.spatial_dims
-        self.bf16 = self.cfg.optim.precision == "bf16"
+        self.bf16 = False  # set by the training loop (use_bf16) once the precision is resolved
         dev = ctx.device
         self.use_adv = self.cfg.kind == "vqgan" and self.cfg.adversarial_weight > 0
         with seeded(self.cfg.optim.seed):
-            self.vqvae = build_first_stage(self.cfg, self.spatial_dims).to(dev)
-            self.disc = build_discriminator(self.cfg, self.spatial_dims).to(dev) if self.use_adv else None
-        if self.bf16:
-            to_channels_last(self.vqvae, self.spatial_dims)
-            if self.disc is not None:
-                to_channels_last(self.disc, self.spatial_dims)
+            self.vqvae = guard_small_convolutions(build_first_stage(self.cfg, self.spatial_dims).to(dev))
+            self.disc = (guard_small_convolutions(build_discriminator(self.cfg, self.spatial_dims).to(dev))
+                         if self.use_adv else None)
         self.lpips_model = lpips_model if self.cfg.perceptual_weight > 0 else None
-        # DDP wrappers (identity in one process); the bf16 wrapper keeps fp32 quantisation under DDP
-        inner = _Bf16VQVAE(self.vqvae) if self.bf16 else self.vqvae
-        self.g_net = wrap_ddp(inner, ctx)
+        # DDP wrappers (identity in one process); the forward wrapper keeps fp32 quantisation under DDP
+        self._forward = _VQForward(self.vqvae)
+        self.g_net = wrap_ddp(self._forward, ctx)
         self.d_net = wrap_ddp(self.disc, ctx) if self.disc is not None else None
         self.g_opt = torch.optim.Adam(self.vqvae.parameters(), lr=self.cfg.optim.lr)
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=self.cfg.disc_lr) if self.disc is not None else None
         self.generator = torch.Generator(device="cpu")
-        self.loss_names = ("loss", "recon", "vq", "perceptual", "spectral", "adv_g", "adv_d")
+        self.loss_names = ("loss", "recon", "vq", "perceptual", "spectral", "adv_g", "adv_d", "grad_norm", "grad_norm_d")
 
     # ---- StageTask
+    def use_bf16(self, flag: bool) -> None:
+        """Train under bf16 autocast (channels-last) or in fp32 from the next step on."""
+        self.bf16 = self._forward.bf16 = flag
+        for m in self.modules().values():
+            set_layout(m, self.spatial_dims, flag)
+
     def modules(self) -> dict[str, torch.nn.Module]:
         out: dict[str, torch.nn.Module] = {"vqvae": self.vqvae}
         if self.disc is not None:
@@ -134,14 +126,12 @@ class FirstStageTask:
         starts = [int(torch.randint(0, s - p + 1, (1,), generator=self.generator)) for s, p in zip(x.shape[2:], patch)]
         return x[(slice(None), slice(None), *(slice(a, a + p) for a, p in zip(starts, patch)))].contiguous()
 
-    def train_step(self, batch: dict[str, Any], epoch: int) -> dict[str, float]:
+    def _patch(self, batch: dict[str, Any]) -> torch.Tensor:
         x = self._random_patch(batch["image"].to(self.ctx.device, non_blocking=True))
-        if self.bf16:
-            x = to_channels_last(x, self.spatial_dims)
-        adv_on = self.use_adv and epoch > self.cfg.adversarial_warmup_epochs
-        # generator
-        self.g_opt.zero_grad(set_to_none=True)
-        x_hat, vq_loss = self.g_net(x)
+        return to_channels_last(x, self.spatial_dims) if self.bf16 else x
+
+    def _generator_loss(self, net: torch.nn.Module, x: torch.Tensor, adv_on: bool) -> tuple[losses.GeneratorLoss, torch.Tensor]:
+        x_hat, vq_loss = net(x)
         fake_logits = None
         if adv_on:
             with frozen(self.disc), autocast(x.device, self.bf16):
@@ -150,20 +140,37 @@ class FirstStageTask:
             self.cfg, x, x_hat, vq_loss, self.spatial_dims, fake_logits,
             self._perceptual if self.lpips_model is not None else None,
         )
-        g.total.backward()
-        self.g_opt.step()
+        return g, x_hat
+
+    def _discriminator_loss(self, net: torch.nn.Module, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, self.bf16):
+            real = net(x)
+            fake = net(x_hat.detach())
+        return losses.discriminator_loss(real, fake)
+
+    def train_step(self, batch: dict[str, Any], epoch: int) -> dict[str, float]:
+        x = self._patch(batch)
+        adv_on = self.use_adv and epoch > self.cfg.adversarial_warmup_epochs
+        clip = self.cfg.optim.grad_clip_norm
+        # generator
+        self.g_opt.zero_grad(set_to_none=True)
+        g, x_hat = self._generator_loss(self.g_net, x, adv_on)
         out = {"loss": g.total.item(), **g.terms}
+        out["grad_norm"] = optimizer_step(g.total, self.g_opt, self.vqvae.parameters(), clip, terms=g.terms)
         # discriminator
         if adv_on:
             self.d_opt.zero_grad(set_to_none=True)
-            with autocast(x.device, self.bf16):
-                real = self.d_net(x)
-                fake = self.d_net(x_hat.detach())
-            d = losses.discriminator_loss(real, fake)
-            d.backward()
-            self.d_opt.step()
+            d = self._discriminator_loss(self.d_net, x, x_hat)
             out["adv_d"] = d.item()
+            out["grad_norm_d"] = optimizer_step(d, self.d_opt, self.disc.parameters(), clip, "grad_norm_d",
+                                                terms={"adv_d": out["adv_d"]})
         return out
+
+    def probe_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Generator + discriminator loss of one step with every term on (precision self-check)."""
+        x = self._patch(batch)
+        g, x_hat = self._generator_loss(self._forward, x, self.use_adv)
+        return g.total + (self._discriminator_loss(self.disc, x, x_hat) if self.use_adv else 0.0)
 
     def val_step(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[float, int]:
         x = batch["image"].to(self.ctx.device)

@@ -25,10 +25,11 @@ from torch.utils.data import Dataset
 from ..config import Config
 from ..models.diffusion import build_ddpm_scheduler, build_inference_scheduler, build_unet, crop_latent, latent_multiple, pad_latent
 from ..models.first_stage import decode, encode
-from ..precision import autocast, to_channels_last
+from ..precision import autocast, guard_small_convolutions, set_layout, to_channels_last
 from ..runs import RunDir
 from . import losses
 from .distributed import DistContext, wrap_ddp
+from .finite import optimizer_step
 from .loop import FitResult, fit, save_preview, seeded
 
 
@@ -69,25 +70,29 @@ class LDMTask:
     """:class:`~ldm_ood.training.loop.StageTask` of the latent DDPM."""
 
     stage = "ldm"
-    loss_names = ("loss",)
+    loss_names = ("loss", "grad_norm")
 
     def __init__(self, config: Config, first_stage: torch.nn.Module, scale_factor: float,
                  latent_spatial: tuple[int, ...], ctx: DistContext):
         self.config, self.cfg, self.ctx = config, config.ldm, ctx
         self.spatial_dims = config.data.spatial_dims
-        self.bf16 = self.cfg.optim.precision == "bf16"
+        self.bf16 = False  # set by the training loop (use_bf16) once the precision is resolved
         self.first_stage = first_stage.eval()
         self.scale_factor = scale_factor
         self.latent_spatial = tuple(latent_spatial)
         self.multiple = latent_multiple(self.cfg)
         with seeded(self.cfg.optim.seed):
-            self.unet = build_unet(self.cfg, self.spatial_dims, config.first_stage.embedding_dim).to(ctx.device)
-        if self.bf16:
-            to_channels_last(self.unet, self.spatial_dims)
+            self.unet = guard_small_convolutions(
+                build_unet(self.cfg, self.spatial_dims, config.first_stage.embedding_dim).to(ctx.device))
         self.net = wrap_ddp(self.unet, ctx)
         self.scheduler = build_ddpm_scheduler(self.cfg)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=self.cfg.optim.lr)
         self.generator = torch.Generator(device="cpu")
+
+    def use_bf16(self, flag: bool) -> None:
+        """Train under bf16 autocast (channels-last) or in fp32 from the next step on."""
+        self.bf16 = flag
+        set_layout(self.unet, self.spatial_dims, flag)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet}
@@ -122,9 +127,12 @@ class LDMTask:
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
         self.opt.zero_grad(set_to_none=True)
         loss = self._loss(self.net, batch["latent"], self.generator)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item()}
+        norm = optimizer_step(loss, self.opt, self.unet.parameters(), self.cfg.optim.grad_clip_norm)
+        return {"loss": loss.item(), "grad_norm": norm}
+
+    def probe_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L_simple of one batch (precision self-check)."""
+        return self._loss(self.unet, batch["latent"], self.generator)
 
     def val_step(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[float, int]:
         z = batch["latent"]

@@ -14,7 +14,15 @@ batch, a preview); :func:`fit` does everything else, identically for every stage
   atomically after every epoch, so ``resume=True`` continues after the last *completed* epoch,
   also after SIGKILL mid-epoch (rows of a half-recorded epoch are dropped from ``metrics.csv``);
 * preview PNGs of validation cases every ``optim.preview_every`` epochs into ``previews/``;
-* ``<stage>/DONE`` (JSON: reason, epochs, best val loss) when training ends.
+* ``<stage>/DONE`` (JSON: reason, epochs, best val loss, precision) when training ends;
+* precision: ``optim.precision`` (``auto | fp32 | bf16``) is resolved once before the first epoch
+  by ``precision_policy.choose_precision`` on the stage's own networks and first training batch
+  (rank 0 measures, every rank follows), printed in one line, written to ``<stage>/precision.json``
+  and as a ``bf16`` column of ``metrics.csv``;
+* non-finite guard (``training.finite``): the first NaN/Inf loss term, gradient norm or
+  validation loss stops training with a :class:`~ldm_ood.training.finite.NonFiniteTrainingError`
+  naming stage, epoch, step and term, *before* the optimizer step; nothing of that epoch is saved
+  (no state, no best model, no DONE), so ``resume=True`` continues from the last completed epoch.
 
 Randomness is explicit: the data order of epoch ``e`` comes from ``seed + e``; the task's noise
 generator is re-seeded from (seed, epoch, rank) at the start of every epoch, so a resumed run
@@ -24,6 +32,7 @@ draws the same noise as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import math
@@ -40,9 +49,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
 from ..config import OptimConfig
+from ..precision_policy import TRAIN_TENSOR_TOLERANCE, TRAIN_TOLERANCE, PrecisionChoice, choose_precision, network_signature
 from ..runs import RunDir
 from .checkpoint import atomic_write_text, load_state, save_model, save_state
-from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, shard, unwrap
+from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, broadcast_object, shard, unwrap
+from .finite import NonFiniteTrainingError, NonFiniteValue, first_non_finite
 
 console = Console(stderr=True)
 
@@ -55,6 +66,9 @@ class StageTask(Protocol):
     stage: str
     loss_names: tuple[str, ...]  # train-loss columns of metrics.csv, first one shown as "loss"
     generator: torch.Generator  # noise / timestep draws of train_step
+    bf16: bool  # current precision (set through use_bf16)
+
+    def use_bf16(self, flag: bool) -> None: ...  # precision (and matching layout) of the next steps
 
     def modules(self) -> dict[str, torch.nn.Module]: ...  # all trained modules (possibly DDP-wrapped)
 
@@ -64,7 +78,9 @@ class StageTask(Protocol):
 
     def model_config(self) -> dict[str, Any]: ...  # saved as config.json
 
-    def train_step(self, batch: Any, epoch: int) -> dict[str, float]: ...
+    def train_step(self, batch: Any, epoch: int) -> dict[str, float]: ...  # raises finite.NonFiniteValue
+
+    def probe_loss(self, batch: Any) -> torch.Tensor: ...  # one step's loss, unwrapped modules, no optimizer
 
     def val_step(self, batch: Any, generator: torch.Generator) -> tuple[float, int]: ...  # (loss sum, count)
 
@@ -84,13 +100,14 @@ class FitResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     model: torch.nn.Module | None = field(default=None, repr=False)  # final (not best) weights, this rank
+    precision: PrecisionChoice | None = None
 
 
 # --------------------------------------------------------------------------- metrics file
 
 
 def _metrics_header(task: StageTask) -> list[str]:
-    return ["epoch", *task.loss_names, "val_loss", "seconds", "lr"]
+    return ["epoch", *task.loss_names, "val_loss", "seconds", "lr", "bf16"]
 
 
 def _truncate_metrics(path: Path, header: list[str], last_epoch: int) -> None:
@@ -141,7 +158,7 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 def _clear_stage(stage_dir: Path) -> None:
     """Fresh start: drop the previous model, state, metrics, previews and DONE of this stage."""
-    for name in ("model.safetensors", "config.json", "state.pt", "metrics.csv", "DONE"):
+    for name in ("model.safetensors", "config.json", "state.pt", "metrics.csv", "DONE", "precision.json"):
         (stage_dir / name).unlink(missing_ok=True)
     for name in ("previews", "tensorboard"):
         shutil.rmtree(stage_dir / name, ignore_errors=True)
@@ -180,6 +197,53 @@ def _progress(enabled: bool) -> Progress:
         disable=not enabled,
         transient=True,
     )
+
+
+def training_probe(task: StageTask, batch: Any, seed: int):
+    """``probe(bf16) -> [loss, *gradients]`` of one training step of ``task`` on ``batch``.
+
+    The step runs on the task's own (unwrapped) modules in train mode with the task's generator
+    re-seeded, then every parameter, buffer (EMA codebook, batch-norm statistics) and gradient is
+    restored: the probe leaves training exactly as it found it.
+    """
+    modules = task.modules()
+
+    def probe(bf16: bool) -> list[torch.Tensor]:
+        saved = {k: copy.deepcopy(m.state_dict()) for k, m in modules.items()}
+        was = task.bf16
+        try:
+            task.use_bf16(bf16)
+            task.generator.manual_seed(seed)
+            for m in modules.values():
+                m.train()
+            loss = task.probe_loss(batch)
+            loss.backward()
+            return [loss.detach().float().reshape(1)] + [
+                p.grad.detach().float().clone() for m in modules.values() for p in m.parameters() if p.grad is not None
+            ]
+        finally:
+            for k, m in modules.items():
+                m.zero_grad(set_to_none=True)
+                m.load_state_dict(saved[k])
+            task.use_bf16(was)
+
+    return probe
+
+
+def resolve_training_precision(task: StageTask, train_ds: Dataset, optim: OptimConfig, ctx: DistContext) -> PrecisionChoice:
+    """``optim.precision`` of ``task`` (module docstring): rank 0 measures, every rank gets its answer."""
+    choice = None
+    if ctx.is_main:
+        batch = default_collate([train_ds[i] for i in range(min(optim.batch_size, len(train_ds)))])
+        shapes = [v.shape for v in (batch.values() if isinstance(batch, dict) else [batch]) if isinstance(v, torch.Tensor)]
+        choice = choose_precision(
+            optim.precision, f"{task.stage} (training)", training_probe(task, batch, optim.seed),
+            network_signature(task.modules().values(), *shapes), ctx.device, tolerance=TRAIN_TOLERANCE,
+            tensor_tolerance=TRAIN_TENSOR_TOLERANCE,
+        )
+    choice = broadcast_object(choice, ctx)
+    task.use_bf16(choice.bf16)
+    return choice
 
 
 def _validate(task: StageTask, loader: DataLoader, seed: int, ctx: DistContext) -> float:
@@ -238,6 +302,10 @@ def fit(
         if state is None:
             _clear_stage(stage_dir)
         _truncate_metrics(run.metrics_path(task.stage), header, start_epoch)
+    precision = resolve_training_precision(task, train_ds, optim, ctx)
+    if ctx.is_main:
+        console.print(f"precision of {precision.line()}" + (" [cached]" if precision.cached else ""))
+        atomic_write_text(run.precision_path(task.stage), json.dumps(precision.as_dict(), indent=1))
     writer = _tensorboard(stage_dir) if ctx.is_main else None
 
     sampler = EpochSampler(len(train_ds), optim.seed, optim.samples_per_epoch, ctx)
@@ -259,8 +327,13 @@ def fit(
             bar = progress.add_task(f"{task.stage} {epoch}/{optim.max_epochs}", total=len(train_loader), losses="")
             sums = {k: 0.0 for k in task.loss_names}
             n_seen = 0
-            for batch in train_loader:
-                losses = task.train_step(batch, epoch)
+            for step, batch in enumerate(train_loader, 1):
+                try:
+                    losses = task.train_step(batch, epoch)
+                except NonFiniteValue as bad:
+                    raise NonFiniteTrainingError(task.stage, epoch, step, bad.term, bad.value,
+                                                 f"Precision was {precision.dtype}.") from None
+                _stop_if_non_finite(task.stage, epoch, step, losses, ctx, precision)
                 bs = _batch_len(batch)
                 n_seen += bs
                 for k in task.loss_names:
@@ -273,7 +346,10 @@ def fit(
             val = None
             if epoch % optim.val_every == 0 or epoch == optim.max_epochs:
                 val = _validate(task, val_loader, optim.seed, ctx)
-                if val < best:  # NaN never improves
+                if not math.isfinite(val):
+                    raise NonFiniteTrainingError(task.stage, epoch, "validation", "val_loss", val,
+                                                 f"Precision was {precision.dtype}.")
+                if val < best:
                     best, best_epoch, bad = val, epoch, 0
                     if ctx.is_main:
                         save_model(stage_dir, task.model(), task.model_config())
@@ -283,7 +359,7 @@ def fit(
                 _preview(task, preview_batch, run.previews_dir(task.stage) / f"epoch_{epoch:04d}.png")
 
             row = {"epoch": epoch, **train, "val_loss": val, "seconds": round(time.time() - t0, 3),
-                   "lr": main_opt.param_groups[0]["lr"]}
+                   "lr": main_opt.param_groups[0]["lr"], "bf16": int(task.bf16)}
             history.append({k: (math.nan if v is None else float(v)) for k, v in row.items()})
             if ctx.is_main:
                 _append_metrics(run.metrics_path(task.stage), header, row)
@@ -305,17 +381,27 @@ def fit(
                 break
 
     if ctx.is_main:
-        if not run.model_path(task.stage).exists():  # validation never finite: keep the last weights
-            save_model(stage_dir, task.model(), task.model_config())
         atomic_write_text(done_path, json.dumps({"reason": reason, "epochs": epoch, "best_val_loss": best,
-                                                 "best_epoch": best_epoch}))
+                                                 "best_epoch": best_epoch, "precision": precision.as_dict()}))
         if writer is not None:
             writer.close()
         console.print(f"{task.stage}: done after {epoch} epochs ({reason}); best val loss {best:.5g} "
                       f"at epoch {best_epoch} -> {run.model_path(task.stage)}")
     barrier(ctx)
     return FitResult(task.stage, stage_dir, epoch, best, best_epoch, reason, time.time() - start_time, history,
-                     task.model())
+                     task.model(), precision)
+
+
+def _stop_if_non_finite(stage: str, epoch: int, step: int, losses: dict[str, float], ctx: DistContext,
+                        precision: PrecisionChoice) -> None:
+    """Raise on every rank when any rank logged a non-finite loss term at this step."""
+    bad = first_non_finite(losses)
+    if ctx.distributed:
+        any_bad = all_reduce_sum([0.0 if bad is None else 1.0], ctx)[0] > 0
+        if any_bad and bad is None:
+            bad = ("loss term on another rank", math.nan)
+    if bad is not None:
+        raise NonFiniteTrainingError(stage, epoch, step, bad[0], bad[1], f"Precision was {precision.dtype}.")
 
 
 def _batch_len(batch: Any) -> int:

@@ -23,6 +23,7 @@ from ..precision import autocast
 from ..runs import RunDir
 from . import losses
 from .distributed import DistContext, wrap_ddp
+from .finite import optimizer_step
 from .ldm import encode_dataset
 from .loop import FitResult, fit, seeded
 
@@ -46,11 +47,11 @@ class TransformerTask:
     """:class:`~ldm_ood.training.loop.StageTask` of the LTM."""
 
     stage = "transformer"
-    loss_names = ("loss",)
+    loss_names = ("loss", "grad_norm")
 
     def __init__(self, config: Config, latent_spatial: tuple[int, ...], ctx: DistContext):
         self.config, self.cfg, self.ctx = config, config.transformer, ctx
-        self.bf16 = self.cfg.optim.precision == "bf16"
+        self.bf16 = False  # set by the training loop (use_bf16) once the precision is resolved
         self.latent_spatial = tuple(latent_spatial)
         self.num_tokens = config.first_stage.num_embeddings + 1
         self.seq_len = math.prod(self.latent_spatial)
@@ -64,6 +65,10 @@ class TransformerTask:
         self.net = wrap_ddp(self.net_core, ctx)
         self.opt = torch.optim.Adam([p for p in self.net_core.parameters() if p.requires_grad], lr=self.cfg.optim.lr)
         self.generator = torch.Generator(device="cpu")
+
+    def use_bf16(self, flag: bool) -> None:
+        """Train under bf16 autocast or in fp32 from the next step on."""
+        self.bf16 = flag
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"transformer": self.net_core}
@@ -91,9 +96,13 @@ class TransformerTask:
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
         self.opt.zero_grad(set_to_none=True)
         loss = self._loss(self.net, batch["tokens"])
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item()}
+        params = [p for p in self.net_core.parameters() if p.requires_grad]
+        norm = optimizer_step(loss, self.opt, params, self.cfg.optim.grad_clip_norm)
+        return {"loss": loss.item(), "grad_norm": norm}
+
+    def probe_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token loss of one batch (precision self-check)."""
+        return self._loss(self.net_core, batch["tokens"])
 
     def val_step(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[float, int]:
         seq = batch["tokens"]

@@ -153,13 +153,13 @@ def test_reconstruct_encodes_once_pads_and_start_zero_is_identity():
     unet, sch = _unet(), _sched("plms", 10)
     x = torch.rand(2, 1, 16, 16, 16)
     calls = {"n": 0}
-    orig = fs.encode_stage_2_inputs
+    orig = fs.encode
 
     def counting(inp):
         calls["n"] += 1
         return orig(inp)
 
-    fs.encode_stage_2_inputs = counting
+    fs.encode = counting
     rec = reconstruct(fs, unet, sch, x, starts=(0, 300, 600), seeds=[1, 2], scale_factor=0.5, multiple=4)
     assert calls["n"] == 1
     assert rec.latents.shape == (2, 3, 4, 4, 4, 4)

@@ -26,6 +26,13 @@ class ScriptedTask:
         self.epoch = 0
         self.batches = 0
         self.noise = []
+        self.bf16 = False
+
+    def use_bf16(self, flag):
+        self.bf16 = flag
+
+    def probe_loss(self, batch):
+        return self.net(batch["x"][:, None]).square().mean()
 
     def modules(self):
         return {"net": self.net}
@@ -59,7 +66,7 @@ def _ds(n):
 
 
 def _optim(**kw):
-    base = dict(lr=0.1, batch_size=2, max_epochs=10, patience=2, val_every=1, preview_every=3, seed=3)
+    base = dict(lr=0.1, batch_size=2, max_epochs=10, patience=2, val_every=1, preview_every=3, seed=3, precision="fp32")
     return OptimConfig(**{**base, **kw})
 
 
@@ -75,9 +82,13 @@ def test_early_stopping_keeps_best_validation_model(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert [r["val_loss"] for r in rows] == pytest.approx([1.0, 0.5, 0.7, 0.6])
     assert rows[0]["loss"] == pytest.approx((0 + 1 + 2 + 3 + 4) / 5)  # sample-weighted mean over the epoch
-    assert list(rows[0]) == ["epoch", "loss", "val_loss", "seconds", "lr"] and rows[0]["lr"] == 0.1
+    assert list(rows[0]) == ["epoch", "loss", "val_loss", "seconds", "lr", "bf16"] and rows[0]["lr"] == 0.1
+    assert rows[0]["bf16"] == 0.0
     done = json.loads((run.stage_dir("ldm") / "DONE").read_text())
+    precision = done.pop("precision")
     assert done == {"reason": "early_stopping", "epochs": 4, "best_val_loss": 0.5, "best_epoch": 2}
+    assert precision["precision"] == "fp32" and precision["requested"] == "fp32"
+    assert json.loads((run.stage_dir("ldm") / "precision.json").read_text()) == precision
     assert (run.previews_dir("ldm") / "epoch_0003.png").exists()
     assert json.loads(run.model_config_path("ldm").read_text()) == {"stage": "ldm"}
 
