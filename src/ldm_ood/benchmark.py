@@ -4,6 +4,11 @@ Reproduces the papers' tables on the built-in synthetic benchmark (or the same l
 data): paper 000 Table 1 (LDM vs LTM per VQ-GAN level, every near- and far-OOD set, DeLong tests)
 and paper 001 Tables 1/3 (segmentation variants a–d on 2D sprite lesions).
 
+The command fails (:class:`~ldm_ood.errors.IncompleteResultsError`, exit code 1) after the report is
+written when a method it ran has no usable result (:func:`check_results`): a ``Summary.warnings`` row
+(missing or non-finite scores), an OOD method without a finite AUROC, or a segmentation variant
+whose ⌈DICE⌉, pixel AUPRC or image AUROC is not finite.
+
 Every stage is resumable: a finished stage (its outputs exist) is skipped, training resumes from
 its last completed epoch, scoring from its last finished scan. Wall-clock seconds of every stage are
 kept in ``<out>/timings.json`` and shown in the report.
@@ -16,11 +21,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 from rich.console import Console
 
 from .config import PAPER_CODEBOOK_SIZE, Config, load_config
+from .errors import IncompleteResultsError
+from .evaluation.summary import ID_SET, METHOD_LABELS, Summary
 from .runs import RunDir
 
 console = Console(stderr=True)
@@ -121,8 +128,68 @@ def _segmentation_run(run: RunDir, plan: BenchmarkPlan, timings: Timings) -> Non
             segment(run.root, variant=variant)
 
 
+def result_problems(
+    summary: Summary,
+    detection: Mapping[str, Sequence[str]] | None = None,
+    segmentation: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """What makes the results unusable, one line each (empty: all fine).
+
+    Args:
+        summary: the evaluation; each of its ``warnings`` (an expected method with missing or
+            non-finite scores on a set) is a problem.
+        detection: ``{run: methods it ran}`` (e.g. ``{"l2": ["ldm", "ltm"]}``): each needs a finite
+            AUROC on every OOD set it has a result for, and at least one.
+        segmentation: ``{run: variants it ran}``: each needs results, and on every set with masks
+            a finite ⌈DICE⌉ and pixel AUPRC, on every OOD set a finite image AUROC.
+    """
+    problems = [w.message for w in summary.warnings]
+    for run, methods in (detection or {}).items():
+        for method in methods:
+            rows = [d for d in summary.detection if (d.run, d.method) == (run, method)]
+            if not rows:
+                problems.append(f"{run}/{method}: no {METHOD_LABELS.get(method, method)} result on any OOD set")
+            problems += [f"{run}/{method}: AUROC on set {d.set!r} is not finite" for d in rows if d.auroc is None]
+    for run, variants in (segmentation or {}).items():
+        for variant in variants:
+            rows = [r for r in summary.segmentation if (r.run, r.variant) == (run, variant)]
+            if not rows:
+                problems.append(f"{run}/({variant}): no segmentation results")
+            for r in rows:
+                bad = [label for label, v, needed in (
+                    ("⌈DICE⌉", r.best_dice, r.n_masks > 0), ("pixel AUPRC", r.pixel_auprc, r.n_masks > 0),
+                    ("image AUROC", r.image_auroc, r.set != ID_SET and r.n_cases > 0)) if needed and v is None]
+                if bad:
+                    problems.append(f"{run}/({variant})/{r.set}: {', '.join(bad)} not finite")
+    return list(dict.fromkeys(problems))
+
+
+def check_results(
+    summary: Summary,
+    detection: Mapping[str, Sequence[str]] | None = None,
+    segmentation: Mapping[str, Sequence[str]] | None = None,
+    what: str = "benchmark",
+    report: str | Path | None = None,
+) -> None:
+    """Raise :class:`IncompleteResultsError` listing :func:`result_problems` when there are any."""
+    problems = result_problems(summary, detection, segmentation)
+    if problems:
+        where = f"; see the report {report}" if report is not None else ""
+        raise IncompleteResultsError(
+            f"{what}: {len(problems)} result(s) missing or not finite{where} (a model producing NaN: retrain it, "
+            "then recalibrate and rescore):\n" + "\n".join(f"  {p}" for p in problems)
+        )
+
+
+def expected_results(plan: BenchmarkPlan) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """``(detection, segmentation)`` of :func:`result_problems` for the runs of ``plan``."""
+    detection = {f"l{level}": ["ldm"] + (["ltm"] if plan.ltm else []) for level in plan.levels}
+    return detection, ({"seg2d": list(plan.variants)} if plan.segmentation else {})
+
+
 def run_plan(plan: BenchmarkPlan, out: str | Path) -> dict[str, Any]:
-    """Run every stage of ``plan`` under ``out``; returns the evaluation summary."""
+    """Run every stage of ``plan`` under ``out``; returns the evaluation summary. Raises
+    :class:`IncompleteResultsError` after writing the report when a method has no usable result."""
     from .data.synthetic import synth
     from .evaluation.evaluate import evaluate
     from .report.html import build_report
@@ -152,6 +219,7 @@ def run_plan(plan: BenchmarkPlan, out: str | Path) -> dict[str, Any]:
     with timings.stage("report"):
         path = build_report(runs, summary, out / "report" / "index.html", benchmarks_dir=out)
     console.print(f"[bold green]report:[/] {path}")
+    check_results(summary, *expected_results(plan), what="demo" if plan.preset == "demo" else "benchmark", report=path)
     return summary
 
 

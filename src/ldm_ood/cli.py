@@ -46,11 +46,11 @@ def _friendly(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .config import ConfigError
-        from .errors import BatchError, InputError
+        from .errors import BatchError, IncompleteResultsError, InputError, NonFiniteError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, InputError, BatchError, FileNotFoundError) as err:
+        except (ConfigError, InputError, BatchError, NonFiniteError, IncompleteResultsError, FileNotFoundError) as err:
             console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
             raise typer.Exit(code=1) from None
 
@@ -61,8 +61,15 @@ RunOpt = typer.Option(
     ..., "--run", "--run-dir", help="Run directory (models, calibration, scores live here). Under torchrun use --run-dir."
 )
 DataOpt = typer.Option(None, "--data", help="Manifest CSV or image folder (default: the run config's data.manifest).")
-ConfigOpt = typer.Option(None, "--config", help="YAML config (fields override the preset).")
-PresetOpt = typer.Option(None, "--preset", help="tiny | cpu | paper | tiny-2d | cpu-2d | paper-2d")
+ConfigOpt = typer.Option(
+    None, "--config",
+    help="YAML config. New run: its fields override the preset. Existing run: exactly the fields it names change "
+    "in the run's config.yaml; finished stages and calibrations made with an old value are named.",
+)
+PresetOpt = typer.Option(
+    None, "--preset",
+    help="New run: tiny | demo | cpu | paper | tiny-2d | demo-2d | cpu-2d | paper-2d. An existing run keeps its own.",
+)
 SetsOpt = typer.Option(None, "--set", help="Only these sets (repeatable). Default: every test set.")
 InputOpt = typer.Option(None, "--input", help="Folder of scans to score (folder-in/folder-out mode).")
 OutputOpt = typer.Option(None, "--output", help="Output folder of the folder mode: <case>.txt + <case>.nii.gz.")
@@ -103,7 +110,7 @@ def corrupt(
 @_friendly
 def show_config(
     preset: str = typer.Option("cpu", help="Preset to print."),
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML whose fields override the preset."),
 ) -> None:
     """Print the full configuration of a preset (and YAML overrides) as YAML."""
     import yaml

@@ -1,4 +1,12 @@
-"""Errors that name the file and the problem, and the collection of per-file failures of a batch."""
+"""Errors that name the file and the problem, and the collection of per-file failures of a batch.
+
+* :class:`InputError`: a user input (image, mask, manifest row) is unusable;
+* :class:`NonFiniteError` and its two kinds, :class:`NonFiniteModelError` (a trained network's
+  weights hold NaN/Inf) and :class:`NonFiniteCalibrationError` (a calibration would hold, or holds,
+  NaN/Inf statistics): numbers that would silently turn every score into NaN;
+* :class:`IncompleteResultsError`: a benchmark/demo finished without a finite result for a method;
+* :class:`BatchFailures` / :class:`BatchError`: per-item failures of a batch, raised at its end.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,29 @@ class InputError(ValueError):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+class NonFiniteError(ValueError):
+    """Numbers that must be finite are not. ``str(err)`` is ``"<path>: <problem>"`` (``path`` may be None)."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+class NonFiniteModelError(NonFiniteError):
+    """A trained network (``<run>/<stage>/model.safetensors``) holds NaN/Inf parameters or buffers,
+    or a stage fact such as the LDM's latent scale factor is unusable: retrain the stage."""
+
+
+class NonFiniteCalibrationError(NonFiniteError):
+    """A calibration's statistics (means, stds, thresholds, validation scores, voxel statistics) are
+    not all finite: raised before anything is written, and when scoring loads an old such file."""
+
+
+class IncompleteResultsError(RuntimeError):
+    """A benchmark or demo finished but a method it ran has no finite result (the report is written)."""
 
 
 @dataclass

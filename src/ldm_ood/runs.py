@@ -15,10 +15,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, load_config, save_config
+from .config import ARTIFACTS, Config, changed_fields, invalidated_artifacts, load_config, save_config
 
 STAGES = ("first_stage", "ldm", "transformer")
 METHODS = ("ldm", "ltm")
@@ -42,7 +43,10 @@ class RunDir:
         return load_config(self.config_path)
 
     def save_config(self, config: Config) -> None:
-        save_config(config, self.config_path)
+        """Write ``config.yaml`` atomically (a temporary file, then a rename)."""
+        tmp = self.config_path.with_name(self.config_path.name + ".tmp")
+        save_config(config, tmp)
+        os.replace(tmp, self.config_path)
 
     def config_or(self, fallback: Config | None) -> Config:
         """The run's saved config, else ``fallback`` (saved into the run)."""
@@ -75,8 +79,12 @@ class RunDir:
     def previews_dir(self, stage: str) -> Path:
         return self.stage_dir(stage) / "previews"
 
+    def done_path(self, stage: str) -> Path:
+        """Written when the stage's training has finished."""
+        return self.stage_dir(stage) / "DONE"
+
     def is_trained(self, stage: str) -> bool:
-        return self.model_path(stage).exists() and (self.stage_dir(stage) / "DONE").exists()
+        return self.model_path(stage).exists() and self.done_path(stage).exists()
 
     # ---- calibration
     @property
@@ -103,6 +111,34 @@ class RunDir:
     def ltm_calibration_path(self) -> Path:
         return self.calibration_dir / "ltm.json"
 
+    def calibration_paths(self, method: str) -> tuple[Path, ...]:
+        """The files ``ldm-ood calibrate --method <method>`` writes (``ldm``, ``ltm`` or ``segment``)."""
+        paths = {
+            "ldm": (self.ood_calibration_path, self.ood_voxel_stats_path),
+            "ltm": (self.ltm_calibration_path,),
+            "segment": (self.segment_calibration_path, self.segment_thresholds_path),
+        }
+        if method not in paths:
+            raise ValueError(f"unknown calibration {method!r}; one of {tuple(paths)}")
+        return paths[method]
+
+    # ---- artifacts made from the configuration (``config.ARTIFACTS``)
+    def artifact_paths(self, artifact: str) -> tuple[Path, ...]:
+        """A stage (``ldm``): its DONE marker; ``calibration/<method>``: that calibration's files."""
+        if artifact.startswith("calibration/"):
+            return self.calibration_paths(artifact.split("/", 1)[1])
+        return (self.done_path(artifact),)
+
+    def finished_artifacts(self) -> list[str]:
+        """The artifacts of ``config.ARTIFACTS`` this run has: finished stages and calibrations made."""
+        return [a for a in ARTIFACTS if any(p.exists() for p in self.artifact_paths(a))]
+
+    def stale_artifacts(self, old: Config, new: Config) -> dict[str, list[str]]:
+        """``{finished artifact: changed fields}`` for the artifacts that were made with ``old``'s value of a
+        field that ``new`` changes (see ``config.SECTION_ARTIFACTS``); empty when nothing is stale."""
+        finished = self.finished_artifacts()
+        return {a: fields for a, fields in invalidated_artifacts(changed_fields(old, new)).items() if a in finished}
+
     # ---- outputs
     def scores_path(self, method: str, set_name: str) -> Path:
         return self.root / "scores" / method / f"{set_name}.csv"
@@ -115,6 +151,14 @@ class RunDir:
 
     def segment_scores_path(self, variant: str, set_name: str) -> Path:
         return self.root / "segment" / variant / f"{set_name}.csv"
+
+    @property
+    def inference_precision_path(self) -> Path:
+        """``precision.json``: the precision each scoring network ran in (training's is ``<stage>/precision.json``)."""
+        return self.root / "precision.json"
+
+    def precision_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "precision.json"
 
     @property
     def summary_path(self) -> Path:

@@ -67,3 +67,36 @@ def test_yaml_round_trip_and_file_errors(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config(preset="huge")
+
+
+def test_override_config_replaces_exactly_the_named_fields(tmp_path):
+    from ldm_ood.config import changed_fields, override_config
+
+    base = load_config(preset="tiny")
+    over = tmp_path / "over.yaml"
+    over.write_text(yaml.safe_dump({"ldm": {"optim": {"max_epochs": 9}}, "score": {"map_t_values": [100]}}))
+    merged = override_config(base, over)
+    assert merged.ldm.optim.max_epochs == 9 and merged.score.map_t_values == (100,)
+    assert merged.ldm.optim.lr == base.ldm.optim.lr and merged.ldm.channels == base.ldm.channels
+    assert changed_fields(base, merged) == ["ldm.optim.max_epochs", "score.map_t_values"]
+    assert changed_fields(base, base) == [] and override_config(base) == base
+    assert override_config(base, over, preset="tiny") == merged
+    with pytest.raises(ConfigError, match="preset 'paper'.*preset of an existing run cannot change"):
+        override_config(base, preset="paper")
+    over.write_text(yaml.safe_dump({"ldm": {"optim": {"lr": 0}}}))
+    with pytest.raises(ConfigError, match=r"over\.yaml(.|\n)*ldm\.optim\.lr: Input should be greater than 0"):
+        override_config(base, over)
+
+
+def test_every_section_lists_the_artifacts_it_invalidates():
+    from ldm_ood.config import ARTIFACTS, SECTION_ARTIFACTS, Config, invalidated_artifacts
+
+    assert set(SECTION_ARTIFACTS) == set(Config.model_fields)
+    assert invalidated_artifacts(["synth.n_train", "preset"]) == {}
+    assert list(invalidated_artifacts(["data.grid"])) == list(ARTIFACTS)
+    assert invalidated_artifacts(["ldm.optim.max_epochs"]) == {
+        "ldm": ["ldm.optim.max_epochs"], "calibration/ldm": ["ldm.optim.max_epochs"],
+        "calibration/segment": ["ldm.optim.max_epochs"]}
+    assert invalidated_artifacts(["transformer.dim", "segment.percentile"]) == {
+        "transformer": ["transformer.dim"], "calibration/ltm": ["transformer.dim"],
+        "calibration/segment": ["segment.percentile"]}

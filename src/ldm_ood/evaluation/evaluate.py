@@ -10,7 +10,9 @@ Per run (files read by :mod:`.inputs`):
   image-level AUROC/AUPRC vs set ``id``.
 
 Whatever is missing (a method, a run, a set, a threshold, a mask) is skipped with a note in
-``Summary.notes``; metrics undefined for a set (one class) are ``None`` (n/a).
+``Summary.notes``; metrics undefined for a set (one class) are ``None`` (n/a). An *expected* method
+(:mod:`.completeness`) whose scores are missing or non-finite on a set is a ``Summary.warnings``
+row with the counts, printed in red below the tables (stderr) and marked in them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from ..data.io import read_image
 from ..data.manifest import Case
 from ..runs import RunDir
 from ..scoring.records import read_records
-from .inputs import normalise_runs, read_scores, read_threshold, resolve_path, run_manifest, score_sets, segment_variants
+from .completeness import detection_warnings, segmentation_warnings
+from .inputs import (ScoreColumn, finite_scores, normalise_runs, read_score_column, read_threshold, resolve_path, run_manifest,
+                     run_precision, score_sets, segment_variants)
 from .metrics import Pooling, auroc, average_precision, best_dice, dice_at_threshold, fpr_at_tpr, pixel_auprc
 from .stats import bootstrap_ci, delong_test, significance_marker
 from .summary import DETECTION_METHODS, ID_SET, DeLongResultRow, DetectionResult, SegmentationResult, Summary, is_far, order_sets
@@ -63,8 +67,10 @@ def _delong_row(name: str, set_name: str, ldm: tuple[dict, dict], ltm: tuple[dic
 
 def _evaluate_detection(name: str, run: RunDir, not_test: set[str], summary: Summary, n_boot: int, seed: int) -> None:
     scores: dict[str, dict[str, dict[str, float]]] = {}  # method -> set -> case -> score
+    columns: dict[str, dict[str, ScoreColumn]] = {}  # method -> set -> column read (for the warnings)
     for method, (folder, column) in DETECTION_METHODS.items():
         sets = score_sets(run, folder)
+        columns[method] = {s: read_score_column(run.scores_path(folder, s), column) for s in sets}
         if not sets:
             if method in ("ldm", "ltm"):
                 summary.notes.append(f"{name}: no {folder.upper()} scores (scores/{folder}/*.csv); skipped")
@@ -72,7 +78,7 @@ def _evaluate_detection(name: str, run: RunDir, not_test: set[str], summary: Sum
         if ID_SET not in sets:
             summary.notes.append(f"{name}/{method}: no '{ID_SET}' score file; nothing to compare against")
             continue
-        per_set = {s: read_scores(run.scores_path(folder, s), column, summary.notes) for s in sets}
+        per_set = {s: finite_scores(col, summary.notes) for s, col in columns[method].items()}
         if not per_set[ID_SET]:
             if method in ("ldm", "ltm"):
                 summary.notes.append(f"{name}/{method}: column {column!r} empty in {run.scores_path(folder, ID_SET)}")
@@ -90,6 +96,7 @@ def _evaluate_detection(name: str, run: RunDir, not_test: set[str], summary: Sum
                 name, method, set_name, "far" if is_far(set_name) else "near", len(per_set[ID_SET]), len(pos),
                 auc, lo, hi, ap, fpr,
             ))
+    summary.warnings += detection_warnings(name, run, columns, not_test)
     if "ldm" in scores and "ltm" in scores:
         for set_name in order_sets(set(scores["ldm"]) & set(scores["ltm"])):
             if set_name in not_test:
@@ -108,11 +115,13 @@ def _evaluate_segmentation(name: str, run: RunDir, cases: list[Case] | None, sum
         if threshold is None:
             summary.notes.append(f"{name}/{variant}: no 'residual_threshold' in {run.segment_calibration_path}; "
                                  "Dice at the validation threshold skipped")
-        id_scores = read_scores(run.segment_scores_path(variant, ID_SET), "pred_score") if ID_SET in sets else {}
+        image_scores = {s: read_score_column(run.segment_scores_path(variant, s), "pred_score") for s in sets}
+        summary.warnings += segmentation_warnings(name, variant, image_scores)
+        id_scores = image_scores[ID_SET].scores if ID_SET in sets else {}
         for set_name in order_sets(sets):
             path = run.segment_scores_path(variant, set_name)
             rows = read_records(path)
-            img = read_scores(path, "pred_score", summary.notes)
+            img = finite_scores(image_scores[set_name], summary.notes)
             auc = ap = None
             if id_scores and img:
                 y = np.r_[np.zeros(len(id_scores)), np.ones(len(img))]
@@ -169,7 +178,8 @@ def evaluate(
         out: summary path; default ``RunDir(first run).summary_path``.
         n_boot, seed: bootstrap replicates and seed of the AUROC 95% CIs (stratified percentile).
         pooling: voxels of all scans pooled (paper 001, default) or metrics averaged per scan.
-        print_tables: print paper 000 Table 1 and the segmentation table with rich.
+        print_tables: print paper 000 Table 1 and the segmentation table with rich, and the warnings
+            (stderr).
     """
     runs = normalise_runs(run_dirs)
     if not runs:
@@ -185,6 +195,7 @@ def evaluate(
         not_test = ({c.set for c in cases if c.split != "test"} - {c.set for c in cases if c.split == "test"}) if cases else set()
         _evaluate_detection(name, run, not_test, summary, n_boot, seed)
         _evaluate_segmentation(name, run, cases, summary, pooling)
+        summary.precision[name] = run_precision(run)
     summary.save(Path(out) if out is not None else RunDir(next(iter(runs.values()))).summary_path)
     if print_tables:
         from .tables import print_summary

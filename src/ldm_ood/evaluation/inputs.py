@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -41,22 +42,55 @@ def segment_variants(run: RunDir) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.csv"))) if folder.is_dir() else []
 
 
-def read_scores(path: Path, column: str, notes: list[str] | None = None) -> dict[str, float]:
-    """``{case_id: score}`` from one score file; rows with a missing or non-finite value are skipped."""
-    out: dict[str, float] = {}
-    bad = 0
+@dataclass
+class ScoreColumn:
+    """One column of one score file: the finite scores and how many rows were left out, and why."""
+
+    path: Path
+    column: str
+    exists: bool
+    scores: dict[str, float] = field(default_factory=dict)  # case_id -> finite score
+    n_rows: int = 0
+    n_missing: int = 0  # empty or unreadable value (or no such column)
+    n_nonfinite: int = 0  # NaN / ±Inf
+
+    def skipped_note(self) -> str | None:
+        """``"<path>: N row(s) without a finite '<column>' skipped"``, None when no row was skipped."""
+        bad = self.n_missing + self.n_nonfinite
+        return f"{self.path}: {bad} row(s) without a finite {self.column!r} skipped" if bad else None
+
+
+def read_score_column(path: Path, column: str) -> ScoreColumn:
+    """``column`` of the score file at ``path``: finite values by ``case_id`` and the counts of rows
+    without a value (``n_missing``) and with a non-finite one (``n_nonfinite``)."""
+    out = ScoreColumn(Path(path), column, Path(path).exists())
     for row in read_records(path):
+        out.n_rows += 1
+        raw = (row.get(column) or "").strip()
         try:
-            v = float(row.get(column, "") or "nan")
+            v = float(raw) if raw else None
         except ValueError:
-            v = float("nan")
-        if math.isfinite(v):
-            out[row["case_id"]] = v
+            v = None
+        if v is None:
+            out.n_missing += 1
+        elif not math.isfinite(v):
+            out.n_nonfinite += 1
         else:
-            bad += 1
-    if bad and notes is not None:
-        notes.append(f"{path}: {bad} row(s) without a finite {column!r} skipped")
+            out.scores[row["case_id"]] = v
     return out
+
+
+def read_scores(path: Path, column: str, notes: list[str] | None = None) -> dict[str, float]:
+    """``{case_id: score}`` from one score file; rows with a missing or non-finite value are skipped
+    (counted in a note when ``notes`` is given; :func:`read_score_column` has the counts)."""
+    return finite_scores(read_score_column(path, column), notes)
+
+
+def finite_scores(col: ScoreColumn, notes: list[str] | None = None) -> dict[str, float]:
+    """``col.scores``, with :meth:`ScoreColumn.skipped_note` appended to ``notes`` when rows were skipped."""
+    if notes is not None and (note := col.skipped_note()):
+        notes.append(note)
+    return col.scores
 
 
 def resolve_path(raw: str, run: RunDir) -> Path | None:
@@ -105,3 +139,20 @@ def read_threshold(path: Path, key: str, variant: str | None = None) -> float | 
         if isinstance(c, (int, float)) and math.isfinite(c):
             return float(c)
     return None
+
+
+def run_precision(run: RunDir) -> dict[str, dict]:
+    """What each network of ``run`` ran in: ``{"<stage> (training)": ..., "<network> (<method>)": ...}``
+    from ``<stage>/precision.json`` and the run's ``precision.json`` (unreadable files are skipped)."""
+    out: dict[str, dict] = {}
+    paths = [run.precision_path(stage) for stage in ("first_stage", "ldm", "transformer")]
+    for path in [*paths, run.inference_precision_path]:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if path == run.inference_precision_path and isinstance(data, dict):
+            out.update({k: v for k, v in data.items() if isinstance(v, dict)})
+        elif isinstance(data, dict) and "network" in data:
+            out[data["network"]] = data
+    return out

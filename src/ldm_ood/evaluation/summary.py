@@ -2,8 +2,10 @@
 
 :class:`Summary` holds everything ``evaluate`` computed (paper 000 Table 1: AUROC with 95% CI,
 AUPRC, FPR@95TPR per method and OOD set; DeLong LDM vs LTM; paper 001 Table 1: ⌈DICE⌉, Dice at
-the validation threshold, pixel AUPRC, image-level AUROC/AUPRC). Labels: set ``id`` is negative,
-every other set positive. Far-OOD sets are named ``far_*``, near-OOD everything else
+the validation threshold, pixel AUPRC, image-level AUROC/AUPRC) and the :class:`ScoreWarning` rows:
+every expected method and set whose scores are missing or non-finite (:mod:`.completeness`), which
+the tables mark and the terminal and the report show. Labels: set ``id`` is negative, every other
+set positive. Far-OOD sets are named ``far_*``, near-OOD everything else
 (:func:`order_sets` gives the table order).
 """
 
@@ -26,6 +28,11 @@ DETECTION_METHODS: dict[str, tuple[str, str]] = {
 METHOD_LABELS = {"ldm": "LDM", "ldm_mse": "LDM (MSE)", "ldm_lpips": "LDM (LPIPS)", "ltm": "LTM"}
 #: near-OOD display order by name prefix (paper 000 Table 1); unknown names follow alphabetically
 _NEAR_ORDER = ("noise", "bg", "background", "flip", "chunk", "skull", "scale", "sprites")
+
+
+def segment_method(variant: str) -> str:
+    """The method name of a segmentation variant in ``Summary.warnings``: ``"segment (c)"``."""
+    return f"segment ({variant})"
 
 
 def is_far(set_name: str) -> bool:
@@ -104,6 +111,28 @@ class SegmentationResult:
 
 
 @dataclass
+class ScoreWarning:
+    """An expected method's scores on one set (``set`` None: on every set) are missing or non-finite.
+
+    ``n_total``: rows of the score file (for a missing file: the cases another method scored in
+    that set); ``n_missing``: rows without a value (all of them for a missing file);
+    ``n_nonfinite``: rows with NaN / ±Inf. The detection metrics use the remaining finite rows.
+    """
+
+    run: str
+    method: str
+    set: str | None
+    n_missing: int
+    n_nonfinite: int
+    n_total: int
+    message: str
+
+    @property
+    def n_finite(self) -> int:
+        return max(self.n_total - self.n_missing - self.n_nonfinite, 0)
+
+
+@dataclass
 class Summary:
     """Everything ``evaluate`` computed; ``summary.json`` is ``to_dict()``."""
 
@@ -112,6 +141,9 @@ class Summary:
     delong: list[DeLongResultRow] = field(default_factory=list)
     segmentation: list[SegmentationResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[ScoreWarning] = field(default_factory=list)
+    #: per run: ``{"<network> (<use>)": PrecisionChoice.as_dict()}`` of training and scoring
+    precision: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     # ---- lookups
     def detection_for(self, run: str, method: str, set_name: str) -> DetectionResult | None:
@@ -120,11 +152,18 @@ class Summary:
     def delong_for(self, run: str, set_name: str) -> DeLongResultRow | None:
         return next((d for d in self.delong if (d.run, d.set) == (run, set_name)), None)
 
+    def warnings_for(self, run: str, method: str, set_name: str | None = None) -> list[ScoreWarning]:
+        """Warnings of ``run``/``method`` that concern ``set_name``: its own, the ``id`` set's (every
+        AUROC compares against it) and the method-wide ones (``set`` None); all of them without ``set_name``."""
+        sets = (set_name, ID_SET, None)
+        return [w for w in self.warnings if (w.run, w.method) == (run, method) and (set_name is None or w.set in sets)]
+
     def ood_sets(self) -> list[str]:
         return order_sets(d.set for d in self.detection)
 
     def methods(self) -> list[str]:
-        present = {d.method for d in self.detection}
+        """Detection methods with a result or a warning (a method whose scores are all non-finite keeps its column)."""
+        present = {d.method for d in self.detection} | {w.method for w in self.warnings}
         return [m for m in DETECTION_METHODS if m in present]
 
     # ---- (de)serialisation
@@ -138,6 +177,8 @@ class Summary:
             "delong": rows(self.delong),
             "segmentation": rows(self.segmentation),
             "notes": list(self.notes),
+            "warnings": [asdict(w) for w in self.warnings],
+            "precision": dict(self.precision),
         }
 
     @classmethod
@@ -152,6 +193,8 @@ class Summary:
             delong=build(DeLongResultRow, d.get("delong", [])),
             segmentation=build(SegmentationResult, d.get("segmentation", [])),
             notes=list(d.get("notes", [])),
+            warnings=build(ScoreWarning, d.get("warnings", [])),
+            precision=dict(d.get("precision", {})),
         )
 
     def save(self, path: str | Path) -> Path:

@@ -8,6 +8,10 @@
   pixel AUPRC, image-level AUROC / AUPRC per run × variant × set.
 - :func:`detail_grid` — every detection result with its bootstrap CI, AUPRC, FPR@95TPR, DeLong p.
 
+A method whose scores are missing or non-finite (``Summary.warnings``) keeps its Table 1 column:
+its cells are marked ``warning`` (``†``; ``n/a†`` where no AUROC could be computed), and
+:func:`print_warnings` prints the warnings in red below the tables.
+
 Renderings: :func:`to_rich` (terminal), :func:`to_markdown`; the HTML report renders the same grids.
 """
 
@@ -16,18 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from .summary import METHOD_LABELS, Summary, is_far, order_sets
+from .summary import METHOD_LABELS, Summary, is_far, order_sets, segment_method
 
-MARK_TEXT = {"strong": "**", "weak": "*", "": ""}
+MARK_TEXT = {"strong": "**", "weak": "*", "warning": "†", "": ""}
+MARK_STYLE = {"strong": "bold", "weak": "underline", "warning": "bold red", "": ""}
+WARNING_CAPTION = "†: scores missing or non-finite for this method and set (see the warnings); n/a†: none finite."
 SHORT_LABELS = {"ldm": "LDM", "ltm": "LTM", "ldm_mse": "MSE", "ldm_lpips": "LPIPS"}
 
 
 @dataclass
 class Cell:
     text: str
-    mark: str = ""  # "strong" | "weak" | ""
+    mark: str = ""  # "strong" | "weak" | "warning" | ""
 
 
 @dataclass
@@ -55,17 +62,18 @@ def _pretty_set(name: str) -> str:
 def table1_grid(summary: Summary, methods: list[str] | None = None) -> Grid:
     """Paper 000 Table 1: AUC × 100 per OOD set (rows) × run and method (columns)."""
     methods = methods or [m for m in ("ltm", "ldm", "ldm_mse", "ldm_lpips") if m in summary.methods()]
-    runs = [r for r in summary.runs if any(d.run == r for d in summary.detection)]
+    warned = [w for w in summary.warnings if w.method in SHORT_LABELS]
+    runs = [r for r in summary.runs if any(d.run == r for d in summary.detection) or any(w.run == r for w in warned)]
     grid = Grid(
         title="AUROC × 100, ID test vs each OOD set (paper 000 Table 1 layout)",
         columns=["Set"] + [SHORT_LABELS[m] for _ in runs for m in methods],
         groups=[(r, len(methods)) for r in runs],
         caption="DeLong test LDM vs LTM on the same run: ** / bold p < 0.001, * / underlined p < 0.05 "
         "(mark on the better of the two). MSE / LPIPS: LDM with one metric only. "
-        "n/a: undefined (one class); —: not scored.",
+        "n/a: undefined (one class); —: not scored." + (f" {WARNING_CAPTION}" if warned else ""),
     )
     last_section = None
-    for s in summary.ood_sets():
+    for s in order_sets([*(d.set for d in summary.detection), *(w.set for w in warned if w.set is not None)]):
         section = "Far-OOD" if is_far(s) else "Near-OOD"
         cells = [Cell(_pretty_set(s))]
         for r in runs:
@@ -76,11 +84,12 @@ def table1_grid(summary: Summary, methods: list[str] | None = None) -> Grid:
                 winner = "ldm" if dl.auc_ldm >= dl.auc_ltm else "ltm"
             for m in methods:
                 a = auc[m]
+                warning = bool(summary.warnings_for(r, m, s))
                 if a == "missing":
-                    cells.append(Cell("—"))
+                    cells.append(Cell("n/a", "warning") if warning else Cell("—"))
                     continue
                 mark = ("strong" if dl.marker == "**" else "weak") if winner == m and dl else ""
-                cells.append(Cell(fmt(a, 100, 1), mark))
+                cells.append(Cell(fmt(a, 100, 1), "warning" if warning else mark))
         grid.rows.append((section if section != last_section else None, cells))
         last_section = section
     return grid
@@ -95,10 +104,13 @@ def segmentation_grid(summary: Summary) -> Grid:
         + ("Voxels pooled over scans." if all(r.pooling == "pooled" for r in summary.segmentation)
            else "Metrics averaged per scan."),
     )
+    if any(w.method not in SHORT_LABELS for w in summary.warnings):
+        grid.caption += " " + WARNING_CAPTION
     for r in summary.segmentation:
         thr = "n/a" if r.dice_at_threshold is None else f"{r.dice_at_threshold:.3f} (t={r.threshold:.3g})"
+        warning = "warning" if summary.warnings_for(r.run, segment_method(r.variant), r.set) else ""
         grid.rows.append((None, [
-            Cell(f"{r.run} / ({r.variant}) / {r.set}"), Cell(fmt(r.best_dice)), Cell(thr), Cell(fmt(r.pixel_auprc)),
+            Cell(f"{r.run} / ({r.variant}) / {r.set}", warning), Cell(fmt(r.best_dice)), Cell(thr), Cell(fmt(r.pixel_auprc)),
             Cell(fmt(r.image_auroc)), Cell(fmt(r.image_auprc)), Cell(f"{r.n_masks}/{r.n_cases}"),
         ]))
     return grid
@@ -138,7 +150,7 @@ def to_rich(grid: Grid) -> Table:
             table.add_row(f"[bold]{section}[/bold]", *[""] * (len(grid.columns) - 1))
         styled = []
         for c in cells:
-            style = "bold" if c.mark == "strong" else "underline" if c.mark == "weak" else ""
+            style = MARK_STYLE[c.mark]
             text = c.text + MARK_TEXT[c.mark]
             styled.append(f"[{style}]{text}[/{style}]" if style else text.replace("[", "\\["))
         table.add_row(*styled)
@@ -159,17 +171,33 @@ def to_markdown(grid: Grid) -> str:
     return "\n".join(lines)
 
 
-def print_summary(summary: Summary, console: Console | None = None) -> None:
-    """Print Table 1, the segmentation table and the notes."""
+def print_warnings(summary: Summary, console: Console | None = None) -> None:
+    """Print the warnings (default: on stderr): red where a method has no finite score on a set,
+    yellow where only some scans were left out. Nothing when there are none."""
+    if not summary.warnings:
+        return
+    console = console or Console(stderr=True)
+    console.print(f"[bold red]WARNING: {len(summary.warnings)} method/set result(s) with missing or non-finite "
+                  "scores (marked † in the tables):[/bold red]", highlight=False)
+    for w in summary.warnings:
+        colour = "yellow" if w.n_finite else "red"
+        console.print(f"[{colour}]  ! {escape(w.message)}[/{colour}]", highlight=False)
+
+
+def print_summary(summary: Summary, console: Console | None = None, warn_console: Console | None = None) -> None:
+    """Print Table 1, the segmentation table and the notes; then the warnings on ``warn_console``
+    (default: ``console`` when given, else stderr)."""
+    given = console is not None
     if console is None:
         console = Console()
         if not console.is_terminal:  # piped / logged: don't squeeze the tables into 80 columns
             console = Console(width=160)
-    if summary.detection:
+    if summary.detection or any(w.method in SHORT_LABELS for w in summary.warnings):
         console.print(to_rich(table1_grid(summary)))
     if summary.segmentation:
         console.print(to_rich(segmentation_grid(summary)))
-    if not summary.detection and not summary.segmentation:
+    if not summary.detection and not summary.segmentation and not summary.warnings:
         console.print("[yellow]no score files found: nothing to evaluate[/yellow]")
     for note in summary.notes:
-        console.print(f"[dim]note: {note}[/dim]", highlight=False)
+        console.print(f"[dim]note: {escape(note)}[/dim]", highlight=False)
+    print_warnings(summary, warn_console or (console if given else None))

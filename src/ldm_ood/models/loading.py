@@ -4,10 +4,16 @@ Each network is rebuilt from the configuration saved **with the weights** (the w
 training time plus stage facts such as the LDM's latent scale factor), so later edits of the run's
 ``config.yaml`` cannot mismatch the architecture. Networks come back in ``eval()`` (MONAI's VQVAE
 would update its EMA codebook in train mode) with gradients off.
+
+Every loaded network is checked to be finite (:func:`check_finite_weights`): a parameter or buffer
+holding NaN/Inf (e.g. a training run that diverged) raises :class:`~ldm_ood.errors.NonFiniteModelError`
+naming ``<run>/<stage>/model.safetensors`` and the tensors, instead of turning every score into NaN
+downstream. The LDM's latent ``scale_factor`` must be finite and > 0.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,6 +23,7 @@ from monai.networks.nets import VQVAE, DecoderOnlyTransformer, DiffusionModelUNe
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
 from ..config import Config, DiffusionConfig, build_config
+from ..errors import NonFiniteModelError
 from ..runs import RunDir
 from ..training.checkpoint import load_model_config, load_weights
 from .diffusion import build_ddpm_scheduler, build_inference_scheduler, build_unet
@@ -24,6 +31,8 @@ from .first_stage import build_first_stage
 from .transformer import LatentOrdering, build_ordering, build_transformer
 
 _COMMAND = {"first_stage": "first-stage", "ldm": "ldm", "transformer": "transformer"}
+#: tensor names quoted in a NonFiniteModelError
+SHOWN_TENSORS = 5
 
 
 class ModelNotTrainedError(FileNotFoundError):
@@ -40,6 +49,48 @@ def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, dict[str
                 f"train it with `ldm-ood train {_COMMAND[stage]} --run {run.root}`"
             )
     return run, load_model_config(run.stage_dir(stage))
+
+
+def _retrain_hint(run: RunDir, stage: str) -> str:
+    return (f"retrain the stage: `ldm-ood train {_COMMAND[stage]} --run {run.root}` starts it afresh "
+            f"(benchmark / demo: delete {run.stage_dir(stage)} and rerun)")
+
+
+def check_finite_weights(module: torch.nn.Module, run: RunDir | str | Path, stage: str) -> None:
+    """Raise :class:`NonFiniteModelError` when a floating parameter or buffer of ``module`` (loaded
+    from ``<run>/<stage>/model.safetensors``) holds a NaN or an Inf; the message names the file,
+    how many tensors are affected and the first of them."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    state = module.state_dict()
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(bad[:SHOWN_TENSORS]) + (", ..." if len(bad) > SHOWN_TENSORS else "")
+        raise NonFiniteModelError(
+            run.model_path(stage),
+            f"{len(bad)} of {len(state)} tensors hold NaN/Inf values ({shown}): the trained "
+            f"{stage.replace('_', ' ')} is unusable; {_retrain_hint(run, stage)}",
+        )
+
+
+def _load_checked(module: torch.nn.Module, run: RunDir, stage: str) -> torch.nn.Module:
+    load_weights(module, run.stage_dir(stage))
+    check_finite_weights(module, run, stage)
+    return module
+
+
+def _scale_factor(run: RunDir, meta: dict[str, Any]) -> float:
+    """The LDM's latent scale factor from its ``config.json``: finite and > 0, else NonFiniteModelError."""
+    try:
+        value = float(meta["scale_factor"])
+    except (KeyError, TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise NonFiniteModelError(
+            run.model_config_path("ldm"),
+            f"latent scale_factor is {meta.get('scale_factor')!r} (must be finite and > 0): the first stage's "
+            f"latents were NaN or constant when the LDM was trained; {_retrain_hint(run, 'ldm')}",
+        )
+    return value
 
 
 def _frozen(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
@@ -60,8 +111,7 @@ def load_first_stage(run: RunDir | str | Path, device: torch.device | str = "cpu
     run, meta = _stage_files(run, "first_stage")
     cfg = build_config(meta["config"], source=str(run.model_config_path("first_stage")))
     model = build_first_stage(cfg.first_stage, int(meta["spatial_dims"]))
-    load_weights(model, run.stage_dir("first_stage"))
-    return _frozen(model, device)
+    return _frozen(_load_checked(model, run, "first_stage"), device)
 
 
 @dataclass
@@ -90,11 +140,11 @@ def load_ldm(run: RunDir | str | Path, device: torch.device | str = "cpu") -> La
     """The trained latent DDPM with its scale factor and latent padding multiple, eval mode."""
     run, meta = _stage_files(run, "ldm")
     cfg = build_config(meta["config"], source=str(run.model_config_path("ldm")))
+    scale_factor = _scale_factor(run, meta)
     unet = build_unet(cfg.ldm, int(meta["spatial_dims"]), int(meta["latent_channels"]))
-    load_weights(unet, run.stage_dir("ldm"))
     return LatentDiffusion(
-        unet=_frozen(unet, device),
-        scale_factor=float(meta["scale_factor"]),
+        unet=_frozen(_load_checked(unet, run, "ldm"), device),
+        scale_factor=scale_factor,
         latent_multiple=int(meta["latent_multiple"]),
         config=cfg.ldm,
         latent_spatial_shape=tuple(meta["latent_spatial_shape"]),
@@ -114,7 +164,6 @@ def load_transformer(run: RunDir | str | Path, device: torch.device | str = "cpu
     """The trained LTM, the token ordering it was trained with, and the saved run config."""
     run, meta = _stage_files(run, "transformer")
     cfg = build_config(meta["config"], source=str(run.model_config_path("transformer")))
-    model = build_transformer(cfg.transformer, int(meta["num_tokens"]), int(meta["seq_len"]))
-    load_weights(model, run.stage_dir("transformer"))
+    model = _load_checked(build_transformer(cfg.transformer, int(meta["num_tokens"]), int(meta["seq_len"])), run, "transformer")
     ordering = build_ordering(meta["ordering"], tuple(meta["latent_spatial_shape"]), seed=int(meta["ordering_seed"]))
     return LatentTransformer(_frozen(model, device), ordering, cfg)

@@ -1,5 +1,8 @@
 """``ldm-ood report``: one self-contained HTML page (figures embedded as base64 PNG, inline CSS, no JS).
 
+A warning box at the top lists every ``Summary.warnings`` row (an expected method whose scores are
+missing or non-finite on a set, with the counts); the tables mark those cells ``†``.
+
 Sections: AUROC table (paper 000 Table 1 layout with DeLong marks) and detailed metrics,
 segmentation metrics (paper 001 Table 1), ROC curves (small multiples per run), score histograms
 ID vs each OOD set with the operating threshold, tri-planar anomaly-map overlays for the spatially
@@ -24,7 +27,7 @@ from ..data.preview import unit_intensity
 from ..evaluation.evaluate import evaluate
 from ..evaluation.inputs import normalise_runs, read_scores, read_threshold, resolve_path, run_manifest, score_sets, segment_variants
 from ..evaluation.summary import DETECTION_METHODS, ID_SET, METHOD_LABELS, Summary, order_sets
-from ..evaluation.tables import Grid, detail_grid, segmentation_grid, table1_grid
+from ..evaluation.tables import MARK_TEXT, Grid, detail_grid, segmentation_grid, table1_grid
 from ..runs import RunDir
 from ..scoring.records import read_records
 from . import figures
@@ -44,6 +47,8 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f3f
 td:first-child,th:first-child{text-align:left} tr.section td{background:#fafafa;font-style:italic;text-align:left}
 .strong{font-weight:bold} .weak{text-decoration:underline} .caption{color:#555;font-size:.85em;max-width:1100px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} .note{color:#666;font-size:.85em}
+.warnbox{border:2px solid #c00;background:#fff0f0;color:#600;padding:8px 16px;margin:16px 0;border-radius:4px}
+.warnbox h2{color:#c00;border:none;margin:4px 0} .warnbox table{background:#fff} td.warning{color:#c00;font-weight:bold}
 details{margin:8px 0} summary{cursor:pointer;color:#1f5fa8} .wide{overflow-x:auto;max-width:100%} td.txt{text-align:left}
 """
 
@@ -65,11 +70,26 @@ def grid_to_html(grid: Grid) -> str:
     for section, cells in grid.rows:
         if section:
             out.append(f'<tr class="section"><td colspan="{len(grid.columns)}">{_esc(section)}</td></tr>')
-        out.append("<tr>" + "".join(f'<td class="{c.mark}">{_esc(c.text)}</td>' for c in cells) + "</tr>")
+        out.append("<tr>" + "".join(f'<td class="{c.mark}">{_esc(c.text + (MARK_TEXT[c.mark] if c.mark == "warning" else ""))}</td>'
+                                    for c in cells) + "</tr>")
     out.append("</table>")
     if grid.caption:
         out.append(f'<p class="caption">{_esc(grid.caption)}</p>')
     return "".join(out)
+
+
+def _warning_box(summary: Summary) -> str:
+    """The prominent box at the top of the page: one row per warning with its counts; "" without warnings."""
+    if not summary.warnings:
+        return ""
+    rows = [[w.run, w.method, "(all)" if w.set is None else w.set, w.n_finite, w.n_nonfinite, w.n_missing, w.n_total,
+             w.message] for w in summary.warnings]
+    return ('<div class="warnbox" id="warnings">'
+            f"<h2>Warning: {len(summary.warnings)} method/set result(s) with missing or non-finite scores</h2>"
+            "<p>These scores were left out of the metrics (cells marked † in the tables; n/a† where none was finite). "
+            "A method producing NaN usually means a broken model: retrain it, recalibrate and rescore.</p>"
+            + _table(["run", "method", "set", "finite", "non-finite", "missing", "total", "message"], rows)
+            + "</div>")
 
 
 def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -327,8 +347,10 @@ def build_report(
         "<h1>ldm-ood report</h1>",
         f'<p class="meta">Runs: {", ".join(f"<b>{_esc(k)}</b> ({_esc(r.root)})" for k, r in runs.items())}'
         f" · generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>",
+        _warning_box(summary),
         f'<h2 id="auroc">{SECTION_TITLES[0]}</h2>',
-        grid_to_html(table1_grid(summary)) if summary.detection else '<p class="note">No detection results.</p>',
+        grid_to_html(table1_grid(summary)) if summary.detection or any(w.method in METHOD_LABELS for w in summary.warnings)
+        else '<p class="note">No detection results.</p>',
         "<details><summary>All detection metrics (bootstrap CI, AUPRC, FPR@95TPR, DeLong p)</summary>"
         + grid_to_html(detail_grid(summary)) + "</details>" if summary.detection else "",
         f'<h2 id="segmentation">{SECTION_TITLES[1]}</h2>',

@@ -19,11 +19,13 @@ passed in (``networks=``, ``preprocessor=``), which is how the tests run tiny ne
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from ..config import Config, ConfigError
@@ -31,7 +33,10 @@ from ..data.io import write_image
 from ..data.manifest import Case
 from ..errors import BatchFailures
 from ..runs import RunDir
-from .common import Preprocessing, folder_cases, load_context, pending, progress_bar, test_cases, validation_cases, write_folder_score
+from . import inference_precision
+from .common import (Preprocessing, folder_cases, load_context, pending, progress_bar, require_finite_calibration,
+                     require_finite_file, test_cases, validation_cases, write_calibration_json, write_folder_score)
+from .inference_precision import transformer_probe
 from .likelihood import LTMCalibration, LTMNetworks, LTMScore, check_ensemble, score_image, upsample_map
 from .records import RecordWriter
 
@@ -68,6 +73,18 @@ def _setup(run_dir, config, networks, preprocessor, device):
     return ctx.run, ctx.cfg, networks, ctx.preprocessor, ctx.device
 
 
+def ltm_bf16(cfg: Config, networks: LTMNetworks, device: torch.device, run: RunDir | None = None) -> bool:
+    """``score.precision`` of the LTM, resolved on its (first) transformer (:mod:`.inference_precision`);
+    the first-stage encoder, run once per scan, follows it (its codebook search is always fp32)."""
+    model = networks.transformers[0]
+    seq_len = math.prod(networks.orderings[0].spatial_shape)
+    choices = inference_precision.resolve(cfg.score.precision, {
+        "transformer": (model, lambda: transformer_probe(model, seq_len, networks.bos, device)),
+    }, device, "ltm scoring")
+    inference_precision.report(choices, run)
+    return choices["transformer"].bf16
+
+
 def _score_case(networks: LTMNetworks, preprocessor: Preprocessing, path: Path, bf16: bool, device) -> tuple[LTMScore, Any]:
     image, meta = preprocessor.load(path)
     return score_image(networks, image[None].to(device), bf16)[0], meta
@@ -93,22 +110,39 @@ def calibrate_ltm(
     """Score the ``val`` split, fit :class:`LTMCalibration` at ``score.fpr`` and save it; returns a summary."""
     run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device)
     val = validation_cases(cfg, manifest)
+    bf16 = ltm_bf16(cfg, networks, device, run)
     failures = BatchFailures()
     values, ids = [], []
     with progress_bar(progress) as bar:
         task = bar.add_task("calibrate ltm", total=len(val))
         for case in val:
             with failures.guard(case.case_id, case.path):
-                score, _ = _score_case(networks, preprocessor, case.path, (cfg.score.precision == "bf16"), device)
+                score, _ = _score_case(networks, preprocessor, case.path, bf16, device)
                 values.append(score.nll)
                 ids.append(case.case_id)
             bar.advance(task)
-    if values:
-        calib = LTMCalibration.fit(values, ids, cfg.score.fpr, networks.kinds)
-        calib.save(run.ltm_calibration_path)
+    if not values:
+        failures.raise_if_any("calibrate --method ltm")
+    calib = LTMCalibration.fit(values, ids, cfg.score.fpr, networks.kinds)
+    require_finite_calibration(
+        "ltm", run.ltm_calibration_path, asdict(calib), {"NLL": np.asarray(values, dtype=np.float64)},
+        cause=f"the transformer or the first stage produces NaN/Inf; retrain it (`ldm-ood train transformer --run {run.root}`, "
+        "or first-stage if that one is broken)",
+    )
+    write_calibration_json(run.ltm_calibration_path, asdict(calib))
     failures.raise_if_any("calibrate --method ltm")
     return {"path": str(run.ltm_calibration_path), "n": len(values), "mean": calib.mean, "std": calib.std,
             "threshold": calib.threshold, "fpr": calib.fpr}
+
+
+def load_ltm_calibration(run: RunDir) -> LTMCalibration | None:
+    """The run's LTM calibration (None when not calibrated); ``NonFiniteCalibrationError`` when the
+    file holds NaN/Inf (written by an older version)."""
+    if not run.ltm_calibration_path.exists():
+        return None
+    calib = LTMCalibration.load(run.ltm_calibration_path)
+    require_finite_file(run.ltm_calibration_path, asdict(calib), f"ldm-ood calibrate --method ltm --run {run.root}")
+    return calib
 
 
 def _row(case: Case, score: LTMScore, calib: LTMCalibration | None, map_path: Path, seconds: float) -> dict[str, Any]:
@@ -142,14 +176,14 @@ def score_ltm(
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
     run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device)
-    calib = LTMCalibration.load(run.ltm_calibration_path) if run.ltm_calibration_path.exists() else None
+    calib = load_ltm_calibration(run)
     if calib is not None and calib.orderings != networks.kinds:
         raise ConfigError(
             f"{run.ltm_calibration_path}: calibrated with orderings {calib.orderings}, scoring with "
             f"{networks.kinds}; rerun calibrate --method ltm"
         )
     grid = cfg.data.grid
-    bf16 = (cfg.score.precision == "bf16")
+    bf16 = ltm_bf16(cfg, networks, device, run)
     failures = BatchFailures()
     result = LTMScoreResult()
 

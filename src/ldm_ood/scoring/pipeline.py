@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -34,15 +34,20 @@ from rich.progress import Progress
 from ..config import Config, DiffusionConfig, ScoreConfig
 from ..data.manifest import Case
 from ..errors import BatchFailures
-from ..models.diffusion import build_inference_scheduler
-from ..precision import prepare_for_inference
+from ..models.diffusion import build_inference_scheduler, pad_latent
+from ..models.first_stage import encode
+from ..precision import set_layout
+from ..precision_policy import PrecisionChoice
 from ..runs import RunDir
-from .common import Preprocessing, folder_cases, load_context, pending, progress_bar, test_cases, validation_cases, write_folder_score
+from . import inference_precision
+from .inference_precision import first_stage_probe, lpips_probe, unet_probe
+from .common import (Preprocessing, folder_cases, load_context, pending, progress_bar, require_finite_calibration,
+                     require_finite_file, test_cases, validation_cases, write_calibration_json, write_folder_score)
 from .maps import VoxelAccumulator, VoxelStats, anomaly_map, write_anomaly_map
 from .ood import OODCalibration, fit_calibration
 from .reconstruct import CallCounter, chain_starts, default_t_values, inference_grid, reconstruct, snap_to_grid
 from .records import RecordWriter
-from .similarity import ScanMetrics, SimilarityFn, measure, similarity_functions
+from .similarity import ScanMetrics, SimilarityFn, lpips_similarity, measure, similarity_functions
 
 BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "percentile", "flag", "map_path", "seconds")
 
@@ -91,9 +96,10 @@ class OODScorer:
     """Raw per-scan metrics of batches of preprocessed scans (paper 000 §2.2–2.3).
 
     ``t_values`` (score) and ``map_t_values`` are grid starts (see ``reconstruct.snap_to_grid``);
-    the chains run are their union, each once. ``bf16`` (default ``score.bf16``) runs the first
-    stage, the UNet and LPIPS under bf16 autocast (LPIPS's first conv and heads stay fp32; see
-    :mod:`.similarity` for why that is accurate enough for the z-scores). ``decode_batch`` chains
+    the chains run are their union, each once. Precision: ``score.precision`` resolved per network
+    (first stage, UNet, LPIPS) by :mod:`.inference_precision` on the run's ``grid`` (or on the
+    first batch when no grid is given); ``bf16=True/False`` forces all three (LPIPS's first conv
+    and heads stay fp32 under bf16; see :mod:`.similarity`). ``decode_batch`` chains
     are decoded at a time; ``measure_batch`` of a scan's reconstructions share one LPIPS pass of
     the input (``similarity.measure``).
     """
@@ -108,9 +114,10 @@ class OODScorer:
         unet_batch: int | None = None,
         decode_batch: int = 4,
         measure_batch: int = 16,
+        grid: Sequence[int] | None = None,
     ):
         self.models, self.cfg = models, cfg
-        self.bf16 = (cfg.precision == "bf16") if bf16 is None else bf16
+        image_grid = tuple(grid) if grid is not None else None
         self.mode = "reference" if (sequential or cfg.sequential) else "batched"
         self.unet_batch, self.decode_batch, self.measure_batch = unet_batch, decode_batch, measure_batch
         self.scheduler = build_inference_scheduler(models.ldm_config, cfg.sampler, cfg.num_inference_steps)
@@ -119,31 +126,65 @@ class OODScorer:
         self.t_values = tuple(sorted(set(snap_to_grid(requested, grid))))
         self.map_t_values = tuple(dict.fromkeys(snap_to_grid(cfg.map_t_values, grid)))
         self.starts = chain_starts(self.t_values, self.map_t_values, grid=grid)
-        sd = models.spatial_dims
-        prepare_for_inference(models.first_stage, sd, self.bf16)
-        prepare_for_inference(models.unet, sd, self.bf16)
-        self.similarity = dict(similarity) if similarity is not None else similarity_functions(
-            cfg.metrics, sd, models.lpips_model, self.bf16
-        )
-        self.metrics = list(self.similarity)
+        models.first_stage.eval()
+        models.unet.eval()
+        self._given_similarity = similarity
+        self.metrics = list(similarity) if similarity is not None else list(cfg.metrics)
+        self.precision: dict[str, PrecisionChoice] = {}
+        if bf16 is not None:
+            requested = "bf16" if bf16 else "fp32"
+            self._set_precision({k: PrecisionChoice(k, requested, bf16, "set by the caller")
+                                 for k in ("first_stage", "unet", "lpips")})
+        elif image_grid is not None:
+            self._set_precision(self._measure_precision(image_grid))
         self.calls = CallCounter()
+
+    def _measure_precision(self, grid: tuple[int, ...]) -> dict[str, PrecisionChoice]:
+        m = self.models
+        dev = next(m.unet.parameters()).device
+        latent = pad_latent(encode(m.first_stage, torch.zeros((1, 1, *grid), device=dev)), m.latent_multiple)[0]
+        nets = {
+            "first_stage": (m.first_stage, lambda: first_stage_probe(m.first_stage, grid, self.decode_batch, dev)),
+            "unet": (m.unet, lambda: unet_probe(m.unet, latent.shape[1:], len(self.starts), max(self.starts), dev)),
+        }
+        if self._given_similarity is None and "lpips" in self.metrics and m.lpips_model is not None:
+            nets["lpips"] = (m.lpips_model, lambda: lpips_probe(
+                lambda b: lpips_similarity(m.lpips_model, m.spatial_dims, bf16=b), grid, 4, dev))
+        return inference_precision.resolve(self.cfg.precision, nets, dev, "ldm scoring")
+
+    def _set_precision(self, choices: dict[str, PrecisionChoice]) -> None:
+        self.precision = choices
+        sd, m = self.models.spatial_dims, self.models
+        set_layout(m.first_stage, sd, self.bf16_of("first_stage"))
+        set_layout(m.unet, sd, self.bf16_of("unet"))
+        self.similarity = dict(self._given_similarity) if self._given_similarity is not None else similarity_functions(
+            self.cfg.metrics, sd, m.lpips_model, self.bf16_of("lpips"))
+
+    def bf16_of(self, network: str) -> bool:
+        """Whether ``network`` (first_stage | unet | lpips) runs under bf16 autocast."""
+        c = self.precision.get(network)
+        return bool(c and c.bf16)
 
     @property
     def settings(self) -> dict[str, Any]:
         c = self.cfg
         return {"sampler": c.sampler, "num_inference_steps": c.num_inference_steps, "requantize": c.requantize,
-                "metrics": self.metrics, "seed": c.seed, "bf16": self.bf16, "mode": self.mode}
+                "metrics": self.metrics, "seed": c.seed, "precision": inference_precision.dtypes(self.precision),
+                "mode": self.mode}
 
     @torch.no_grad()
     def measure(self, x: torch.Tensor, seeds: Sequence[int]) -> ScanMetrics:
         """``x (B, 1, *grid)`` in [0, 1] → raw metric values ``(B, n_t)`` and MAE maps ``(B, n_map, *grid)``."""
         m = self.models
+        if not self.precision:
+            self._set_precision(self._measure_precision(tuple(x.shape[2:])))
         rec = reconstruct(m.first_stage, m.unet, self.scheduler, x, self.starts, seeds, m.scale_factor,
-                          m.latent_multiple, self.mode, self.bf16, self.unet_batch)
+                          m.latent_multiple, self.mode, self.bf16_of("unet"), self.unet_batch,
+                          encode_bf16=self.bf16_of("first_stage"))
         self.calls.calls += rec.calls.calls
         self.calls.evals += rec.calls.evals
         return measure(m.first_stage, rec, x, self.similarity, self.t_values, self.map_t_values,
-                       requantize=self.cfg.requantize, bf16=self.bf16, decode_batch=self.decode_batch,
+                       requantize=self.cfg.requantize, bf16=self.bf16_of("first_stage"), decode_batch=self.decode_batch,
                        measure_batch=self.measure_batch)
 
 
@@ -225,7 +266,8 @@ def _setup(run_dir, config, models, similarity, preprocessor, device, sequential
     ctx = load_context(run_dir, config, preprocessor, device)
     if models is None:
         models = load_scoring_models(ctx.run, ctx.cfg, ctx.device)
-    scorer = OODScorer(models, ctx.cfg.score, similarity=similarity, sequential=sequential)
+    scorer = OODScorer(models, ctx.cfg.score, similarity=similarity, sequential=sequential, grid=ctx.cfg.data.grid)
+    inference_precision.report(scorer.precision, ctx.run)
     return ctx.run, ctx.cfg, scorer, ctx.preprocessor, ctx.device
 
 
@@ -247,6 +289,7 @@ def calibrate_ood(
     failures = BatchFailures()
     ids: list[str] = []
     values: dict[str, list[np.ndarray]] = {m: [] for m in scorer.metrics}
+    mae_sums: list[np.ndarray] = []  # per scan and map t: non-finite iff its MAE map has a NaN/Inf voxel
     voxels = VoxelAccumulator()
     with progress_bar(progress) as bar:
         task = bar.add_task("calibrate ldm", total=len(val))
@@ -254,17 +297,40 @@ def calibrate_ood(
             ids.append(item.case.case_id)
             for m in scorer.metrics:
                 values[m].append(met.values[m][0].numpy())
+            mae_sums.append(met.mae_maps[0].flatten(1).double().sum(-1).numpy())
             voxels.add(met.mae_maps)
     if not ids:
         failures.raise_if_any("calibrate --method ldm")
-    cal = fit_calibration(ids, {m: np.stack(v) for m, v in values.items()}, scorer.t_values, scorer.map_t_values,
-                          cfg.score.fpr, scorer.settings)
+    stacked = {m: np.stack(v) for m, v in values.items()}
+    cal = fit_calibration(ids, stacked, scorer.t_values, scorer.map_t_values, cfg.score.fpr, scorer.settings)
+    voxel = voxels.finish(scorer.map_t_values)
+    at_t = [f"t={t}" for t in scorer.t_values]
+    require_finite_calibration(
+        "ldm", run.ood_calibration_path, {**asdict(cal), "voxel_mean": voxel.mean, "voxel_std": voxel.std},
+        {**stacked, "MAE map": np.stack(mae_sums)},
+        columns={**{m: at_t for m in stacked}, "MAE map": [f"t={t}" for t in scorer.map_t_values]},
+        cause=f"the LDM or the first stage produces NaN/Inf; retrain it (`ldm-ood train ldm --run {run.root}`, "
+        "or first-stage if that one is broken)",
+    )
     run.ensure(run.calibration_dir)
-    cal.save(run.ood_calibration_path)
-    voxels.finish(scorer.map_t_values).save(run.ood_voxel_stats_path)
+    write_calibration_json(run.ood_calibration_path, asdict(cal))
+    voxel.save(run.ood_voxel_stats_path)
     failures.raise_if_any("calibrate --method ldm")
     return CalibrationResult(run.ood_calibration_path, run.ood_voxel_stats_path, len(ids), cal.t_values,
                              cal.map_t_values, cal.threshold, cal.fpr)
+
+
+def load_ood_calibration(run: RunDir) -> tuple[OODCalibration, VoxelStats]:
+    """The run's OOD calibration and voxel statistics; ``FileNotFoundError`` when missing,
+    ``NonFiniteCalibrationError`` when a file holds NaN/Inf (written by an older version)."""
+    cal = OODCalibration.load(run.ood_calibration_path)
+    if not run.ood_voxel_stats_path.exists():
+        raise FileNotFoundError(f"{run.ood_voxel_stats_path}: no voxel statistics; run `ldm-ood calibrate --method ldm`")
+    voxel = VoxelStats.load(run.ood_voxel_stats_path)
+    command = f"ldm-ood calibrate --method ldm --run {run.root}"
+    require_finite_file(run.ood_calibration_path, asdict(cal), command)
+    require_finite_file(run.ood_voxel_stats_path, {"mean": voxel.mean, "std": voxel.std}, command)
+    return cal, voxel
 
 
 def score_rows(cal: OODCalibration, voxel: VoxelStats, met: ScanMetrics) -> tuple[dict[str, Any], torch.Tensor]:
@@ -308,10 +374,7 @@ def score_ood(
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
     run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device, sequential)
-    cal = OODCalibration.load(run.ood_calibration_path)
-    if not run.ood_voxel_stats_path.exists():
-        raise FileNotFoundError(f"{run.ood_voxel_stats_path}: no voxel statistics; run `ldm-ood calibrate --method ldm`")
-    voxel = VoxelStats.load(run.ood_voxel_stats_path)
+    cal, voxel = load_ood_calibration(run)
     cal.check_compatible(scorer.t_values, scorer.map_t_values, scorer.settings)
     failures, result = BatchFailures(), ScoreResult()
     names = fieldnames(cal.metrics, cal.t_values)

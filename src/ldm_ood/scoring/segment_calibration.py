@@ -8,6 +8,9 @@
 * ``RunDir.segment_calibration_path`` (JSON): the t-sets, the validation image-level scores (mean
   and std), and per variant the residual-map threshold: the (1 − ``segment.fpr``) quantile of the
   validation maps' foreground voxels (:func:`~.segment_variants.fpr_threshold`).
+
+Nothing is written when a validation value or a statistic is not finite (``NonFiniteCalibrationError``,
+:func:`.common.require_finite_calibration`), and a loaded calibration holding NaN/Inf is refused.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ import torch
 from ..config import Config
 from ..errors import BatchFailures
 from ..runs import RunDir
-from ..training.checkpoint import atomic_write_text
-from .common import Preprocessing, validation_cases
+from .common import Preprocessing, require_finite_calibration, require_finite_file, validation_cases, write_calibration_json
 from .kl import kl_thresholds
 from .segment_batch import (SegmentModels, case_seeds, image_score, kl_map_of, latents, load_batches,
                             segment_batch, segment_context)
@@ -31,22 +33,34 @@ from .segment_variants import FOREGROUND_FRACTION, foreground, fpr_threshold, va
 
 
 def load_calibration(run: RunDir) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The run's segmentation calibration JSON and KL thresholds (empty when not calibrated)."""
+    """The run's segmentation calibration JSON and KL thresholds (empty when not calibrated);
+    ``NonFiniteCalibrationError`` when a file holds NaN/Inf (written by an older version)."""
     from safetensors.torch import load_file
 
     calib = json.loads(run.segment_calibration_path.read_text()) if run.segment_calibration_path.exists() else {}
     thr = load_file(str(run.segment_thresholds_path)) if run.segment_thresholds_path.exists() else {}
+    command = f"ldm-ood calibrate --method segment --run {run.root}"
+    require_finite_file(run.segment_calibration_path, calib, command)
+    require_finite_file(run.segment_thresholds_path, thr, command)
     return calib, thr
 
 
-def _save_calibration(run: RunDir, calib: dict[str, Any], thr: dict[str, torch.Tensor]) -> None:
+def _save_calibration(run: RunDir, calib: dict[str, Any], thr: dict[str, torch.Tensor],
+                      per_case: dict[str, np.ndarray]) -> None:
+    """Check (:func:`.common.require_finite_calibration`: the raw validation values ``per_case`` and
+    everything about to be saved), then write the KL thresholds and the JSON."""
     from safetensors.torch import save_file
 
+    require_finite_calibration(
+        "segment", run.segment_calibration_path, {**calib, "kl_thresholds": thr}, per_case,
+        cause=f"the LDM or the first stage produces NaN/Inf; retrain it (`ldm-ood train ldm --run {run.root}`, "
+        "or first-stage if that one is broken)",
+    )
     run.ensure(run.calibration_dir)
     tmp = run.segment_thresholds_path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in thr.items()}, str(tmp))
     tmp.replace(run.segment_thresholds_path)
-    atomic_write_text(run.segment_calibration_path, json.dumps(calib, indent=2))
+    write_calibration_json(run.segment_calibration_path, calib)
 
 
 def calibrate_segment(
@@ -76,6 +90,7 @@ def calibrate_segment(
     calib.update(percentile=scfg.percentile, kl_t_range=list(scfg.kl_t_range), seed=scfg.seed)
     val = validation_cases(cfg, manifest)
     failures = BatchFailures()
+    per_case: dict[str, np.ndarray] = {}  # raw validation values, first axis = case (finite check)
     t_sets = {s.kl_key: s.kl_t for s in specs if s.kl_t is not None and s.kl_key not in thr}
     if t_sets or "val_scores" not in calib:
         maps: dict[str, list[torch.Tensor]] = {k: [] for k in t_sets}
@@ -89,27 +104,34 @@ def calibrate_segment(
         if not scores:
             failures.raise_if_any("calibrate --method segment")
         for key, ts in t_sets.items():
-            thr[key] = kl_thresholds(torch.cat(maps[key]), scfg.percentile)
+            kl = torch.cat(maps[key])
+            per_case[f"KL map {key}"] = kl.double().numpy()
+            thr[key] = kl_thresholds(kl, scfg.percentile)
             calib["kl"][key] = {"t_values": list(ts), "n_val": len(scores)}
         vals = np.array(list(scores.values()))
+        per_case["image score"] = vals
         calib.update(val_scores=scores, score_num_t=scfg.score_num_t, val_score_mean=float(vals.mean()),
                      val_score_std=float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
     for spec in specs:
         if spec.name in calib["variants"]:
             continue
         fg_values: list[np.ndarray] = []
+        map_sums: list[np.ndarray] = []  # per case: non-finite iff its map has a NaN/Inf voxel
         for cases, x, _ in load_batches(val, preprocessor, scfg.batch_size, failures):
             x = x.to(device)
             seeds = case_seeds([c.case_id for c in cases], scfg.seed)
             out = segment_batch(models, x, spec, scfg, thr.get(spec.kl_key) if spec.kl_key else None, seeds,
                                 with_score=False)
             fg_values.append(out.anomaly_map[foreground(x)].cpu().numpy())
+            map_sums.append(out.anomaly_map.flatten(1).double().sum(1).cpu().numpy())
+        if map_sums:
+            per_case[f"residual map ({spec.name})"] = np.concatenate(map_sums)
         calib["variants"][spec.name] = {
             "residual_threshold": fpr_threshold(np.concatenate(fg_values), scfg.fpr) if fg_values else None,
             "fpr": scfg.fpr, "foreground": f"x > min + {FOREGROUND_FRACTION} (max - min)",
             "kl_key": spec.kl_key, "n_val": len(val) - len(failures),
         }
-    _save_calibration(run, calib, thr)
+    _save_calibration(run, calib, thr, per_case)
     failures.raise_if_any("calibrate --method segment")
     return {"path": str(run.segment_calibration_path), "thresholds": str(run.segment_thresholds_path),
             "n_val": len(calib.get("val_scores", {})),

@@ -1,0 +1,81 @@
+"""``demo`` / ``benchmark`` fail (exit 1) when a method they ran has no usable result: the decision."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from ldm_ood.benchmark import BenchmarkPlan, check_results, expected_results, result_problems
+from ldm_ood.errors import IncompleteResultsError
+from ldm_ood.evaluation.summary import DetectionResult, ScoreWarning, SegmentationResult, Summary
+
+DETECTION = {"l2": ["ldm", "ltm"]}
+SEGMENTATION = {"seg2d": ["c"]}
+
+
+def _det(method: str, set_name: str, auroc: float | None = 0.8) -> DetectionResult:
+    return DetectionResult("l2", method, set_name, "near", 4, 3, auroc, None, None, 0.7, 0.2)
+
+
+def _seg(set_name: str, best_dice: float | None = 0.6, image_auroc: float | None = 0.9, n_masks: int = 3) -> SegmentationResult:
+    return SegmentationResult("seg2d", "c", set_name, 3, n_masks, "pooled", best_dice, 0.5, 0.4, 0.5, 0.7, image_auroc, 0.8)
+
+
+def _good() -> Summary:
+    return Summary(runs={"l2": "runs/l2", "seg2d": "runs/seg2d"},
+                   detection=[_det(m, s) for m in ("ldm", "ltm") for s in ("far_mr", "noise_0.1")],
+                   segmentation=[_seg("id", None, 0.5, n_masks=0), _seg("sprites")])
+
+
+def test_all_finite_is_no_error():
+    assert result_problems(_good(), DETECTION, SEGMENTATION) == []
+    check_results(_good(), DETECTION, SEGMENTATION)  # no raise
+
+
+def test_method_with_no_finite_scores_raises():
+    s = _good()
+    s.detection = [d for d in s.detection if d.method != "ldm"]  # LDM: every score NaN -> no result
+    s.warnings = [ScoreWarning("l2", "ldm", "id", 0, 12, 12, "l2/ldm: no finite score for set 'id': 12 of 12 non-finite")]
+    assert result_problems(s, DETECTION, SEGMENTATION) == [
+        "l2/ldm: no finite score for set 'id': 12 of 12 non-finite",
+        "l2/ldm: no LDM result on any OOD set",
+    ]
+    with pytest.raises(IncompleteResultsError, match=r"demo: 2 result\(s\) missing or not finite; see the report r.html") as err:
+        check_results(s, DETECTION, SEGMENTATION, what="demo", report="r.html")
+    assert "  l2/ldm: no LDM result on any OOD set" in str(err.value)
+
+
+def test_a_warning_alone_or_a_nan_metric_raises():
+    s = _good()
+    s.warnings = [ScoreWarning("l2", "ltm", "far_mr", 0, 1, 3, "l2/ltm: 1 of 3 scans of set 'far_mr' left out")]
+    assert result_problems(s) == ["l2/ltm: 1 of 3 scans of set 'far_mr' left out"]
+    s = _good()
+    s.detection[0].auroc = None
+    assert result_problems(s, DETECTION) == ["l2/ldm: AUROC on set 'far_mr' is not finite"]
+
+
+def test_segmentation_metrics_must_be_finite():
+    s = _good()
+    s.segmentation[1] = _seg("sprites", best_dice=None, image_auroc=None)
+    assert result_problems(s, DETECTION, SEGMENTATION) == ["seg2d/(c)/sprites: ⌈DICE⌉, image AUROC not finite"]
+    s.segmentation = []
+    assert result_problems(s, DETECTION, SEGMENTATION) == ["seg2d/(c): no segmentation results"]
+
+
+def test_expected_results_follow_the_plan():
+    assert expected_results(BenchmarkPlan("demo", [2])) == ({"l2": ["ldm", "ltm"]}, {"seg2d": ["a", "b", "c", "d"]})
+    assert expected_results(BenchmarkPlan("cpu", [3, 4], ltm=False, segmentation=False)) == ({"l3": ["ldm"], "l4": ["ldm"]}, {})
+
+
+def test_cli_demo_exits_1_on_incomplete_results(monkeypatch, tmp_path):
+    import ldm_ood.benchmark as benchmark
+    from ldm_ood.cli import app
+
+    def fake_demo(out):
+        check_results(Summary(runs={"l2": "x"}), {"l2": ["ldm"]}, what="demo", report="x/index.html")
+
+    monkeypatch.setattr(benchmark, "run_demo", fake_demo)
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "error: demo: 1 result(s) missing or not finite" in text and "l2/ldm: no LDM result" in text
