@@ -81,3 +81,55 @@ def test_two_process_ddp_training_matches_across_ranks(tmp_path):
         assert (ddp_run / stage / "DONE").exists() and (ddp_run / stage / "model.safetensors").exists()
         rows = (ddp_run / stage / "metrics.csv").read_text().splitlines()
         assert len(rows) == 1 + 2  # header + 2 epochs, written once (rank 0 only)
+
+
+NAN_WORKER = textwrap.dedent('''
+    import math, sys
+    from ldm_ood.config import load_config
+    from ldm_ood.runs import RunDir
+    from ldm_ood.training import distributed, losses
+    from ldm_ood.training.api import build_datasets
+    from ldm_ood.training.first_stage import fit_first_stage
+    from ldm_ood.training.ldm import fit_ldm
+
+    run, cfg_path = RunDir(sys.argv[1]), sys.argv[2]
+    ctx = distributed.init_distributed()
+    cfg = load_config(cfg_path)
+    train_ds, val_ds = build_datasets(cfg, cfg.data.manifest)
+    fit_first_stage(run, cfg, train_ds, val_ds, ctx=ctx)
+    real, calls = losses.diffusion_loss, [0]
+
+    def nan_on_rank_1(pred, eps):  # 2 steps + 1 validation per epoch: NaN at epoch 2, step 1, rank 1 only
+        calls[0] += 1
+        value = real(pred, eps)
+        return value * math.nan if (ctx.rank == 1 and calls[0] == 4) else value
+
+    losses.diffusion_loss = nan_on_rank_1
+    fit_ldm(run, cfg, train_ds, val_ds, ctx=ctx)
+''')
+
+
+@pytest.mark.slow
+def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    manifest = _cohort(tmp_path / "data")
+    opt = {"max_epochs": 3, "batch_size": 1, "preview_every": 100, "patience": 10}
+    cfg = {"preset": "tiny", "data": {"manifest": str(manifest)},
+           "first_stage": {"perceptual_weight": 0.0, "optim": {**opt, "max_epochs": 1}}, "ldm": {"optim": opt}}
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    worker = tmp_path / "worker.py"
+    worker.write_text(NAN_WORKER)
+    run = tmp_path / "ddp"
+    run.mkdir()
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(worker), str(run), str(cfg_path)], capture_output=True, text=True, timeout=300,
+                         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                              "LDM_OOD_CACHE_DIR": os.environ["LDM_OOD_CACHE_DIR"]})
+    assert out.returncode != 0
+    for rank in (0, 1):  # both ranks stopped at epoch 2, step 1 (rank 0 sees it through the averaged gradient)
+        assert f"[rank{rank}]" in out.stderr and "ldm: non-finite" in out.stderr
+    assert out.stderr.count("at epoch 2, step 1") >= 2, out.stderr[-4000:]
+    from ldm_ood.training.checkpoint import load_state
+
+    assert load_state(run / "ldm" / "state.pt")["epoch"] == 1
+    assert not (run / "ldm" / "DONE").exists()

@@ -170,3 +170,31 @@ def test_nan_in_one_loss_term_stops_training_names_it_and_keeps_the_last_good_ch
     res = fit_first_stage(run, cfg, train, val, resume=True)
     assert res.epochs == 4 and (run.stage_dir("first_stage") / "DONE").exists()
     assert [r["epoch"] for r in read_metrics(run.metrics_path("first_stage"))] == [1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("stage, loss_name", [("ldm", "diffusion_loss"), ("transformer", "next_token_loss")])
+def test_nan_loss_stops_ldm_and_ltm_training_at_the_step_and_keeps_epoch_one(tmp_path, monkeypatch, stage, loss_name):
+    from ldm_ood.models.first_stage import build_first_stage
+    from ldm_ood.training.ldm import fit_ldm
+    from ldm_ood.training.transformer import fit_transformer
+
+    run = RunDir(tmp_path / "run")
+    opt = {"max_epochs": 3, "patience": 10, "preview_every": 100, "batch_size": 1}
+    cfg = load_config(preset="tiny", overrides={"ldm": {"optim": opt}, "transformer": {"optim": opt}})
+    torch.manual_seed(0)
+    fs = build_first_stage(cfg.first_stage, 3).eval()
+    real = getattr(losses, loss_name)
+    calls = {"n": 0}
+
+    def goes_nan(*args):  # 2 training steps per epoch + 1 validation: NaN at epoch 2, step 2
+        calls["n"] += 1
+        value = real(*args)
+        return value * math.nan if calls["n"] == 5 else value
+
+    monkeypatch.setattr(losses, loss_name, goes_nan)
+    fit = fit_ldm if stage == "ldm" else fit_transformer
+    with pytest.raises(NonFiniteTrainingError) as err:
+        fit(run, cfg, _Images(2, 0), _Images(1, 1), first_stage=fs)
+    assert (err.value.stage, err.value.epoch, err.value.step, err.value.term) == (stage, 2, 2, "loss")
+    assert load_state(run.state_path(stage))["epoch"] == 1
+    assert not (run.stage_dir(stage) / "DONE").exists()
