@@ -326,7 +326,7 @@ def fit(
                 m.train()
             bar = progress.add_task(f"{task.stage} {epoch}/{optim.max_epochs}", total=len(train_loader), losses="")
             sums = {k: 0.0 for k in task.loss_names}
-            n_seen = 0
+            seen = {k: 0.0 for k in task.loss_names}  # samples whose step logged term k (adv_* off in warm-up)
             for step, batch in enumerate(train_loader, 1):
                 try:
                     losses = task.train_step(batch, epoch)
@@ -335,13 +335,16 @@ def fit(
                                                  f"Precision was {precision.dtype}.") from None
                 _stop_if_non_finite(task.stage, epoch, step, losses, ctx, precision)
                 bs = _batch_len(batch)
-                n_seen += bs
                 for k in task.loss_names:
-                    sums[k] += losses.get(k, math.nan) * bs
+                    if k in losses:
+                        sums[k] += losses[k] * bs
+                        seen[k] += bs
                 progress.update(bar, advance=1, losses=" ".join(f"{k}={v:.4g}" for k, v in losses.items()))
             progress.remove_task(bar)
-            reduced = all_reduce_sum([*sums.values(), float(n_seen)], ctx)
-            train = {k: v / max(reduced[-1], 1.0) for k, v in zip(task.loss_names, reduced[:-1])}
+            reduced = all_reduce_sum([*sums.values(), *seen.values()], ctx)
+            n = len(task.loss_names)
+            train = {k: (total / count if count > 0 else None)  # None: not computed this epoch (blank in the CSV)
+                     for k, total, count in zip(task.loss_names, reduced[:n], reduced[n:])}
 
             val = None
             if epoch % optim.val_every == 0 or epoch == optim.max_epochs:
@@ -373,7 +376,7 @@ def fit(
                     "epoch": epoch, "best_val_loss": best, "best_epoch": best_epoch, "bad_epochs": bad,
                     "rng": _rng_state(), "generator": task.generator.get_state(),
                 })
-                console.print(f"{task.stage} epoch {epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in train.items())
+                console.print(f"{task.stage} epoch {epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in train.items() if v is not None)
                               + (f" val={val:.4g}" if val is not None else "") + f" ({row['seconds']:.1f}s)")
             barrier(ctx)
             if val is not None and bad >= optim.patience:

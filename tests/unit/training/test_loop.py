@@ -142,3 +142,22 @@ def test_epoch_indices_shard_cap_and_determinism():
     capped = [epoch_indices(10, 1, 0, cap=5, rank=r, world_size=2) for r in range(2)]
     assert sum(map(len, capped)) == 6 and len(set(capped[0] + capped[1])) == 5
     assert DistContext().is_main and not DistContext().distributed
+
+
+class WarmupTask(ScriptedTask):
+    """Logs an ``extra`` term only from epoch 2 on (like the adversarial terms after warm-up)."""
+
+    loss_names = ("loss", "extra")
+
+    def train_step(self, batch, epoch):
+        out = super().train_step(batch, epoch)
+        return {**out, "extra": 2.0 * epoch} if epoch >= 2 else out
+
+
+def test_a_term_not_computed_in_an_epoch_is_blank_not_nan(tmp_path):
+    run = RunDir(tmp_path)
+    fit(WarmupTask([1.0, 0.9, 0.8]), _ds(4), _ds(2), _optim(max_epochs=3, patience=5), run)
+    lines = run.metrics_path("ldm").read_text().splitlines()
+    header = lines[0].split(",")
+    extra = [line.split(",")[header.index("extra")] for line in lines[1:]]
+    assert extra == ["", "4.0", "6.0"]
