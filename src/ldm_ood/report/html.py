@@ -36,7 +36,7 @@ from . import figures
 LOCALISED_SETS = ("chunk_top", "chunk_middle", "skull_stripped", "scale_0.01", "scale_0.1")
 BENCHMARK_FILES = (("memory.json", "Memory"), ("scoring.json", "Scoring time"), ("segment.json", "Segmentation time"))
 SECTION_TITLES = ("AUROC table", "Segmentation metrics", "ROC curves", "Score histograms", "Anomaly maps",
-                  "Segmentation examples", "Time and memory", "Notes")
+                  "Segmentation examples", "Time and memory", "Precision", "Notes")
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1300px;color:#222}
@@ -125,6 +125,18 @@ def _table(keys: list[str], rows: list[list[Any]]) -> str:
             + "".join("<tr>" + "".join(f"<td{txt if isinstance(v, str) else ''}>{_esc(cell(v))}</td>" for v in r)
                       + "</tr>" for r in rows)
             + "</table></div>")
+
+
+def _precision_section(summary: Summary) -> str:
+    """One row per network and use of each run: bf16 or fp32, the measured speed-up and why (``precision_policy``)."""
+    rows = [[run, net, c.get("precision", ""), c.get("speedup") if c.get("speedup") is not None else "",
+             c.get("rel_error") if c.get("rel_error") is not None else "", c.get("reason", "")]
+            for run, nets in summary.precision.items() for net, c in sorted(nets.items())]
+    if not rows:
+        return '<p class="note">No precision records.</p>'
+    return (_table(["run", "network (use)", "precision", "bf16 speed-up", "bf16 vs fp32 error", "why"], rows)
+            + '<p class="caption">precision: auto runs bf16 only where a self-check on the run\'s own networks '
+              "is finite, agrees with fp32 and is faster on this machine.</p>")
 
 
 def _json_to_html(data: Any) -> str:
@@ -360,7 +372,8 @@ def build_report(
         f'<h2 id="maps">{SECTION_TITLES[4]}</h2>', _overlay_section(runs, manifests, notes, max_cases),
         f'<h2 id="segmentation-examples">{SECTION_TITLES[5]}</h2>', _segmentation_examples(runs, manifests, notes, max_cases),
         f'<h2 id="benchmarks">{SECTION_TITLES[6]}</h2>', _benchmark_section(None if benchmarks_dir is None else Path(benchmarks_dir)),
-        f'<h2 id="notes">{SECTION_TITLES[7]}</h2>',
+        f'<h2 id="precision">{SECTION_TITLES[7]}</h2>', _precision_section(summary),
+        f'<h2 id="notes">{SECTION_TITLES[8]}</h2>',
         "<ul>" + "".join(f'<li class="note">{_esc(n)}</li>' for n in dict.fromkeys([*summary.notes, *notes])) + "</ul>"
         if summary.notes or notes else '<p class="note">None.</p>',
     ]

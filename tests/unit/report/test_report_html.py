@@ -110,3 +110,18 @@ def test_benchmark_json_becomes_tables_with_dotted_columns():
     assert "<th>train_step.peak_rss_gb</th>" in page and "<td>0.25</td>" in page and "<td>[16, 16]</td>" in page
     assert "peak_rss_gb&quot;" not in page  # no JSON blob in a cell
     assert '<td class="txt">ldm</td>' in page and "<td>2</td>" in page  # text left, numbers right
+
+
+def test_report_lists_the_precision_of_every_network(tmp_path):
+    from ldm_ood.evaluation.summary import Summary
+
+    (tmp_path / "run").mkdir()
+    summary = Summary(precision={"run": {
+        "ldm (training)": {"precision": "fp32", "speedup": 0.95, "rel_error": 0.003,
+                           "reason": "bf16 only 0.95x as fast as fp32 (needs 1.15x)"},
+        "unet (ldm scoring)": {"precision": "bf16", "speedup": 1.8, "rel_error": 0.004, "reason": "bf16 1.80x"},
+    }})
+    page = build_report({"run": tmp_path / "run"}, summary, tmp_path / "r.html").read_text()
+    section = page[page.index('id="precision"'):page.index('id="notes"')]
+    assert "ldm (training)" in section and "fp32" in section and "0.95" in section and "needs 1.15x" in section
+    assert "unet (ldm scoring)" in section and "1.8" in section
