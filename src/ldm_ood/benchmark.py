@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from rich.console import Console
 
-from .config import PAPER_CODEBOOK_SIZE, Config, load_config
+from .config import PAPER_CODEBOOK_SIZE, Config, deep_merge, load_config
 from .errors import IncompleteResultsError
 from .evaluation.summary import ID_SET, METHOD_LABELS, Summary
 from .runs import RunDir
@@ -70,20 +70,13 @@ class Timings:
         self.path.write_text(json.dumps(self.data, indent=2))
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _run_config(plan: BenchmarkPlan, preset: str, manifest: Path, overrides: dict[str, Any], level: int | None) -> Config:
     over: dict[str, Any] = {"data": {"manifest": str(manifest)}}
     if level is not None:
         base = load_config(preset=preset)
         codebook = PAPER_CODEBOOK_SIZE.get(level, base.first_stage.num_embeddings) if preset == "paper" else base.first_stage.num_embeddings
         over["first_stage"] = {"levels": level, "num_embeddings": codebook}
-    return load_config(preset=preset, overrides=_deep_merge(over, overrides))
+    return load_config(preset=preset, overrides=deep_merge(over, overrides))
 
 
 def _train_all(run: RunDir, stages: list[str], timings: Timings, tag: str) -> None:

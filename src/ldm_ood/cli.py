@@ -15,6 +15,10 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 
+from .config.presets import PRESETS
+
+PRESET_NAMES = " | ".join(PRESETS)  # every preset shipped in ldm_ood/config/presets/
+
 app = typer.Typer(
     name="ldm-ood",
     help="Unsupervised OOD detection and anomaly segmentation of 2D/3D medical images with latent diffusion models.",
@@ -68,7 +72,7 @@ ConfigOpt = typer.Option(
 )
 PresetOpt = typer.Option(
     None, "--preset",
-    help="New run: tiny | demo | cpu | paper | tiny-2d | demo-2d | cpu-2d | paper-2d. An existing run keeps its own.",
+    help=f"New run: {PRESET_NAMES}. An existing run keeps its own.",
 )
 SetsOpt = typer.Option(None, "--set", help="Only these sets (repeatable). Default: every test set.")
 InputOpt = typer.Option(None, "--input", help="Folder of scans to score (folder-in/folder-out mode).")
@@ -81,7 +85,7 @@ OutputOpt = typer.Option(None, "--output", help="Output folder of the folder mod
 @app.command()
 @_friendly
 def synth(
-    preset: str = typer.Option("cpu", help="Size preset: tiny | cpu | paper."),
+    preset: str = typer.Option("cpu", help=f"Size preset (its synth section): {PRESET_NAMES}."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     seed: Optional[int] = typer.Option(None, help="Seed (default: the preset's)."),
 ) -> None:
@@ -109,7 +113,7 @@ def corrupt(
 @app.command("config")
 @_friendly
 def show_config(
-    preset: str = typer.Option("cpu", help="Preset to print."),
+    preset: str = typer.Option("cpu", help=f"Preset to print: {PRESET_NAMES}."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML whose fields override the preset."),
 ) -> None:
     """Print the full configuration of a preset (and YAML overrides) as YAML."""
@@ -264,7 +268,7 @@ def report(
 @app.command()
 @_friendly
 def benchmark(
-    preset: str = typer.Option("cpu", help="tiny | cpu | paper"),
+    preset: str = typer.Option("cpu", help=f"Preset: {PRESET_NAMES}."),
     out: Path = typer.Option(..., "--out", help="Output folder (resumable: finished stages are skipped)."),
     levels: Optional[list[int]] = typer.Option(
         None, "--level", help="VQ-GAN level(s) to train, repeatable (default: tiny/demo/cpu 2; paper 2, 3, 4)."

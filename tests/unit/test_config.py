@@ -100,3 +100,24 @@ def test_every_section_lists_the_artifacts_it_invalidates():
     assert invalidated_artifacts(["transformer.dim", "segment.percentile"]) == {
         "transformer": ["transformer.dim"], "calibration/ltm": ["transformer.dim"],
         "calibration/segment": ["segment.percentile"]}
+
+
+def test_every_preset_is_a_yaml_file_shipped_in_the_package_and_validates():
+    from importlib import resources
+
+    from ldm_ood.config import PRESETS, build_config, preset_dict
+
+    files = sorted(f.name for f in (resources.files("ldm_ood.config") / "presets").iterdir())
+    assert files == sorted([f"{p}.yaml" for p in PRESETS] + ["2d.yaml"])  # 2d.yaml: the overlay of every -2d
+    assert PRESETS[:4] == ("tiny", "demo", "cpu", "paper")
+    for name in PRESETS:
+        cfg = build_config(preset_dict(name))
+        assert cfg.preset == name
+        assert cfg.data.spatial_dims == (2 if name.endswith("-2d") else 3)
+    demo, cpu = build_config(preset_dict("demo")), build_config(preset_dict("cpu"))
+    assert demo.ldm.channels == cpu.ldm.channels and demo.data.grid == (32, 32, 32)  # extends: cpu
+    d2 = build_config(preset_dict("demo-2d"))
+    assert d2.first_stage.kind == "vqvae" and d2.data.grid == (32, 32) and d2.first_stage.optim.max_epochs == 10
+    assert build_config(preset_dict("paper-2d")).data.spacing is None  # the 2d overlay clears the 3D spacing
+    with pytest.raises(ConfigError, match="unknown preset '2d'"):
+        preset_dict("2d")

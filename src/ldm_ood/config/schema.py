@@ -1,0 +1,248 @@
+"""The configuration schema: one pydantic model per stage (paper 000 §3.2, paper 001 §2.1/§3).
+
+The fields mirror the constructor arguments of the MONAI building blocks they configure
+(``spatial_dims``, ``channels``, ``num_inference_steps`` ...). Unknown fields are errors
+(``extra="forbid"``); values are validated on assignment too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+#: ``auto``: bf16 only where a measured self-check on the run's own networks shows finite results that
+#: agree with fp32 and run faster (``ldm_ood.precision``); ``fp32`` / ``bf16`` force one.
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class _HasPrecision(_Strict):
+    """Accepts the older boolean ``bf16`` field (configs saved before ``precision``) as a precision."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_bf16(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bf16" in data:
+            data = dict(data)
+            legacy = data.pop("bf16")
+            if "precision" not in data and isinstance(legacy, bool):
+                data["precision"] = "bf16" if legacy else "fp32"
+            elif not isinstance(legacy, bool):
+                raise ValueError(f"bf16 must be true or false (or use precision: auto | fp32 | bf16), got {legacy!r}")
+        return data
+
+
+class DataConfig(_Strict):
+    """Preprocessing of paper 000 §3.1: orientation, spacing, crop/pad to a grid, intensity."""
+
+    spatial_dims: Literal[2, 3] = 3
+    grid: tuple[int, ...] = (64, 64, 64)
+    spacing: tuple[float, ...] | None = Field(default=None, description="mm; None keeps the input spacing")
+    orientation: str = "RAS"
+    modality: Literal["ct", "other"] = "ct"
+    ct_window: tuple[float, float] = (-15.0, 100.0)
+    manifest: Path | None = Field(default=None, description="manifest CSV with train/val splits")
+
+    @model_validator(mode="after")
+    def _grid_matches_dims(self) -> "DataConfig":
+        if len(self.grid) != self.spatial_dims:
+            raise ValueError(f"grid {self.grid} has {len(self.grid)} dims but spatial_dims={self.spatial_dims}")
+        if any(g <= 0 for g in self.grid):
+            raise ValueError(f"grid sizes must be positive, got {self.grid}")
+        if self.spacing is not None and len(self.spacing) != self.spatial_dims:
+            raise ValueError(f"spacing {self.spacing} must have {self.spatial_dims} values")
+        if self.ct_window[0] >= self.ct_window[1]:
+            raise ValueError(f"ct_window must be increasing, got {self.ct_window}")
+        return self
+
+
+class OptimConfig(_HasPrecision):
+    """Optimisation and early stopping of one training stage."""
+
+    lr: float = Field(gt=0)
+    batch_size: int = Field(default=2, ge=1)
+    max_epochs: int = Field(default=100, ge=1)
+    patience: int = Field(default=15, ge=1, description="early stopping: epochs without val improvement")
+    val_every: int = Field(default=1, ge=1)
+    preview_every: int = Field(default=5, ge=1)
+    precision: Precision = Field(default="auto", description="training precision: auto | fp32 | bf16")
+    grad_clip_norm: float | None = Field(
+        default=None, gt=0, description="clip the global gradient norm of every optimizer step to this value"
+    )
+    num_workers: int = Field(default=0, ge=0)
+    seed: int = 0
+    samples_per_epoch: int | None = Field(default=None, ge=1, description="cap on training samples per epoch")
+
+
+class FirstStageConfig(_Strict):
+    """VQ-GAN (paper 000 §2.1/§3.2) or VQ-VAE with EMA codebook (paper 001 §2.1), via MONAI ``VQVAE``."""
+
+    kind: Literal["vqgan", "vqvae"] = "vqgan"
+    levels: int = Field(default=3, ge=1, le=5, description="downsampling levels l; latent = input / 2**l")
+    channels: int = Field(default=128, ge=1)
+    num_res_layers: int = Field(default=3, ge=0)
+    num_res_channels: int = Field(default=128, ge=1)
+    embedding_dim: int = Field(default=64, ge=1)
+    num_embeddings: int = Field(default=256, ge=2)
+    commitment_cost: float = Field(default=0.25, ge=0)
+    decay: float = Field(default=0.99, gt=0, lt=1, description="EMA decay of the codebook")
+    reconstruction_loss: Literal["l2", "l1"] = "l2"
+    perceptual_weight: float = Field(default=0.001, ge=0)
+    adversarial_weight: float = Field(default=0.01, ge=0)
+    spectral_weight: float = Field(default=1.0, ge=0)
+    disc_channels: int = Field(default=64, ge=1)
+    disc_layers: int = Field(default=3, ge=1)
+    disc_lr: float = Field(default=3e-4, gt=0)
+    adversarial_warmup_epochs: int = Field(default=0, ge=0)
+    train_patch: tuple[int, ...] | None = Field(
+        default=None,
+        description="beyond the paper: train on random crops of this size (fully convolutional; CPU budgets)",
+    )
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-4))
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2**self.levels
+
+    @model_validator(mode="after")
+    def _patch_divisible(self) -> "FirstStageConfig":
+        f = 2**self.levels
+        if self.train_patch is not None and any(p <= 0 or p % f for p in self.train_patch):
+            raise ValueError(f"train_patch {self.train_patch} must be positive multiples of 2**levels = {f}")
+        return self
+
+
+class DiffusionConfig(_Strict):
+    """Latent DDPM (paper 000 §3.2): time-conditioned UNet, scaled-linear β, ε-prediction."""
+
+    channels: tuple[int, ...] = (128, 256, 256)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = Field(default=1, ge=1)
+    num_head_channels: int = Field(default=32, ge=1)
+    norm_num_groups: int = Field(default=32, ge=1)
+    num_train_timesteps: int = Field(default=1000, ge=2)
+    schedule: str = "scaled_linear_beta"
+    beta_start: float = Field(default=0.0015, gt=0)
+    beta_end: float = Field(default=0.0195, gt=0)
+    schedule_shift: float | None = Field(
+        default=None, gt=0, description="beyond the paper: SNR shift of the schedule for large latents"
+    )
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2.5e-5))
+
+    @model_validator(mode="after")
+    def _levels_consistent(self) -> "DiffusionConfig":
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError("attention_levels must have one entry per level of channels")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"every channel count {self.channels} must be divisible by norm_num_groups")
+        if self.beta_end <= self.beta_start:
+            raise ValueError("beta_end must exceed beta_start")
+        return self
+
+
+class TransformerConfig(_Strict):
+    """Latent Transformer Model baseline (paper 000 §3.2): decoder-only over VQ token indices."""
+
+    num_layers: int = Field(default=22, ge=1)
+    dim: int = Field(default=256, ge=8)
+    heads: int = Field(default=8, ge=1)
+    ordering: str = Field(default="raster_scan", description="MONAI OrderingType value")
+    ensemble_orderings: tuple[str, ...] = ()
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4))
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TransformerConfig":
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        return self
+
+
+class ScoreConfig(_HasPrecision):
+    """Paper 000 §2.2–2.3 scoring: multi-start reconstructions, similarity metrics, maps, calibration."""
+
+    num_t_values: int = Field(default=50, ge=1, description="starts evenly spaced over [0, T]")
+    t_values: tuple[int, ...] | None = Field(default=None, description="explicit starts; overrides num_t_values")
+    num_inference_steps: int = Field(default=100, ge=1)
+    sampler: Literal["plms", "ddim"] = "plms"
+    metrics: tuple[Literal["mse", "lpips"], ...] = ("mse", "lpips")
+    map_t_values: tuple[int, ...] = (100, 200, 300, 400)
+    batch_size: int = Field(default=1, ge=1, description="scans per batched reconstruction")
+    precision: Precision = Field(default="auto", description="inference precision: auto | fp32 | bf16")
+    sequential: bool = Field(default=False, description="one chain at a time, as the reference code")
+    requantize: bool = Field(
+        default=True, description="snap denoised latents to the codebook before decoding (reference code)"
+    )
+    fpr: float = Field(default=0.05, gt=0, lt=1, description="operating point on validation")
+    seed: int = 0
+
+    @field_validator("metrics")
+    @classmethod
+    def _nonempty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one metric is required")
+        return v
+
+
+class SegmentConfig(_HasPrecision):
+    """Paper 001 §3: KL maps over t in [400, 600], percentile thresholds, masked healing, residuals."""
+
+    kl_t_range: tuple[int, int] = (400, 600)
+    kl_num_t: int | None = Field(default=None, ge=1, description="None: every t in range (DDPM); 50 for (d)")
+    percentile: float = Field(default=97.5, gt=0, lt=100)
+    start_t: int = Field(default=500, ge=1)
+    variant: Literal["a", "b", "c", "d"] = "c"
+    ddim_steps: int = Field(default=50, ge=1)
+    healing: Literal["paper", "repaint"] = "paper"
+    gaussian_sigma: float = Field(default=1.0, ge=0, description="in latent voxels, for the upsampled mask")
+    score_num_t: int | None = Field(
+        default=50, ge=1, description="image-level score (§4.1): t-values evenly spaced over [1, T-1]; None = every t"
+    )
+    fpr: float = Field(default=0.05, gt=0, lt=1)
+    batch_size: int = Field(default=16, ge=1)
+    precision: Precision = Field(default="auto", description="inference precision: auto | fp32 | bf16")
+    seed: int = 0
+
+
+class SynthConfig(_Strict):
+    """Built-in synthetic head-CT benchmark (DESIGN.md) sizes."""
+
+    grid: tuple[int, int, int] = (64, 64, 64)
+    spacing_mm: float = Field(default=3.2, gt=0)
+    n_train: int = Field(default=48, ge=1)
+    n_val: int = Field(default=12, ge=1)
+    n_test: int = Field(default=12, ge=1)
+    n_far_per_class: int = Field(default=8, ge=1)
+    slice_size: int = Field(default=64, ge=8)
+    n_train_2d: int = Field(default=800, ge=1)
+    n_val_2d: int = Field(default=100, ge=1)
+    n_test_2d: int = Field(default=100, ge=1)
+    seed: int = 0
+
+
+class Config(_Strict):
+    """All stages of one run."""
+
+    preset: str = "custom"
+    data: DataConfig = Field(default_factory=DataConfig)
+    first_stage: FirstStageConfig = Field(default_factory=FirstStageConfig)
+    ldm: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    transformer: TransformerConfig = Field(default_factory=TransformerConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+    @model_validator(mode="after")
+    def _first_stage_fits_grid(self) -> "Config":
+        f = self.first_stage.downsampling_factor
+        bad = [g for g in self.data.grid if g % f]
+        if bad:
+            raise ValueError(
+                f"data.grid {self.data.grid} is not divisible by 2**first_stage.levels = {f}"
+            )
+        return self
