@@ -1,10 +1,15 @@
 """Errors that name the file and the problem, and the collection of per-file failures of a batch.
 
+* :class:`ConfigError`: a configuration value or file is invalid (names the field and the reason);
 * :class:`InputError`: a user input (image, mask, manifest row) is unusable;
 * :class:`NonFiniteError` and its two kinds, :class:`NonFiniteModelError` (a trained network's
   weights hold NaN/Inf) and :class:`NonFiniteCalibrationError` (a calibration would hold, or holds,
   NaN/Inf statistics): numbers that would silently turn every score into NaN;
 * :class:`IncompleteResultsError`: a benchmark/demo finished without a finite result for a method;
+* :class:`ModelNotTrainedError`: a stage's model files are missing; :class:`LPIPSWeightsError`: the
+  LPIPS weights are missing or altered;
+* :class:`NonFiniteTrainingError`: training stopped on a NaN/Inf (:class:`NonFiniteValue` is the
+  signal a training step raises for it);
 * :class:`BatchFailures` / :class:`BatchError`: per-item failures of a batch, raised at its end.
 """
 
@@ -12,6 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field (and the file) and the reason."""
 
 
 class InputError(ValueError):
@@ -44,6 +53,37 @@ class NonFiniteCalibrationError(NonFiniteError):
 
 class IncompleteResultsError(RuntimeError):
     """A benchmark or demo finished but a method it ran has no finite result (the report is written)."""
+
+
+class ModelNotTrainedError(FileNotFoundError):
+    """A stage's model files are missing; the message names the path and the command that makes them."""
+
+
+class LPIPSWeightsError(RuntimeError):
+    """The LPIPS weight file is missing, altered, or not the expected structure."""
+
+
+class NonFiniteValue(ArithmeticError):
+    """A loss term or gradient norm of one step is NaN or Inf (``term`` names it)."""
+
+    def __init__(self, term: str, value: float):
+        self.term, self.value = term, value
+        super().__init__(f"{term} = {value}")
+
+
+class NonFiniteTrainingError(NonFiniteError):
+    """Training stopped on a non-finite value; the message names stage, epoch, step and term
+    (the CLI prints it as one error paragraph and exits 1)."""
+
+    def __init__(self, stage: str, epoch: int, step: int | str, term: str, value: float, detail: str = ""):
+        self.stage, self.epoch, self.step, self.term, self.value = stage, epoch, step, term, value
+        super().__init__(
+            None,
+            f"{stage}: non-finite {term} ({value}) at epoch {epoch}, step {step}; training stopped. "
+            "The last completed epoch's state and the best model on disk are unchanged: fix the cause "
+            "(e.g. precision: fp32, a lower lr or optim.grad_clip_norm in a --config YAML) and continue "
+            "with --resume." + (f" {detail}" if detail else "")
+        )
 
 
 @dataclass

@@ -129,7 +129,7 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     for rank in (0, 1):  # both ranks stopped at epoch 2, step 1 (rank 0 sees it through the averaged gradient)
         assert f"[rank{rank}]" in out.stderr and "ldm: non-finite" in out.stderr
     assert out.stderr.count("at epoch 2, step 1") >= 2, out.stderr[-4000:]
-    from ldm_ood.training.checkpoint import load_state
+    from ldm_ood.artifacts.checkpoint import load_state
 
     assert load_state(run / "ldm" / "state.pt")["epoch"] == 1
     assert not (run / "ldm" / "DONE").exists()

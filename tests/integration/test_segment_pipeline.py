@@ -16,7 +16,7 @@ from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.runs import RunDir
 from ldm_ood.scoring.records import read_records
 from ldm_ood.scoring.segment import FIELDS, calibrate_segment, segment
-from ldm_ood.training.checkpoint import save_model
+from ldm_ood.artifacts.checkpoint import save_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

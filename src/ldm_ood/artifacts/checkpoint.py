@@ -9,33 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = _atomic_target(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    tmp = _atomic_target(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+from .atomic import atomic_target, atomic_torch_save, atomic_write_text
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,7 +26,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, config: dict[str, 
     """Write ``model.safetensors`` (contiguous CPU tensors) and ``config.json`` into ``directory``."""
     directory = Path(directory)
     state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
-    tmp = _atomic_target(directory / "model.safetensors")
+    tmp = atomic_target(directory / "model.safetensors")
     save_file(state, str(tmp))
     os.replace(tmp, directory / "model.safetensors")
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2, default=str))

@@ -23,9 +23,9 @@ from monai.networks.nets import VQVAE, DecoderOnlyTransformer, DiffusionModelUNe
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
 from ..config import Config, DiffusionConfig, build_config
-from ..errors import NonFiniteModelError
+from ..errors import ModelNotTrainedError, NonFiniteModelError
 from ..runs import RunDir
-from ..training.checkpoint import load_model_config, load_weights
+from ..artifacts.checkpoint import load_model_config, load_weights
 from .diffusion import build_ddpm_scheduler, build_inference_scheduler, build_unet
 from .first_stage import build_first_stage
 from .transformer import LatentOrdering, build_ordering, build_transformer
@@ -33,10 +33,6 @@ from .transformer import LatentOrdering, build_ordering, build_transformer
 _COMMAND = {"first_stage": "first-stage", "ldm": "ldm", "transformer": "transformer"}
 #: tensor names quoted in a NonFiniteModelError
 SHOWN_TENSORS = 5
-
-
-class ModelNotTrainedError(FileNotFoundError):
-    """A stage's model files are missing; the message names the path and the command that makes them."""
 
 
 def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, dict[str, Any]]:

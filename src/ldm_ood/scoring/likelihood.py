@@ -214,7 +214,7 @@ class LTMCalibration:
         return bool(score > self.threshold)
 
     def save(self, path: str | Path) -> None:
-        from ..training.checkpoint import atomic_write_text
+        from ..artifacts.atomic import atomic_write_text
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(asdict(self), indent=2))

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..training.checkpoint import atomic_write_text
+from ..artifacts.atomic import atomic_write_text
 from .maps import VOXEL_STD_FLOOR
 
 METRIC_STD_REL_FLOOR = 1e-3

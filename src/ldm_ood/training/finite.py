@@ -3,11 +3,11 @@
 A training step that produced NaN/Inf must never reach the optimizer, a checkpoint or a DONE
 marker. :func:`optimizer_step` back-propagates, measures (and optionally clips) the global
 gradient norm, and raises :class:`NonFiniteValue` *before* ``optimizer.step()`` when the norm is
-not finite; :func:`check_finite` does the same for a dict of logged loss terms. The training loop
-(``training.loop.fit``) adds the stage, epoch and step and re-raises a
-:class:`NonFiniteTrainingError`; the state of the last completed epoch (``state.pt``) and the best
-model stay as they were on disk, so ``--resume`` continues from there (after changing what
-diverged: ``precision: fp32``, a lower ``lr`` or ``grad_clip_norm``).
+not finite, naming the first non-finite of the step's logged loss terms. The training loop
+(``training.loop.fit``) adds the stage, epoch and step and re-raises it as a
+:class:`~ldm_ood.errors.NonFiniteTrainingError`; the state of the last completed epoch
+(``state.pt``) and the best model stay as they were on disk, so ``--resume`` continues from
+there (after changing what diverged: ``precision: fp32``, a lower ``lr`` or ``grad_clip_norm``).
 """
 
 from __future__ import annotations
@@ -17,30 +17,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from ..errors import NonFiniteError
-
-
-class NonFiniteValue(ArithmeticError):
-    """A loss term or gradient norm of one step is NaN or Inf (``term`` names it)."""
-
-    def __init__(self, term: str, value: float):
-        self.term, self.value = term, value
-        super().__init__(f"{term} = {value}")
-
-
-class NonFiniteTrainingError(NonFiniteError):
-    """Training stopped on a non-finite value; the message names stage, epoch, step and term
-    (the CLI prints it as one error paragraph and exits 1)."""
-
-    def __init__(self, stage: str, epoch: int, step: int | str, term: str, value: float, detail: str = ""):
-        self.stage, self.epoch, self.step, self.term, self.value = stage, epoch, step, term, value
-        super().__init__(
-            None,
-            f"{stage}: non-finite {term} ({value}) at epoch {epoch}, step {step}; training stopped. "
-            "The last completed epoch's state and the best model on disk are unchanged: fix the cause "
-            "(e.g. precision: fp32, a lower lr or optim.grad_clip_norm in a --config YAML) and continue "
-            "with --resume." + (f" {detail}" if detail else "")
-        )
+from ..errors import NonFiniteValue
 
 
 def first_non_finite(values: Mapping[str, float]) -> tuple[str, float] | None:
@@ -49,13 +26,6 @@ def first_non_finite(values: Mapping[str, float]) -> tuple[str, float] | None:
         if not math.isfinite(value):
             return name, value
     return None
-
-
-def check_finite(values: Mapping[str, float]) -> None:
-    """Raise :class:`NonFiniteValue` for the first non-finite value of ``values``."""
-    bad = first_non_finite(values)
-    if bad is not None:
-        raise NonFiniteValue(*bad)
 
 
 def optimizer_step(

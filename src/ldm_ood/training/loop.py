@@ -20,7 +20,7 @@ batch, a preview); :func:`fit` does everything else, identically for every stage
   (rank 0 measures, every rank follows), printed in one line, written to ``<stage>/precision.json``
   and as a ``bf16`` column of ``metrics.csv``;
 * non-finite guard (``training.finite``): the first NaN/Inf loss term, gradient norm or
-  validation loss stops training with a :class:`~ldm_ood.training.finite.NonFiniteTrainingError`
+  validation loss stops training with a :class:`~ldm_ood.errors.NonFiniteTrainingError`
   naming stage, epoch, step and term, *before* the optimizer step; nothing of that epoch is saved
   (no state, no best model, no DONE), so ``resume=True`` continues from the last completed epoch.
 
@@ -51,9 +51,11 @@ from torch.utils.data._utils.collate import default_collate
 from ..config import OptimConfig
 from ..precision_policy import TRAIN_TENSOR_TOLERANCE, TRAIN_TOLERANCE, PrecisionChoice, choose_precision, network_signature
 from ..runs import RunDir
-from .checkpoint import atomic_write_text, load_state, save_model, save_state
+from ..artifacts.atomic import atomic_write_text
+from ..artifacts.checkpoint import load_state, save_model, save_state
 from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, broadcast_object, shard, unwrap
-from .finite import NonFiniteTrainingError, NonFiniteValue, first_non_finite
+from ..errors import NonFiniteTrainingError, NonFiniteValue
+from .finite import first_non_finite
 
 console = Console(stderr=True)
 
@@ -78,7 +80,7 @@ class StageTask(Protocol):
 
     def model_config(self) -> dict[str, Any]: ...  # saved as config.json
 
-    def train_step(self, batch: Any, epoch: int) -> dict[str, float]: ...  # raises finite.NonFiniteValue
+    def train_step(self, batch: Any, epoch: int) -> dict[str, float]: ...  # raises errors.NonFiniteValue
 
     def probe_loss(self, batch: Any) -> torch.Tensor: ...  # one step's loss, unwrapped modules, no optimizer
 

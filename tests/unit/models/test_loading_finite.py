@@ -17,7 +17,7 @@ from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.models.loading import load_first_stage, load_ldm, load_transformer
 from ldm_ood.models.transformer import build_transformer
 from ldm_ood.runs import RunDir
-from ldm_ood.training.checkpoint import save_model
+from ldm_ood.artifacts.checkpoint import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets
 
