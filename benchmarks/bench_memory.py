@@ -366,7 +366,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"\n| model | levels | grid | tokens | train step (peak RSS / s) | scoring one scan (peak / s) |")
+    print("\n| model | levels | grid | tokens | train step (peak RSS / s) | scoring one scan (peak / s) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         key = "extrapolated_peak_gb" if r["model"] == "ldm" else "peak_rss_gb"

@@ -76,7 +76,7 @@ def choices(preset: str) -> dict:
     from ldm_ood.training.distributed import DistContext
     from ldm_ood.training.first_stage import FirstStageTask, load_lpips_for
     from ldm_ood.training.ldm import LDMTask
-    from ldm_ood.training.loop import training_probe
+    from ldm_ood.training.precision_check import training_probe
     from ldm_ood.training.transformer import TransformerTask
 
     cfg, ctx, dev = load_config(preset=preset), DistContext(), torch.device("cpu")

@@ -169,7 +169,7 @@ def quality(run_dir: Path) -> dict:
         }
     metrics = run.metrics_path("ldm")
     if metrics.exists():
-        from ldm_ood.training.loop import read_metrics
+        from ldm_ood.training.metrics import read_metrics
 
         rows = read_metrics(metrics)
         out["ldm_val_curve"] = [{"epoch": int(r["epoch"]), "val_loss": r["val_loss"], "train_loss": r["loss"]}

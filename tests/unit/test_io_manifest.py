@@ -1,6 +1,4 @@
-import gzip
 
-import nibabel as nib
 import numpy as np
 import pytest
 

@@ -32,15 +32,13 @@ draws the same noise as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import copy
-import csv
 import json
 import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 import torch
 from rich.console import Console
@@ -48,45 +46,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
-from ..config import OptimConfig
-from ..precision_policy import TRAIN_TENSOR_TOLERANCE, TRAIN_TOLERANCE, PrecisionChoice, choose_precision, network_signature
-from ..runs import RunDir
 from ..artifacts.atomic import atomic_write_text
 from ..artifacts.checkpoint import load_state, save_model, save_state
-from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, broadcast_object, shard, unwrap
+from ..config import OptimConfig
 from ..errors import NonFiniteTrainingError, NonFiniteValue
+from ..precision_policy import PrecisionChoice
+from ..runs import RunDir
+from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, shard, unwrap
 from .finite import first_non_finite
+from .metrics import append_metrics, metrics_header, tensorboard_writer, truncate_metrics
+from .precision_check import resolve_training_precision
+from .task import StageTask
+
 
 console = Console(stderr=True)
 
 N_PREVIEW = 4
-
-
-class StageTask(Protocol):
-    """What a stage gives the loop. Losses are Python floats already reduced over the batch."""
-
-    stage: str
-    loss_names: tuple[str, ...]  # train-loss columns of metrics.csv, first one shown as "loss"
-    generator: torch.Generator  # noise / timestep draws of train_step
-    bf16: bool  # current precision (set through use_bf16)
-
-    def use_bf16(self, flag: bool) -> None: ...  # precision (and matching layout) of the next steps
-
-    def modules(self) -> dict[str, torch.nn.Module]: ...  # all trained modules (possibly DDP-wrapped)
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
-
-    def model(self) -> torch.nn.Module: ...  # the module saved as model.safetensors
-
-    def model_config(self) -> dict[str, Any]: ...  # saved as config.json
-
-    def train_step(self, batch: Any, epoch: int) -> dict[str, float]: ...  # raises errors.NonFiniteValue
-
-    def probe_loss(self, batch: Any) -> torch.Tensor: ...  # one step's loss, unwrapped modules, no optimizer
-
-    def val_step(self, batch: Any, generator: torch.Generator) -> tuple[float, int]: ...  # (loss sum, count)
-
-    def preview(self, batch: Any, path: Path) -> None: ...
 
 
 @dataclass
@@ -103,43 +78,6 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     model: torch.nn.Module | None = field(default=None, repr=False)  # final (not best) weights, this rank
     precision: PrecisionChoice | None = None
-
-
-# --------------------------------------------------------------------------- metrics file
-
-
-def _metrics_header(task: StageTask) -> list[str]:
-    return ["epoch", *task.loss_names, "val_loss", "seconds", "lr", "bf16"]
-
-
-def _truncate_metrics(path: Path, header: list[str], last_epoch: int) -> None:
-    """Keep the header and rows of epochs ``<= last_epoch`` (drops a half-recorded epoch)."""
-    rows: list[dict[str, str]] = []
-    if path.exists():
-        with path.open(newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("epoch", "").isdigit() and int(r["epoch"]) <= last_epoch]
-    text = ",".join(header) + "\n" + "".join(",".join(r.get(h, "") for h in header) + "\n" for r in rows)
-    atomic_write_text(path, text)
-
-
-def _append_metrics(path: Path, header: list[str], row: dict[str, Any]) -> None:
-    with path.open("a", newline="") as fh:
-        csv.writer(fh).writerow(["" if row.get(h) is None else row[h] for h in header])
-        fh.flush()
-
-
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a ``metrics.csv`` as floats (empty cells -> NaN)."""
-    with Path(path).open(newline="") as fh:
-        return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()} for r in csv.DictReader(fh)]
-
-
-def _tensorboard(stage_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: CSV only
-        return None
-    return SummaryWriter(log_dir=str(stage_dir / "tensorboard"))
 
 
 # --------------------------------------------------------------------------- state
@@ -201,53 +139,6 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def training_probe(task: StageTask, batch: Any, seed: int):
-    """``probe(bf16) -> [loss, *gradients]`` of one training step of ``task`` on ``batch``.
-
-    The step runs on the task's own (unwrapped) modules in train mode with the task's generator
-    re-seeded, then every parameter, buffer (EMA codebook, batch-norm statistics) and gradient is
-    restored: the probe leaves training exactly as it found it.
-    """
-    modules = task.modules()
-
-    def probe(bf16: bool) -> list[torch.Tensor]:
-        saved = {k: copy.deepcopy(m.state_dict()) for k, m in modules.items()}
-        was = task.bf16
-        try:
-            task.use_bf16(bf16)
-            task.generator.manual_seed(seed)
-            for m in modules.values():
-                m.train()
-            loss = task.probe_loss(batch)
-            loss.backward()
-            return [loss.detach().float().reshape(1)] + [
-                p.grad.detach().float().clone() for m in modules.values() for p in m.parameters() if p.grad is not None
-            ]
-        finally:
-            for k, m in modules.items():
-                m.zero_grad(set_to_none=True)
-                m.load_state_dict(saved[k])
-            task.use_bf16(was)
-
-    return probe
-
-
-def resolve_training_precision(task: StageTask, train_ds: Dataset, optim: OptimConfig, ctx: DistContext) -> PrecisionChoice:
-    """``optim.precision`` of ``task`` (module docstring): rank 0 measures, every rank gets its answer."""
-    choice = None
-    if ctx.is_main:
-        batch = default_collate([train_ds[i] for i in range(min(optim.batch_size, len(train_ds)))])
-        shapes = [v.shape for v in (batch.values() if isinstance(batch, dict) else [batch]) if isinstance(v, torch.Tensor)]
-        choice = choose_precision(
-            optim.precision, f"{task.stage} (training)", training_probe(task, batch, optim.seed),
-            network_signature(task.modules().values(), *shapes), ctx.device, tolerance=TRAIN_TOLERANCE,
-            tensor_tolerance=TRAIN_TENSOR_TOLERANCE,
-        )
-    choice = broadcast_object(choice, ctx)
-    task.use_bf16(choice.bf16)
-    return choice
-
-
 def _validate(task: StageTask, loader: DataLoader, seed: int, ctx: DistContext) -> float:
     """Mean validation loss over all ranks; the generator is re-seeded so every epoch sees the same noise."""
     for m in task.modules().values():
@@ -260,6 +151,101 @@ def _validate(task: StageTask, loader: DataLoader, seed: int, ctx: DistContext) 
             total, count = total + s, count + n
     total, count = all_reduce_sum([total, float(count)], ctx)
     return total / count if count else math.nan
+
+
+@dataclass
+class _Progress:
+    """Early-stopping state: the best validation loss so far, its epoch, epochs since (``bad``)."""
+
+    epoch: int = 0
+    best: float = math.inf
+    best_epoch: int = 0
+    bad: int = 0
+
+    def validated(self, val: float, epoch: int) -> bool:
+        """Record a finite validation loss; True when it is the new best."""
+        if val < self.best:
+            self.best, self.best_epoch, self.bad = val, epoch, 0
+            return True
+        self.bad = epoch - self.best_epoch
+        return False
+
+
+def _restore(task: StageTask, run: RunDir, ctx: DistContext, resume: bool) -> _Progress:
+    """The state of the last completed epoch (``resume``), else a clean stage folder; metrics truncated to it."""
+    state = load_state(run.state_path(task.stage)) if resume else None
+    progress = _Progress()
+    if state is not None:
+        for name, module in task.modules().items():
+            unwrap(module).load_state_dict(state["modules"][name])
+        for name, opt in task.optimizers().items():
+            opt.load_state_dict(state["optimizers"][name])
+        progress = _Progress(state["epoch"], state["best_val_loss"], state["best_epoch"], state["bad_epochs"])
+        _set_rng_state(state["rng"])
+        if ctx.is_main:
+            console.print(f"{task.stage}: resuming after epoch {progress.epoch} (best val loss {progress.best:.5g})")
+    barrier(ctx)
+    if ctx.is_main:
+        if state is None:
+            _clear_stage(run.stage_dir(task.stage))
+        truncate_metrics(run.metrics_path(task.stage), metrics_header(task.loss_names), progress.epoch)
+    return progress
+
+
+def _train_epoch(task: StageTask, loader: DataLoader, epoch: int, ctx: DistContext, precision: PrecisionChoice,
+                 bars: Progress, total_epochs: int) -> dict[str, float | None]:
+    """One epoch of ``task.train_step``: sample-weighted mean of each logged term over all ranks
+    (None: the term was not computed this epoch). Raises on the first non-finite value."""
+    for m in task.modules().values():
+        m.train()
+    bar = bars.add_task(f"{task.stage} {epoch}/{total_epochs}", total=len(loader), losses="")
+    sums = {k: 0.0 for k in task.loss_names}
+    seen = {k: 0.0 for k in task.loss_names}  # samples whose step logged term k (adv_* off in warm-up)
+    for step, batch in enumerate(loader, 1):
+        try:
+            losses = task.train_step(batch, epoch)
+        except NonFiniteValue as bad:
+            raise NonFiniteTrainingError(task.stage, epoch, step, bad.term, bad.value,
+                                         f"Precision was {precision.dtype}.") from None
+        _stop_if_non_finite(task.stage, epoch, step, losses, ctx, precision)
+        bs = _batch_len(batch)
+        for k in task.loss_names:
+            if k in losses:
+                sums[k] += losses[k] * bs
+                seen[k] += bs
+        bars.update(bar, advance=1, losses=" ".join(f"{k}={v:.4g}" for k, v in losses.items()))
+    bars.remove_task(bar)
+    reduced = all_reduce_sum([*sums.values(), *seen.values()], ctx)
+    n = len(task.loss_names)
+    return {k: (total / count if count > 0 else None) for k, total, count in zip(task.loss_names, reduced[:n], reduced[n:])}
+
+
+def _record_epoch(task: StageTask, run: RunDir, row: dict[str, Any], progress: _Progress, writer) -> None:
+    """Rank 0 after an epoch: its metrics row, TensorBoard scalars, the resume state and one terminal line."""
+    epoch = row["epoch"]
+    append_metrics(run.metrics_path(task.stage), metrics_header(task.loss_names), row)
+    if writer is not None:
+        for k, v in row.items():
+            if k != "epoch" and v is not None:
+                writer.add_scalar(f"{task.stage}/{k}", v, epoch)
+    save_state(run.state_path(task.stage), {
+        "modules": {k: unwrap(m).state_dict() for k, m in task.modules().items()},
+        "optimizers": {k: o.state_dict() for k, o in task.optimizers().items()},
+        "epoch": epoch, "best_val_loss": progress.best, "best_epoch": progress.best_epoch, "bad_epochs": progress.bad,
+        "rng": _rng_state(), "generator": task.generator.get_state(),
+    })
+    terms = " ".join(f"{k}={row[k]:.4g}" for k in task.loss_names if row.get(k) is not None)
+    val = f" val={row['val_loss']:.4g}" if row["val_loss"] is not None else ""
+    console.print(f"{task.stage} epoch {epoch}: {terms}{val} ({row['seconds']:.1f}s)")
+
+
+def _already_done(task: StageTask, run: RunDir, ctx: DistContext) -> FitResult:
+    done = run.stage_dir(task.stage) / "DONE"
+    info = json.loads(done.read_text() or "{}")
+    if ctx.is_main:
+        console.print(f"{task.stage}: already finished ({done}); nothing to resume")
+    return FitResult(task.stage, run.stage_dir(task.stage), int(info.get("epochs", 0)),
+                     float(info.get("best_val_loss", math.nan)), int(info.get("best_epoch", 0)), "already_done", 0.0)
 
 
 def fit(
@@ -275,41 +261,17 @@ def fit(
     ctx = ctx or DistContext()
     start_time = time.time()
     stage_dir = run.stage_dir(task.stage)
-    done_path = stage_dir / "DONE"
-    header = _metrics_header(task)
     if ctx.is_main:
         stage_dir.mkdir(parents=True, exist_ok=True)
     barrier(ctx)
-
-    if resume and done_path.exists():
-        info = json.loads(done_path.read_text() or "{}")
-        if ctx.is_main:
-            console.print(f"{task.stage}: already finished ({done_path}); nothing to resume")
-        return FitResult(task.stage, stage_dir, int(info.get("epochs", 0)), float(info.get("best_val_loss", math.nan)),
-                         int(info.get("best_epoch", 0)), "already_done", 0.0)
-
-    state = load_state(run.state_path(task.stage)) if resume else None
-    start_epoch, best, best_epoch, bad = 0, math.inf, 0, 0
-    if state is not None:
-        for name, module in task.modules().items():
-            unwrap(module).load_state_dict(state["modules"][name])
-        for name, opt in task.optimizers().items():
-            opt.load_state_dict(state["optimizers"][name])
-        start_epoch, best, best_epoch, bad = state["epoch"], state["best_val_loss"], state["best_epoch"], state["bad_epochs"]
-        _set_rng_state(state["rng"])
-        if ctx.is_main:
-            console.print(f"{task.stage}: resuming after epoch {start_epoch} (best val loss {best:.5g})")
-    barrier(ctx)
-    if ctx.is_main:
-        if state is None:
-            _clear_stage(stage_dir)
-        _truncate_metrics(run.metrics_path(task.stage), header, start_epoch)
+    if resume and (stage_dir / "DONE").exists():
+        return _already_done(task, run, ctx)
+    progress = _restore(task, run, ctx, resume)
     precision = resolve_training_precision(task, train_ds, optim, ctx)
     if ctx.is_main:
         console.print(f"precision of {precision.line()}" + (" [cached]" if precision.cached else ""))
         atomic_write_text(run.precision_path(task.stage), json.dumps(precision.as_dict(), indent=1))
-    writer = _tensorboard(stage_dir) if ctx.is_main else None
-
+    writer = tensorboard_writer(stage_dir) if ctx.is_main else None
     sampler = EpochSampler(len(train_ds), optim.seed, optim.samples_per_epoch, ctx)
     train_loader = DataLoader(train_ds, batch_size=optim.batch_size, sampler=sampler, num_workers=optim.num_workers)
     val_loader = DataLoader(Subset(val_ds, shard(len(val_ds), ctx)), batch_size=optim.batch_size, shuffle=False,
@@ -317,84 +279,45 @@ def fit(
     preview_batch = default_collate([val_ds[i] for i in range(min(N_PREVIEW, len(val_ds)))])
     main_opt = next(iter(task.optimizers().values()))
     history: list[dict[str, float]] = []
-    reason, epoch = "max_epochs", start_epoch
+    reason, epoch = "max_epochs", progress.epoch
 
-    with _progress(ctx.is_main) as progress:
-        for epoch in range(start_epoch + 1, optim.max_epochs + 1):
+    with _progress(ctx.is_main) as bars:
+        for epoch in range(progress.epoch + 1, optim.max_epochs + 1):
             t0 = time.time()
             sampler.set_epoch(epoch)
             task.generator.manual_seed(epoch_seed(optim.seed, epoch, ctx.rank))
-            for m in task.modules().values():
-                m.train()
-            bar = progress.add_task(f"{task.stage} {epoch}/{optim.max_epochs}", total=len(train_loader), losses="")
-            sums = {k: 0.0 for k in task.loss_names}
-            seen = {k: 0.0 for k in task.loss_names}  # samples whose step logged term k (adv_* off in warm-up)
-            for step, batch in enumerate(train_loader, 1):
-                try:
-                    losses = task.train_step(batch, epoch)
-                except NonFiniteValue as bad:
-                    raise NonFiniteTrainingError(task.stage, epoch, step, bad.term, bad.value,
-                                                 f"Precision was {precision.dtype}.") from None
-                _stop_if_non_finite(task.stage, epoch, step, losses, ctx, precision)
-                bs = _batch_len(batch)
-                for k in task.loss_names:
-                    if k in losses:
-                        sums[k] += losses[k] * bs
-                        seen[k] += bs
-                progress.update(bar, advance=1, losses=" ".join(f"{k}={v:.4g}" for k, v in losses.items()))
-            progress.remove_task(bar)
-            reduced = all_reduce_sum([*sums.values(), *seen.values()], ctx)
-            n = len(task.loss_names)
-            train = {k: (total / count if count > 0 else None)  # None: not computed this epoch (blank in the CSV)
-                     for k, total, count in zip(task.loss_names, reduced[:n], reduced[n:])}
-
+            train = _train_epoch(task, train_loader, epoch, ctx, precision, bars, optim.max_epochs)
             val = None
             if epoch % optim.val_every == 0 or epoch == optim.max_epochs:
                 val = _validate(task, val_loader, optim.seed, ctx)
                 if not math.isfinite(val):
                     raise NonFiniteTrainingError(task.stage, epoch, "validation", "val_loss", val,
                                                  f"Precision was {precision.dtype}.")
-                if val < best:
-                    best, best_epoch, bad = val, epoch, 0
-                    if ctx.is_main:
-                        save_model(stage_dir, task.model(), task.model_config())
-                else:
-                    bad = epoch - best_epoch
+                if progress.validated(val, epoch) and ctx.is_main:
+                    save_model(stage_dir, task.model(), task.model_config())
             if ctx.is_main and epoch % optim.preview_every == 0:
                 _preview(task, preview_batch, run.previews_dir(task.stage) / f"epoch_{epoch:04d}.png")
-
             row = {"epoch": epoch, **train, "val_loss": val, "seconds": round(time.time() - t0, 3),
                    "lr": main_opt.param_groups[0]["lr"], "bf16": int(task.bf16)}
             history.append({k: (math.nan if v is None else float(v)) for k, v in row.items()})
             if ctx.is_main:
-                _append_metrics(run.metrics_path(task.stage), header, row)
-                if writer is not None:
-                    for k, v in row.items():
-                        if k != "epoch" and v is not None:
-                            writer.add_scalar(f"{task.stage}/{k}", v, epoch)
-                save_state(run.state_path(task.stage), {
-                    "modules": {k: unwrap(m).state_dict() for k, m in task.modules().items()},
-                    "optimizers": {k: o.state_dict() for k, o in task.optimizers().items()},
-                    "epoch": epoch, "best_val_loss": best, "best_epoch": best_epoch, "bad_epochs": bad,
-                    "rng": _rng_state(), "generator": task.generator.get_state(),
-                })
-                console.print(f"{task.stage} epoch {epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in train.items() if v is not None)
-                              + (f" val={val:.4g}" if val is not None else "") + f" ({row['seconds']:.1f}s)")
+                _record_epoch(task, run, row, progress, writer)
             barrier(ctx)
-            if val is not None and bad >= optim.patience:
+            if val is not None and progress.bad >= optim.patience:
                 reason = "early_stopping"
                 break
 
     if ctx.is_main:
-        atomic_write_text(done_path, json.dumps({"reason": reason, "epochs": epoch, "best_val_loss": best,
-                                                 "best_epoch": best_epoch, "precision": precision.as_dict()}))
+        atomic_write_text(stage_dir / "DONE", json.dumps({
+            "reason": reason, "epochs": epoch, "best_val_loss": progress.best, "best_epoch": progress.best_epoch,
+            "precision": precision.as_dict()}))
         if writer is not None:
             writer.close()
-        console.print(f"{task.stage}: done after {epoch} epochs ({reason}); best val loss {best:.5g} "
-                      f"at epoch {best_epoch} -> {run.model_path(task.stage)}")
+        console.print(f"{task.stage}: done after {epoch} epochs ({reason}); best val loss {progress.best:.5g} "
+                      f"at epoch {progress.best_epoch} -> {run.model_path(task.stage)}")
     barrier(ctx)
-    return FitResult(task.stage, stage_dir, epoch, best, best_epoch, reason, time.time() - start_time, history,
-                     task.model(), precision)
+    return FitResult(task.stage, stage_dir, epoch, progress.best, progress.best_epoch, reason,
+                     time.time() - start_time, history, task.model(), precision)
 
 
 def _stop_if_non_finite(stage: str, epoch: int, step: int, losses: dict[str, float], ctx: DistContext,

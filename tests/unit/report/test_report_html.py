@@ -7,7 +7,6 @@ import json
 import re
 
 import numpy as np
-import pytest
 from fake_run import make_tiny_run
 
 from ldm_ood.data.preview import display_slice, to_ras

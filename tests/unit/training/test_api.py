@@ -14,7 +14,7 @@ from ldm_ood.config import ConfigError
 from ldm_ood.errors import InputError
 from ldm_ood.runs import RunDir
 from ldm_ood.training.api import train
-from ldm_ood.training.loop import read_metrics
+from ldm_ood.training.metrics import read_metrics
 
 
 def _config(path: Path, manifest: Path | None = None, **first_stage_optim) -> Path:

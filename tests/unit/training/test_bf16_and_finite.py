@@ -21,7 +21,7 @@ from ldm_ood.errors import NonFiniteTrainingError, NonFiniteValue
 from ldm_ood.training.finite import optimizer_step
 from ldm_ood.training.first_stage import FirstStageTask, fit_first_stage
 from ldm_ood.training.ldm import LDMTask
-from ldm_ood.training.loop import read_metrics
+from ldm_ood.training.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

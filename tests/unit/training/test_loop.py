@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from ldm_ood.config import OptimConfig
 from ldm_ood.runs import RunDir
 from ldm_ood.training.distributed import DistContext, epoch_indices
-from ldm_ood.training.loop import fit, read_metrics
+from ldm_ood.training.loop import fit
+from ldm_ood.training.metrics import read_metrics
 
 
 class ScriptedTask:

@@ -14,7 +14,8 @@ from ldm_ood.runs import RunDir
 from ldm_ood.training.distributed import DistContext
 from ldm_ood.training.first_stage import FirstStageTask, fit_first_stage
 from ldm_ood.training.ldm import fit_ldm, latent_scale_factor
-from ldm_ood.training.loop import fit, read_metrics
+from ldm_ood.training.loop import fit
+from ldm_ood.training.metrics import read_metrics
 from ldm_ood.training.transformer import fit_transformer
 
 
