@@ -6,8 +6,8 @@ The library functions behind every CLI command, importable from the top level (l
     ldm_ood.synth("cpu", "data/")                                   # ldm-ood synth
     ldm_ood.train("runs/l2", "first_stage", preset="cpu", manifest="data/manifest.csv")
     ldm_ood.train("runs/l2", "ldm")                                  # ldm-ood train ldm
-    ldm_ood.calibrate_ood("runs/l2")                                 # ldm-ood calibrate
-    ldm_ood.score_ood("runs/l2", input_dir="new/", output_dir="out/")  # ldm-ood score
+    ldm_ood.calibrate_ldm("runs/l2")                                 # ldm-ood calibrate
+    ldm_ood.score_ldm("runs/l2", input_dir="new/", output_dir="out/")  # ldm-ood score
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ _API = {
     "synth": "ldm_ood.data.synthetic",
     "corrupt_folder": "ldm_ood.data.corruptions",
     "train": "ldm_ood.training.api",
-    "calibrate_ood": "ldm_ood.scoring.pipeline",
-    "score_ood": "ldm_ood.scoring.pipeline",
+    "calibrate_ldm": "ldm_ood.scoring.pipeline",
+    "score_ldm": "ldm_ood.scoring.pipeline",
     "calibrate_ltm": "ldm_ood.scoring.ltm_pipeline",
     "score_ltm": "ldm_ood.scoring.ltm_pipeline",
     "calibrate_segment": "ldm_ood.scoring.segment",

@@ -90,15 +90,15 @@ def _train_all(run: RunDir, stages: list[str], timings: Timings, tag: str) -> No
 
 
 def _ood_run(run: RunDir, plan: BenchmarkPlan, timings: Timings, tag: str) -> None:
-    from .scoring.pipeline import calibrate_ood, score_ood
+    from .scoring.pipeline import calibrate_ldm, score_ldm
 
     stages = ["first_stage", "ldm"] + (["transformer"] if plan.ltm else [])
     _train_all(run, stages, timings, tag)
     if not run.ood_calibration_path.exists():
         with timings.stage(f"{tag}/calibrate_ldm"):
-            calibrate_ood(run.root)
+            calibrate_ldm(run.root)
     with timings.stage(f"{tag}/score_ldm"):
-        score_ood(run.root)
+        score_ldm(run.root)
     if plan.ltm:
         from .scoring.ltm_pipeline import calibrate_ltm, score_ltm
 

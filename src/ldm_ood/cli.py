@@ -177,7 +177,7 @@ def calibrate(
 ) -> None:
     """Calibrate on the in-distribution validation split (z-score stats, thresholds, operating point)."""
     if method is Method.ldm:
-        from .scoring.pipeline import calibrate_ood as fn
+        from .scoring.pipeline import calibrate_ldm as fn
     elif method is Method.ltm:
         from .scoring.ltm_pipeline import calibrate_ltm as fn
     else:
@@ -202,9 +202,9 @@ def score(
     if (input_dir is None) != (output_dir is None):
         raise typer.BadParameter("--input and --output go together")
     if method is Method.ldm:
-        from .scoring.pipeline import score_ood
+        from .scoring.pipeline import score_ldm
 
-        result = score_ood(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, sequential=sequential)
+        result = score_ldm(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, sequential=sequential)
     else:
         from .scoring.ltm_pipeline import score_ltm
 

@@ -1,4 +1,4 @@
-"""A model producing NaN makes ``calibrate_ood`` / ``calibrate_segment`` fail loudly and write nothing.
+"""A model producing NaN makes ``calibrate_ldm`` / ``calibrate_segment`` fail loudly and write nothing.
 
 Tiny random nets whose UNet holds one NaN parameter (what a diverged bf16 training leaves), passed
 in directly as the tests of the pipelines do (the load-time check of ``models.loading`` would refuse
@@ -19,7 +19,7 @@ from ldm_ood.errors import NonFiniteCalibrationError
 from ldm_ood.models.diffusion import build_ddpm_scheduler, build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.runs import RunDir
-from ldm_ood.scoring.pipeline import ScoringModels, calibrate_ood
+from ldm_ood.scoring.pipeline import ScoringModels, calibrate_ldm
 from ldm_ood.scoring.segment import SegmentModels, calibrate_segment
 from ldm_ood.scoring.similarity import mse
 
@@ -33,7 +33,7 @@ def _nan_unet(cfg, dims):
     return unet
 
 
-def test_calibrate_ood_with_a_nan_ldm_raises_and_writes_no_calibration(tmp_path):
+def test_calibrate_ldm_with_a_nan_ldm_raises_and_writes_no_calibration(tmp_path):
     cfg = load_config(preset="tiny", overrides={"score": {"num_inference_steps": 5, "num_t_values": 2,
                                                           "map_t_values": [250], "metrics": ["mse"]}})
     rng = np.random.default_rng(0)
@@ -49,7 +49,7 @@ def test_calibrate_ood_with_a_nan_ldm_raises_and_writes_no_calibration(tmp_path)
     run = RunDir(tmp_path / "run")
     run.save_config(cfg)
     with pytest.raises(NonFiniteCalibrationError) as err:
-        calibrate_ood(run.root, manifest, models=models, similarity={"mse": mse}, device="cpu", progress=False)
+        calibrate_ldm(run.root, manifest, models=models, similarity={"mse": mse}, device="cpu", progress=False)
     msg = str(err.value)
     # t-values 250, 750 snap onto the 5-step grid at 200, 600; the map t 250 at 200
     assert msg.startswith(f"{run.ood_calibration_path}: calibration ldm: 3 of 3 validation scans gave non-finite "

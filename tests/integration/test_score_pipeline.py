@@ -20,7 +20,7 @@ from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.models.perceptual import load_lpips
 from ldm_ood.runs import RunDir
 from ldm_ood.scoring.ood import OODCalibration
-from ldm_ood.scoring.pipeline import BASE_FIELDS, ScoringModels, calibrate_ood, score_ood
+from ldm_ood.scoring.pipeline import BASE_FIELDS, ScoringModels, calibrate_ldm, score_ldm
 from ldm_ood.scoring.records import read_records
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets
@@ -61,9 +61,9 @@ def setup(tmp_path_factory):
 def scored(setup):
     """Calibrate once, then score every test set once (the bad file raises at the end)."""
     run, cfg, manifest, models, root = setup
-    res = calibrate_ood(run.root, manifest, models=models, progress=False)
+    res = calibrate_ldm(run.root, manifest, models=models, progress=False)
     with pytest.raises(BatchError, match="bad") as err:
-        score_ood(run.root, manifest, models=models, progress=False)
+        score_ldm(run.root, manifest, models=models, progress=False)
     return res, err.value
 
 
@@ -104,13 +104,13 @@ def test_resume_skips_done_scans_and_recomputes_identically(setup, scored):
     # simulate an interruption after one scan: drop the last row
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-1]))
-    res = score_ood(run.root, manifest, sets=["noise"], models=models, progress=False)
+    res = score_ldm(run.root, manifest, sets=["noise"], models=models, progress=False)
     assert (res.scored, res.skipped) == (1, 1)
     assert res.unet_calls == 4  # one scan: one batched call per grid step 600, 400, 200, 0
     after = read_records(path)
     assert [r["case_id"] for r in after] == [r["case_id"] for r in before]  # no duplicates
     assert float(after[-1]["pred_score"]) == pytest.approx(float(before[-1]["pred_score"]), rel=1e-5)
-    res = score_ood(run.root, manifest, sets=["noise"], models=models, progress=False)
+    res = score_ldm(run.root, manifest, sets=["noise"], models=models, progress=False)
     assert (res.scored, res.skipped, res.unet_calls) == (0, 2, 0)
 
 
@@ -121,11 +121,11 @@ def test_folder_in_folder_out(setup, scored):
     for i in range(2):
         _scan(inp / f"case{i}.nii.gz", 30 + i)
     out = root / "mood_out"
-    res = score_ood(run.root, input_dir=inp, output_dir=out, models=models, progress=False)
+    res = score_ldm(run.root, input_dir=inp, output_dir=out, models=models, progress=False)
     assert res.scored == 2
     for i in range(2):
         txt = (out / f"case{i}.txt").read_text()
         assert txt == f"{float(txt)!r}\n" and np.isfinite(float(txt))  # MOOD layout: the score alone
         img = nib.load(str(out / f"case{i}.nii.gz"))
         assert img.shape == (18, 14, 20)
-    assert score_ood(run.root, input_dir=inp, output_dir=out, models=models, progress=False).skipped == 2
+    assert score_ldm(run.root, input_dir=inp, output_dir=out, models=models, progress=False).skipped == 2

@@ -1,9 +1,9 @@
 """Files in, files out for paper 000 scoring: ``calibrate --method ldm`` and ``score --method ldm``.
 
-* :func:`calibrate_ood` reconstructs the manifest's ``val`` split, fits the per-t metric statistics,
+* :func:`calibrate_ldm` reconstructs the manifest's ``val`` split, fits the per-t metric statistics,
   the validation score distribution and operating threshold (``RunDir.ood_calibration_path``) and
   the per-voxel MAE-map statistics (``RunDir.ood_voxel_stats_path``) — see :mod:`.ood`.
-* :func:`score_ood` (manifest mode) writes ``scores/ldm/<set>.csv`` one row per scan as scans
+* :func:`score_ldm` (manifest mode) writes ``scores/ldm/<set>.csv`` one row per scan as scans
   finish (``case_id,set,pred_score,score_mse,score_lpips,percentile,flag,map_path,seconds`` then
   ``mse@<t>`` …, ``lpips@<t>`` …) and the §2.3 anomaly maps to ``maps/ldm/<set>/<case>.nii.gz`` on
   the input's native grid and affine. Scans already in the CSV are skipped (resume). Folder mode
@@ -239,7 +239,7 @@ def _measure_group(scorer: OODScorer, group: list[_Loaded], device: torch.device
 
 @dataclass
 class CalibrationResult:
-    """What ``calibrate_ood`` wrote."""
+    """What ``calibrate_ldm`` wrote."""
 
     path: Path
     voxel_stats_path: Path
@@ -253,7 +253,7 @@ class CalibrationResult:
 
 @dataclass
 class ScoreResult:
-    """What ``score_ood`` wrote: score files (or the output folder), counts, UNet usage."""
+    """What ``score_ldm`` wrote: score files (or the output folder), counts, UNet usage."""
 
     outputs: dict[str, Path] = field(default_factory=dict)
     scored: int = 0
@@ -271,7 +271,7 @@ def _setup(run_dir, config, models, similarity, preprocessor, device, sequential
     return ctx.run, ctx.cfg, scorer, ctx.preprocessor, ctx.device
 
 
-def calibrate_ood(
+def calibrate_ldm(
     run_dir: str | Path,
     manifest: str | Path | None = None,
     config: Config | None = None,
@@ -320,7 +320,7 @@ def calibrate_ood(
                              cal.map_t_values, cal.threshold, cal.fpr)
 
 
-def load_ood_calibration(run: RunDir) -> tuple[OODCalibration, VoxelStats]:
+def load_ldm_calibration(run: RunDir) -> tuple[OODCalibration, VoxelStats]:
     """The run's OOD calibration and voxel statistics; ``FileNotFoundError`` when missing,
     ``NonFiniteCalibrationError`` when a file holds NaN/Inf (written by an older version)."""
     cal = OODCalibration.load(run.ood_calibration_path)
@@ -351,7 +351,7 @@ def score_rows(cal: OODCalibration, voxel: VoxelStats, met: ScanMetrics) -> tupl
     return row, amap
 
 
-def score_ood(
+def score_ldm(
     run_dir: str | Path,
     manifest: str | Path | None = None,
     sets: Sequence[str] | None = None,
@@ -374,7 +374,7 @@ def score_ood(
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
     run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device, sequential)
-    cal, voxel = load_ood_calibration(run)
+    cal, voxel = load_ldm_calibration(run)
     cal.check_compatible(scorer.t_values, scorer.map_t_values, scorer.settings)
     failures, result = BatchFailures(), ScoreResult()
     names = fieldnames(cal.metrics, cal.t_values)

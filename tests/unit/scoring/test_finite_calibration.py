@@ -23,7 +23,7 @@ from ldm_ood.scoring.likelihood import LTMNetworks
 from ldm_ood.scoring.ltm_pipeline import calibrate_ltm, load_ltm_calibration
 from ldm_ood.scoring.maps import VoxelStats
 from ldm_ood.scoring.ood import fit_calibration
-from ldm_ood.scoring.pipeline import load_ood_calibration
+from ldm_ood.scoring.pipeline import load_ldm_calibration
 from ldm_ood.scoring.segment_calibration import load_calibration
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets
@@ -98,7 +98,7 @@ def test_scoring_refuses_old_calibration_files_with_nan(tmp_path):
     run.ood_calibration_path.write_text(cal.to_json())
     VoxelStats((200,), torch.zeros(1, 2, 2), torch.ones(1, 2, 2)).save(run.ood_voxel_stats_path)
     with pytest.raises(NonFiniteCalibrationError) as err:
-        load_ood_calibration(run)
+        load_ldm_calibration(run)
     msg = str(err.value)
     assert msg.startswith(f"{run.ood_calibration_path}: calibration holds non-finite values (mean.mse (1 of 2 values)")
     assert f"recalibrate: `ldm-ood calibrate --method ldm --run {run.root}`" in msg
@@ -107,9 +107,9 @@ def test_scoring_refuses_old_calibration_files_with_nan(tmp_path):
     run.ood_calibration_path.write_text(good.to_json())
     VoxelStats((200,), torch.full((1, 2, 2), NAN), torch.ones(1, 2, 2)).save(run.ood_voxel_stats_path)
     with pytest.raises(NonFiniteCalibrationError, match=r"ood_voxel_stats.safetensors: .*mean \(4 of 4 values\)"):
-        load_ood_calibration(run)
+        load_ldm_calibration(run)
     VoxelStats((200,), torch.zeros(1, 2, 2), torch.ones(1, 2, 2)).save(run.ood_voxel_stats_path)
-    assert load_ood_calibration(run)[0].t_values == [200, 600]
+    assert load_ldm_calibration(run)[0].t_values == [200, 600]
 
     # LTM
     run.ltm_calibration_path.write_text(json.dumps({"mean": NAN, "std": NAN, "threshold": NAN, "fpr": 0.05,
