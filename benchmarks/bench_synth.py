@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ldm_ood.data.synthetic import synth
+from ldm_ood.synthetic.cohort import synth
 
 
 def main() -> None:

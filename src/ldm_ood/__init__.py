@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _API = {
     "load_config": "ldm_ood.config",
     "RunDir": "ldm_ood.runs",
-    "synth": "ldm_ood.data.synthetic",
+    "synth": "ldm_ood.synthetic.cohort",
     "corrupt_folder": "ldm_ood.data.corruptions",
     "train": "ldm_ood.training.api",
     "calibrate_ldm": "ldm_ood.scoring.pipeline",

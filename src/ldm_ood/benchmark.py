@@ -183,7 +183,7 @@ def expected_results(plan: BenchmarkPlan) -> tuple[dict[str, list[str]], dict[st
 def run_plan(plan: BenchmarkPlan, out: str | Path) -> dict[str, Any]:
     """Run every stage of ``plan`` under ``out``; returns the evaluation summary. Raises
     :class:`IncompleteResultsError` after writing the report when a method has no usable result."""
-    from .data.synthetic import synth
+    from .synthetic.cohort import synth
     from .evaluation.evaluate import evaluate
     from .report.html import build_report
 

@@ -90,7 +90,7 @@ def synth(
     seed: Optional[int] = typer.Option(None, help="Seed (default: the preset's)."),
 ) -> None:
     """Generate the built-in synthetic head-CT benchmark (ID, 14 near-OOD, far-OOD, 2D sprites)."""
-    from .data.synthetic import synth as run
+    from .synthetic.cohort import synth as run
 
     result = run(preset, out, seed=seed)
     console.print(f"wrote {result}")

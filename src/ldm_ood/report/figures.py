@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from ..data.preview import display_slice, display_views, to_ras  # noqa: E402
+from ..viz.preview import display_slice, display_views, to_ras  # noqa: E402
 from ..evaluation.metrics import auroc, roc_curve  # noqa: E402
 
 ID_COLOUR = "#1f77b4"
@@ -128,8 +128,8 @@ def histogram_grid(
 # ----------------------------------------------------------------------------- spatial views
 #
 # Inputs are shown with a fixed [0, 1] grey window: callers pass them through the run's intensity
-# preprocessing (``data.preview.unit_intensity``), so a scaled or skull-stripped scan looks like what
-# the model sees. Views are radiological, reoriented from the affine (``data.preview``).
+# preprocessing (``viz.preview.unit_intensity``), so a scaled or skull-stripped scan looks like what
+# the model sees. Views are radiological, reoriented from the affine (``viz.preview``).
 
 
 def _match(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..data.io import read_image
 from ..data.manifest import Case
-from ..data.preview import unit_intensity
+from ..viz.preview import unit_intensity
 from ..evaluation.evaluate import evaluate
 from ..evaluation.inputs import normalise_runs, read_scores, read_threshold, resolve_path, run_manifest, score_sets, segment_variants
 from ..evaluation.summary import DETECTION_METHODS, ID_SET, METHOD_LABELS, Summary, order_sets

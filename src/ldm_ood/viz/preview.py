@@ -71,7 +71,7 @@ def unit_intensity(array: np.ndarray, modality: str = "ct", ct_window: Sequence[
     """The intensity step of the preprocessing (paper 000 §3.1) on the native grid, for display with
     a fixed [0, 1] window: CT clamped to ``ct_window`` HU and rescaled; other modalities min–max
     rescaled. A scaled or skull-stripped scan then looks like what the model sees."""
-    from .transforms import to_unit_range_ct
+    from ..data.transforms import to_unit_range_ct
 
     a = np.asarray(array, dtype=np.float32)
     if modality == "ct":

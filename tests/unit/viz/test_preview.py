@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image as PILImage
 
-from ldm_ood.data.preview import (
+from ldm_ood.viz.preview import (
     Panel,
     display_slice,
     display_views,

@@ -40,12 +40,12 @@ import numpy as np
 
 from ..config import SynthConfig, load_config
 from .anatomy import draw_subject, grid_affine, head_ct, load_head_template, template_resolution
-from .corruptions import NEAR_OOD_KINDS, add_sprites, case_rng, corrupt_array
+from ..data.corruptions import NEAR_OOD_KINDS, add_sprites, case_rng, corrupt_array
 from .far_ood import FAR_OOD_CLASSES
-from .io import write_image
-from .manifest import Case, write_manifest
-from .preview import Panel, save_preview_grid, slice_panel, volume_panels
-from .transforms import from_unit_range_ct, to_unit_range_ct
+from ..data.io import write_image
+from ..data.manifest import Case, write_manifest
+from ..viz.preview import Panel, save_preview_grid, slice_panel, volume_panels
+from ..data.transforms import from_unit_range_ct, to_unit_range_ct
 
 SPLITS = ("train", "val", "test")
 #: axial slices per 2D subject, and their world z range (mm from the head centre) through the brain
@@ -177,7 +177,7 @@ def _counts(cases: list[Case]) -> dict[str, int]:
 
 
 def _preview(cases3d: list[Case], examples2d, out: Path) -> Path:
-    from .io import read_image
+    from ..data.io import read_image
 
     panels: list[Panel] = []
     seen: set[str] = set()
