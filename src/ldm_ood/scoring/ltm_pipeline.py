@@ -20,8 +20,7 @@ passed in (``networks=``, ``preprocessor=``), which is how the tests run tiny ne
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,23 +33,18 @@ from ..data.manifest import Case
 from ..errors import BatchFailures
 from ..runs import RunDir
 from . import inference_precision
-from .common import (Preprocessing, folder_cases, load_context, pending, progress_bar, require_finite_calibration,
-                     require_finite_file, test_cases, validation_cases, write_calibration_json, write_folder_score)
+from .common import (Context, Preprocessing, load_context, progress_bar, require_finite_calibration,
+                     require_finite_file, validation_cases, write_calibration_json)
 from .inference_precision import transformer_probe
 from .likelihood import LTMCalibration, LTMNetworks, LTMScore, check_ensemble, score_image, upsample_map
-from .records import RecordWriter
+from .runner import RunResult, each_case, run_method
 
 FIELDS = ("case_id", "set", "pred_score", "percentile", "flag", "map_path", "seconds", "nll")
 
 
 @dataclass
-class LTMScoreResult:
+class LTMScoreResult(RunResult):
     """What ``score_ltm`` wrote: score files (or the output folder), counts, failures."""
-
-    outputs: dict[str, Path] = field(default_factory=dict)
-    scored: int = 0
-    skipped: int = 0
-    failed: int = 0
 
 
 def load_ltm_networks(run: RunDir, cfg: Config, device: torch.device) -> LTMNetworks:
@@ -85,9 +79,11 @@ def ltm_bf16(cfg: Config, networks: LTMNetworks, device: torch.device, run: RunD
     return choices["transformer"].bf16
 
 
-def _score_case(networks: LTMNetworks, preprocessor: Preprocessing, path: Path, bf16: bool, device) -> tuple[LTMScore, Any]:
-    image, meta = preprocessor.load(path)
-    return score_image(networks, image[None].to(device), bf16)[0], meta
+def _score_fn(networks: LTMNetworks, bf16: bool):
+    """The runner's batch function: each scan's LTM score (sum NLL and per-token map)."""
+    def fn(cases: list[Case], x: torch.Tensor, metas: list[Any]) -> list[LTMScore]:
+        return score_image(networks, x, bf16)
+    return fn
 
 
 def _write_map(preprocessor: Preprocessing, score: LTMScore, meta: Any, grid: Sequence[int], path: Path, mode: str) -> Path:
@@ -113,14 +109,12 @@ def calibrate_ltm(
     bf16 = ltm_bf16(cfg, networks, device, run)
     failures = BatchFailures()
     values, ids = [], []
+    ctx = Context(run, cfg, device, preprocessor)
     with progress_bar(progress) as bar:
         task = bar.add_task("calibrate ltm", total=len(val))
-        for case in val:
-            with failures.guard(case.case_id, case.path):
-                score, _ = _score_case(networks, preprocessor, case.path, bf16, device)
-                values.append(score.nll)
-                ids.append(case.case_id)
-            bar.advance(task)
+        for item, score, _ in each_case(val, ctx, 1, _score_fn(networks, bf16), failures, lambda n: bar.advance(task, n)):
+            values.append(score.nll)
+            ids.append(item.case.case_id)
     if not values:
         failures.raise_if_any("calibrate --method ltm")
     calib = LTMCalibration.fit(values, ids, cfg.score.fpr, networks.kinds)
@@ -145,15 +139,13 @@ def load_ltm_calibration(run: RunDir) -> LTMCalibration | None:
     return calib
 
 
-def _row(case: Case, score: LTMScore, calib: LTMCalibration | None, map_path: Path, seconds: float) -> dict[str, Any]:
+def _row(score: LTMScore, calib: LTMCalibration | None, map_path: Path) -> dict[str, Any]:
+    """A CSV row's method columns (the runner adds case_id, set and seconds)."""
     return {
-        "case_id": case.case_id,
-        "set": case.set,
         "pred_score": score.nll,
         "percentile": calib.percentile(score.nll) if calib else "",
         "flag": int(calib.flag(score.nll)) if calib else "",
         "map_path": str(map_path),
-        "seconds": round(seconds, 3),
         "nll": score.nll_per_token,
     }
 
@@ -182,41 +174,37 @@ def score_ltm(
             f"{run.ltm_calibration_path}: calibrated with orderings {calib.orderings}, scoring with "
             f"{networks.kinds}; rerun calibrate --method ltm"
         )
-    grid = cfg.data.grid
-    bf16 = ltm_bf16(cfg, networks, device, run)
-    failures = BatchFailures()
-    result = LTMScoreResult()
+    method = LTMScoring(networks, ltm_bf16(cfg, networks, device, run), calib, preprocessor, cfg.data.grid,
+                        map_interpolation)
+    return run_method(method, Context(run, cfg, device, preprocessor), manifest, sets, input_dir, output_dir,
+                      progress, LTMScoreResult())
 
-    def one(case: Case, map_path: Path) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        score, meta = _score_case(networks, preprocessor, case.path, bf16, device)
-        _write_map(preprocessor, score, meta, grid, map_path, map_interpolation)
-        return _row(case, score, calib, map_path, time.perf_counter() - t0)
 
-    jobs: list[tuple[str, list[Case], Path, RecordWriter | None]] = []
-    if input_dir is not None:
-        out, todo, skipped = folder_cases(input_dir, output_dir)
-        result.outputs["folder"], result.skipped = out, skipped
-        jobs.append(("folder", todo, out, None))
-    else:
-        for set_name, cases in test_cases(cfg, manifest, sets).items():
-            writer = RecordWriter(run.scores_path("ltm", set_name), FIELDS)
-            result.outputs[set_name] = writer.path
-            todo, skipped = pending(cases, writer.done_ids())
-            result.skipped += skipped
-            jobs.append((set_name, todo, run.maps_dir("ltm", set_name), writer))
-    with progress_bar(progress) as bar:
-        for name, todo, out_dir, writer in jobs:
-            task = bar.add_task(f"score ltm {name}", total=len(todo))
-            for case in todo:
-                with failures.guard(case.case_id, case.path):
-                    row = one(case, out_dir / f"{case.case_id}.nii.gz")
-                    if writer is not None:
-                        writer.write(row)
-                    else:  # MOOD layout: the score alone; written last so a rerun resumes correctly
-                        write_folder_score(out_dir / f"{case.case_id}.txt", row["pred_score"])
-                    result.scored += 1
-                bar.advance(task)
-    result.failed = len(failures)
-    failures.raise_if_any("score --method ltm")
-    return result
+@dataclass
+class LTMScoring:
+    """The LTM baseline as a :class:`~.runner.Method`: rows of ``scores/ltm/<set>.csv`` and token-NLL maps."""
+
+    networks: LTMNetworks
+    bf16: bool
+    calib: LTMCalibration | None
+    preprocessor: Preprocessing
+    grid: Sequence[int]
+    map_interpolation: str = "nearest"
+    name: str = "score ltm"
+    label: str = "score --method ltm"
+    batch_size: int = 1
+    fieldnames: Sequence[str] = FIELDS
+
+    def records_path(self, run: RunDir, set_name: str) -> Path:
+        return run.scores_path("ltm", set_name)
+
+    def outputs_dir(self, run: RunDir, set_name: str) -> Path:
+        return run.maps_dir("ltm", set_name)
+
+    def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list[Any], out_dir: Path) -> list[dict[str, Any]]:
+        rows = []
+        for case, score, meta in zip(cases, _score_fn(self.networks, self.bf16)(cases, x, metas), metas):
+            path = _write_map(self.preprocessor, score, meta, self.grid, out_dir / f"{case.case_id}.nii.gz",
+                              self.map_interpolation)
+            rows.append(_row(score, self.calib, path))
+        return rows

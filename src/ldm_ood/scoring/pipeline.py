@@ -21,15 +21,13 @@ Networks, LPIPS and preprocessing are loaded from the run unless passed in (``mo
 
 from __future__ import annotations
 
-import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from ..config import Config, DiffusionConfig, ScoreConfig
 from ..data.manifest import Case
@@ -41,12 +39,12 @@ from ..precision_policy import PrecisionChoice
 from ..runs import RunDir
 from . import inference_precision
 from .inference_precision import first_stage_probe, lpips_probe, unet_probe
-from .common import (Preprocessing, folder_cases, load_context, pending, progress_bar, require_finite_calibration,
-                     require_finite_file, test_cases, validation_cases, write_calibration_json, write_folder_score)
+from .common import (Context, Preprocessing, load_context, progress_bar, require_finite_calibration,
+                     require_finite_file, validation_cases, write_calibration_json)
 from .maps import VoxelAccumulator, VoxelStats, anomaly_map, write_anomaly_map
 from .ood import OODCalibration, fit_calibration
 from .reconstruct import CallCounter, chain_starts, default_t_values, inference_grid, reconstruct, snap_to_grid
-from .records import RecordWriter
+from .runner import RunResult, each_case, run_method
 from .similarity import ScanMetrics, SimilarityFn, lpips_similarity, measure, similarity_functions
 
 BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "percentile", "flag", "map_path", "seconds")
@@ -188,50 +186,12 @@ class OODScorer:
                        measure_batch=self.measure_batch)
 
 
-# ----------------------------------------------------------------------------- batching
-
-
-@dataclass
-class _Loaded:
-    case: Case
-    x: torch.Tensor
-    meta: Any
-    seconds: float
-
-
-def _measured(
-    scorer: OODScorer, preprocessor: Preprocessing, cases: Sequence[Case], device: torch.device,
-    failures: BatchFailures, progress: Progress, task: Any,
-) -> Iterator[tuple[_Loaded, ScanMetrics, float]]:
-    """Load, batch (``score.batch_size``) and measure ``cases``; yields ``(loaded, metrics, seconds)``
-    per scan. Unloadable scans and failing batches are recorded in ``failures`` (a failing batch is
-    retried scan by scan, so one bad scan doesn't sink its batch-mates)."""
-    bs = scorer.cfg.batch_size
-    for i in range(0, len(cases), bs):
-        loaded: list[_Loaded] = []
-        for case in cases[i : i + bs]:
-            with failures.guard(case.case_id, case.path):
-                t0 = time.perf_counter()
-                x, meta = preprocessor.load(case.path)
-                loaded.append(_Loaded(case, x, meta, time.perf_counter() - t0))
-        results: list[tuple[_Loaded, ScanMetrics, float]] = []
-        if loaded:
-            try:
-                results = _measure_group(scorer, loaded, device)
-            except Exception:  # retry scan by scan: only the culprit is recorded as failed
-                for item in loaded:
-                    with failures.guard(item.case.case_id, item.case.path):
-                        results += _measure_group(scorer, [item], device)
-        yield from results
-        progress.advance(task, len(cases[i : i + bs]))
-
-
-def _measure_group(scorer: OODScorer, group: list[_Loaded], device: torch.device) -> list[tuple[_Loaded, ScanMetrics, float]]:
-    t0 = time.perf_counter()
-    x = torch.stack([item.x for item in group]).to(device)
-    metrics = scorer.measure(x, [case_seed(scorer.cfg.seed, item.case.case_id) for item in group])
-    per_scan = (time.perf_counter() - t0) / len(group)
-    return [(item, metrics.select(b), per_scan + item.seconds) for b, item in enumerate(group)]
+def _measure_fn(scorer: OODScorer) -> Callable[[list[Case], torch.Tensor, list[Any]], list[ScanMetrics]]:
+    """The runner's batch function: each scan's raw metrics, noise seeded by its case id."""
+    def fn(cases: list[Case], x: torch.Tensor, metas: list[Any]) -> list[ScanMetrics]:
+        met = scorer.measure(x, [case_seed(scorer.cfg.seed, c.case_id) for c in cases])
+        return [met.select(b) for b in range(len(cases))]
+    return fn
 
 
 # ----------------------------------------------------------------------------- public API
@@ -252,13 +212,9 @@ class CalibrationResult:
 
 
 @dataclass
-class ScoreResult:
+class ScoreResult(RunResult):
     """What ``score_ldm`` wrote: score files (or the output folder), counts, UNet usage."""
 
-    outputs: dict[str, Path] = field(default_factory=dict)
-    scored: int = 0
-    skipped: int = 0
-    failed: int = 0
     unet_calls: int = 0
 
 
@@ -291,9 +247,11 @@ def calibrate_ldm(
     values: dict[str, list[np.ndarray]] = {m: [] for m in scorer.metrics}
     mae_sums: list[np.ndarray] = []  # per scan and map t: non-finite iff its MAE map has a NaN/Inf voxel
     voxels = VoxelAccumulator()
+    ctx = Context(run, cfg, device, preprocessor)
     with progress_bar(progress) as bar:
         task = bar.add_task("calibrate ldm", total=len(val))
-        for item, met, _ in _measured(scorer, preprocessor, val, device, failures, bar, task):
+        for item, met, _ in each_case(val, ctx, cfg.score.batch_size, _measure_fn(scorer), failures,
+                                      lambda n: bar.advance(task, n)):
             ids.append(item.case.case_id)
             for m in scorer.metrics:
                 values[m].append(met.values[m][0].numpy())
@@ -376,43 +334,45 @@ def score_ldm(
     run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device, sequential)
     cal, voxel = load_ldm_calibration(run)
     cal.check_compatible(scorer.t_values, scorer.map_t_values, scorer.settings)
-    failures, result = BatchFailures(), ScoreResult()
-    names = fieldnames(cal.metrics, cal.t_values)
-
-    def jobs() -> list[tuple[str, list[Case], Callable[[Case], Path], Callable[[dict[str, Any]], None] | None]]:
-        if input_dir is not None:
-            out, todo, skipped = folder_cases(input_dir, output_dir)
-            result.outputs["folder"] = out
-            result.skipped += skipped
-            return [("folder", todo, lambda c: out / f"{c.case_id}.nii.gz", None)]
-        out_jobs = []
-        for set_name, cases in test_cases(cfg, manifest, sets).items():
-            writer = RecordWriter(run.scores_path("ldm", set_name), names)
-            result.outputs[set_name] = writer.path
-            todo, skipped = pending(cases, writer.done_ids())
-            result.skipped += skipped
-            maps = run.maps_dir("ldm", set_name)
-            out_jobs.append((set_name, todo, lambda c, maps=maps: maps / f"{c.case_id}.nii.gz", writer.write))
-        return out_jobs
-
-    all_jobs = jobs()
-    with progress_bar(progress) as bar:
-        for name, todo, map_path_of, write_row in all_jobs:
-            task = bar.add_task(f"score ldm {name}", total=len(todo))
-            for item, met, seconds in _measured(scorer, preprocessor, todo, device, failures, bar, task):
-                case = item.case
-                with failures.guard(case.case_id, case.path):
-                    t0 = time.perf_counter()
-                    values, amap = score_rows(cal, voxel, met)
-                    map_path = write_anomaly_map(preprocessor, amap, item.meta, map_path_of(case))
-                    row = {"case_id": case.case_id, "set": case.set, **values, "map_path": str(map_path),
-                           "seconds": round(seconds + time.perf_counter() - t0, 3)}
-                    if write_row is not None:
-                        write_row(row)
-                    else:  # MOOD layout: the score alone; written last so a rerun resumes correctly
-                        write_folder_score(map_path.with_name(f"{case.case_id}.txt"), row["pred_score"])
-                    result.scored += 1
-    result.failed = len(failures)
-    result.unet_calls = scorer.calls.calls
-    failures.raise_if_any("score --method ldm")
+    method = LDMScoring(scorer, cal, voxel, preprocessor)
+    result = ScoreResult()
+    try:
+        run_method(method, Context(run, cfg, device, preprocessor), manifest, sets, input_dir, output_dir,
+                   progress, result)
+    finally:
+        result.unet_calls = scorer.calls.calls
     return result
+
+
+@dataclass
+class LDMScoring:
+    """Paper 000 scoring as a :class:`~.runner.Method`: rows of ``scores/ldm/<set>.csv`` and §2.3 maps."""
+
+    scorer: OODScorer
+    cal: OODCalibration
+    voxel: VoxelStats
+    preprocessor: Preprocessing
+    name: str = "score ldm"
+    label: str = "score --method ldm"
+
+    @property
+    def batch_size(self) -> int:
+        return self.scorer.cfg.batch_size
+
+    @property
+    def fieldnames(self) -> list[str]:
+        return fieldnames(self.cal.metrics, self.cal.t_values)
+
+    def records_path(self, run: RunDir, set_name: str) -> Path:
+        return run.scores_path("ldm", set_name)
+
+    def outputs_dir(self, run: RunDir, set_name: str) -> Path:
+        return run.maps_dir("ldm", set_name)
+
+    def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list[Any], out_dir: Path) -> list[dict[str, Any]]:
+        rows = []
+        for case, met, meta in zip(cases, _measure_fn(self.scorer)(cases, x, metas), metas):
+            values, amap = score_rows(self.cal, self.voxel, met)
+            path = write_anomaly_map(self.preprocessor, amap, meta, out_dir / f"{case.case_id}.nii.gz")
+            rows.append({**values, "map_path": str(path)})
+        return rows

@@ -16,8 +16,7 @@ written last: a case with a ``.txt`` is done) into the output folder.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,10 +26,9 @@ import torch
 from ..config import Config
 from ..data.io import suffix_of, write_image
 from ..data.manifest import Case
-from ..errors import BatchFailures
 from ..runs import RunDir
-from .common import Preprocessing, folder_cases, folder_score_path, pending, progress_bar, test_cases, write_folder_score
-from .records import RecordWriter
+from .common import Preprocessing
+from .runner import RunResult, run_method
 from .segment_batch import (
     BatchOutput,
     SegmentModels,
@@ -38,7 +36,6 @@ from .segment_batch import (
     image_score,
     kl_map_of,
     latents,
-    load_batches,
     segment_batch,
     segment_context,
 )
@@ -67,15 +64,15 @@ FIELDS = ("case_id", "set", "pred_score", "healed_path", "map_path", "mask_path"
 
 
 @dataclass
-class SegmentResult:
+class SegmentResult(RunResult):
     """What :func:`segment` wrote: one score CSV per set (or the output folder's), counts."""
 
-    variant: str
-    outputs: dict[str, Path] = field(default_factory=dict)
-    segmented: int = 0
-    skipped: int = 0
-    failed: int = 0
-    seconds: float = 0.0
+    variant: str = ""
+
+    @property
+    def segmented(self) -> int:
+        """Cases segmented by this call (``scored``)."""
+        return self.scored
 
 
 def _write_outputs(preprocessor, meta, case: Case, out_dir: Path, healed, amap, threshold: float) -> dict[str, str]:
@@ -92,28 +89,43 @@ def _write_outputs(preprocessor, meta, case: Case, out_dir: Path, healed, amap, 
 
 
 @dataclass
-class _Job:
-    """Cases to segment and where their outputs go; ``writer`` None in folder mode (``<case>.txt``)."""
+class SegmentScoring:
+    """Paper 001 segmentation with one variant as a :class:`~.runner.Method`: healed image, map, mask, score."""
 
-    name: str
-    cases: list[Case]
-    out_dir: Path
-    writer: RecordWriter | None
+    models: SegmentModels
+    spec: VariantSpec
+    cfg: Config
+    kl_thresholds: torch.Tensor | None
+    residual_threshold: float
+    preprocessor: Preprocessing
+    fieldnames: Sequence[str] = FIELDS
 
+    @property
+    def name(self) -> str:
+        return f"segment ({self.spec.name})"
 
-def _jobs(run: RunDir, cfg: Config, variant: str, manifest, sets, input_dir, output_dir, result: SegmentResult) -> list[_Job]:
-    """One job per test set (resuming from its score CSV), or the folder's (resuming from ``.txt``)."""
-    if input_dir is not None:
-        out, todo, skipped = folder_cases(input_dir, output_dir)
-        result.outputs["folder"], result.skipped = out, result.skipped + skipped
-        return [_Job("folder", todo, out, None)]
-    jobs = []
-    for name, cases in test_cases(cfg, manifest, sets).items():
-        writer = RecordWriter(run.segment_scores_path(variant, name), FIELDS)
-        todo, skipped = pending(cases, writer.done_ids())
-        result.outputs[name], result.skipped = writer.path, result.skipped + skipped
-        jobs.append(_Job(name, todo, run.segment_dir(variant, name), writer))
-    return jobs
+    @property
+    def label(self) -> str:
+        return f"segment (variant {self.spec.name})"
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.segment.batch_size
+
+    def records_path(self, run: RunDir, set_name: str) -> Path:
+        return run.segment_scores_path(self.spec.name, set_name)
+
+    def outputs_dir(self, run: RunDir, set_name: str) -> Path:
+        return run.segment_dir(self.spec.name, set_name)
+
+    def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list, out_dir: Path) -> list[dict]:
+        scfg = self.cfg.segment
+        out = segment_batch(self.models, x, self.spec, scfg, self.kl_thresholds,
+                            case_seeds([c.case_id for c in cases], scfg.seed))
+        return [{"pred_score": float(out.pred_score[i]),
+                 **_write_outputs(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
+                                  self.residual_threshold)}
+                for i, (case, meta) in enumerate(zip(cases, metas))]
 
 
 def segment(
@@ -142,7 +154,7 @@ def segment(
         raise ValueError("input_dir and output_dir go together")
     ctx, models = segment_context(run_dir, config, models, preprocessor, device)
     run, cfg, preprocessor, device = ctx.run, ctx.cfg, ctx.preprocessor, ctx.device
-    scfg, spec = cfg.segment, variant_spec(variant, cfg.segment)
+    spec = variant_spec(variant, cfg.segment)
     calib, thr = load_calibration(run)
     if variant not in calib.get("variants", {}) or (spec.kl_key and spec.kl_key not in thr):
         calibrate_segment(run.root, config=cfg, variants=[variant], force=False, models=models,
@@ -151,36 +163,5 @@ def segment(
     threshold = calib["variants"][variant]["residual_threshold"]
     kl_thr = thr.get(spec.kl_key) if spec.kl_key else None
 
-    failures, result = BatchFailures(), SegmentResult(variant)
-    t_start = time.perf_counter()
-    jobs = _jobs(run, cfg, variant, manifest, sets, input_dir, output_dir, result)
-    with progress_bar(progress) as bar:
-        for job in jobs:
-            task = bar.add_task(f"segment ({variant}) {job.name}", total=len(job.cases))
-            for batch, x, metas in load_batches(job.cases, preprocessor, scfg.batch_size, failures):
-                t0 = time.perf_counter()
-                try:
-                    x = x.to(device)
-                    out = segment_batch(models, x, spec, scfg, kl_thr, case_seeds([c.case_id for c in batch], scfg.seed))
-                except Exception as err:  # one failing batch never loses the others
-                    for c in batch:
-                        failures.add(c.case_id, f"{c.path}: {type(err).__name__}: {err}")
-                    bar.advance(task, len(batch))
-                    continue
-                seconds = (time.perf_counter() - t0) / len(batch)
-                for i, (case, meta) in enumerate(zip(batch, metas)):
-                    with failures.guard(case.case_id, case.path):
-                        score = float(out.pred_score[i])
-                        paths = _write_outputs(preprocessor, meta, case, job.out_dir, out.healed[i, 0],
-                                               out.anomaly_map[i, 0], threshold)
-                        if job.writer is None:  # MOOD layout: the score alone, written last
-                            write_folder_score(folder_score_path(job.out_dir, case.case_id), score)
-                        else:
-                            job.writer.write({"case_id": case.case_id, "set": case.set, "pred_score": score,
-                                              **paths, "seconds": round(seconds, 4)})
-                        result.segmented += 1
-                    bar.advance(task)
-    result.seconds = time.perf_counter() - t_start
-    result.failed = len(failures)
-    failures.raise_if_any(f"segment (variant {variant})")
-    return result
+    method = SegmentScoring(models, spec, cfg, kl_thr, threshold, preprocessor)
+    return run_method(method, ctx, manifest, sets, input_dir, output_dir, progress, SegmentResult(variant=variant))

@@ -12,8 +12,8 @@ A batch of preprocessed images ``x (B, 1, *grid)`` in [0, 1] goes through (same 
 5. the anomaly map of :mod:`.segment_variants`.
 
 Randomness is per case (:func:`case_seeds`), one stream per step, so results do not depend on how
-cases are batched, and variants a and b heal with the same noise. :func:`segment_context` and
-:func:`load_batches` are the run and case loading shared by calibration and segmentation.
+cases are batched, and variants a and b heal with the same noise. :func:`segment_context` is the
+run loading shared by calibration and segmentation.
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ..config import Config, SegmentConfig
-from ..data.manifest import Case
-from ..errors import BatchFailures
 from ..models.diffusion import pad_latent
 from ..models.first_stage import decode, encode
 from ..precision import prepare_for_inference
@@ -104,22 +102,6 @@ def segment_context(
         seg = ctx.cfg.segment
         models = SegmentModels.from_run(ctx.run, ctx.device, seg.precision, ctx.cfg.data.grid, seg.batch_size)
     return ctx, models
-
-
-def load_batches(cases: Sequence[Case], preprocessor: Preprocessing, size: int, failures: BatchFailures
-                 ) -> Iterator[tuple[list[Case], torch.Tensor, list[Any]]]:
-    """Load cases in batches of ``size``; unreadable cases go to ``failures``.
-
-    Yields ``(cases, x (b, 1, *grid), metas)`` with ``b <= size`` the cases that loaded.
-    """
-    for i in range(0, len(cases), size):
-        ok, xs, metas = [], [], []
-        for case in cases[i : i + size]:
-            with failures.guard(case.case_id, case.path):
-                x, meta = preprocessor.load(case.path)
-                ok.append(case), xs.append(x), metas.append(meta)
-        if ok:
-            yield ok, torch.stack(xs), metas
 
 
 def case_seeds(case_ids: Sequence[str], seed: int) -> list[int]:

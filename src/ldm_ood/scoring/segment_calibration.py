@@ -25,9 +25,10 @@ import torch
 from ..config import Config
 from ..errors import BatchFailures
 from ..runs import RunDir
-from .common import Preprocessing, require_finite_calibration, require_finite_file, validation_cases, write_calibration_json
+from .common import Context, Preprocessing, require_finite_calibration, require_finite_file, validation_cases, write_calibration_json
 from .kl import kl_thresholds
-from .segment_batch import (SegmentModels, case_seeds, image_score, kl_map_of, latents, load_batches,
+from .runner import load_batches
+from .segment_batch import (SegmentModels, case_seeds, image_score, kl_map_of, latents,
                             segment_batch, segment_context)
 from .segment_variants import FOREGROUND_FRACTION, foreground, fpr_threshold, variant_spec
 
@@ -63,6 +64,13 @@ def _save_calibration(run: RunDir, calib: dict[str, Any], thr: dict[str, torch.T
     write_calibration_json(run.segment_calibration_path, calib)
 
 
+def _batches(cases: Sequence, ctx: Context, size: int, failures: BatchFailures):
+    """``(cases, x (b, 1, *grid))`` of the preprocessed validation cases, ``size`` at a time (unreadable ones skipped)."""
+    for _, group in load_batches(cases, ctx, size, failures):
+        if group:
+            yield [g.case for g in group], torch.stack([g.x for g in group])
+
+
 def calibrate_segment(
     run_dir: str | Path,
     manifest: str | Path | None = None,
@@ -95,7 +103,7 @@ def calibrate_segment(
     if t_sets or "val_scores" not in calib:
         maps: dict[str, list[torch.Tensor]] = {k: [] for k in t_sets}
         scores: dict[str, float] = {}
-        for cases, x, _ in load_batches(val, preprocessor, scfg.batch_size, failures):
+        for cases, x in _batches(val, ctx, scfg.batch_size, failures):
             seeds = case_seeds([c.case_id for c in cases], scfg.seed)
             z0 = latents(models, x.to(device))
             scores.update({c.case_id: float(v) for c, v in zip(cases, image_score(models, z0, scfg, seeds))})
@@ -117,7 +125,7 @@ def calibrate_segment(
             continue
         fg_values: list[np.ndarray] = []
         map_sums: list[np.ndarray] = []  # per case: non-finite iff its map has a NaN/Inf voxel
-        for cases, x, _ in load_batches(val, preprocessor, scfg.batch_size, failures):
+        for cases, x in _batches(val, ctx, scfg.batch_size, failures):
             x = x.to(device)
             seeds = case_seeds([c.case_id for c in cases], scfg.seed)
             out = segment_batch(models, x, spec, scfg, thr.get(spec.kl_key) if spec.kl_key else None, seeds,
