@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from .common import (Context, Preprocessing, load_context, progress_bar, require
                      require_finite_file, validation_cases, write_calibration_json)
 from .inference_precision import transformer_probe
 from .likelihood import LTMCalibration, LTMNetworks, LTMScore, check_ensemble, score_image, upsample_map
-from .runner import RunResult, each_case, run_method
+from .runner import DetectionFiles, RunResult, each_case, run_method
 
 FIELDS = ("case_id", "set", "pred_score", "percentile", "flag", "map_path", "seconds", "nll")
 
@@ -181,7 +181,7 @@ def score_ltm(
 
 
 @dataclass
-class LTMScoring:
+class LTMScoring(DetectionFiles):
     """The LTM baseline as a :class:`~.runner.Method`: rows of ``scores/ltm/<set>.csv`` and token-NLL maps."""
 
     networks: LTMNetworks
@@ -190,16 +190,11 @@ class LTMScoring:
     preprocessor: Preprocessing
     grid: Sequence[int]
     map_interpolation: str = "nearest"
+    key: ClassVar[str] = "ltm"
     name: str = "score ltm"
     label: str = "score --method ltm"
     batch_size: int = 1
     fieldnames: Sequence[str] = FIELDS
-
-    def records_path(self, run: RunDir, set_name: str) -> Path:
-        return run.scores_path("ltm", set_name)
-
-    def outputs_dir(self, run: RunDir, set_name: str) -> Path:
-        return run.maps_dir("ltm", set_name)
 
     def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list[Any], out_dir: Path) -> list[dict[str, Any]]:
         rows = []

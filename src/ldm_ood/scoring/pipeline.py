@@ -24,7 +24,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from .common import (Context, Preprocessing, load_context, progress_bar, require
 from .maps import VoxelAccumulator, VoxelStats, anomaly_map, write_anomaly_map
 from .ood import OODCalibration, fit_calibration
 from .reconstruct import CallCounter, chain_starts, default_t_values, inference_grid, reconstruct, snap_to_grid
-from .runner import RunResult, each_case, run_method
+from .runner import DetectionFiles, RunResult, each_case, run_method
 from .similarity import ScanMetrics, SimilarityFn, lpips_similarity, measure, similarity_functions
 
 BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "percentile", "flag", "map_path", "seconds")
@@ -345,13 +345,14 @@ def score_ldm(
 
 
 @dataclass
-class LDMScoring:
+class LDMScoring(DetectionFiles):
     """Paper 000 scoring as a :class:`~.runner.Method`: rows of ``scores/ldm/<set>.csv`` and §2.3 maps."""
 
     scorer: OODScorer
     cal: OODCalibration
     voxel: VoxelStats
     preprocessor: Preprocessing
+    key: ClassVar[str] = "ldm"
     name: str = "score ldm"
     label: str = "score --method ldm"
 
@@ -362,12 +363,6 @@ class LDMScoring:
     @property
     def fieldnames(self) -> list[str]:
         return fieldnames(self.cal.metrics, self.cal.t_values)
-
-    def records_path(self, run: RunDir, set_name: str) -> Path:
-        return run.scores_path("ldm", set_name)
-
-    def outputs_dir(self, run: RunDir, set_name: str) -> Path:
-        return run.maps_dir("ldm", set_name)
 
     def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list[Any], out_dir: Path) -> list[dict[str, Any]]:
         rows = []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence
 
 import torch
 
@@ -58,6 +58,18 @@ class Method(Protocol):
         """Score ``x (b, 1, *grid)`` (the preprocessed ``cases``), write each case's outputs into
         ``out_dir``; one row per case with ``pred_score`` and the method's columns (no case_id, set, seconds)."""
         ...
+
+
+class DetectionFiles:
+    """Where an OOD-detection method (``key``: ``ldm``, ``ltm``) writes: ``scores/<key>/<set>.csv``, ``maps/<key>/<set>/``."""
+
+    key: ClassVar[str]
+
+    def records_path(self, run: RunDir, set_name: str) -> Path:
+        return run.scores_path(self.key, set_name)
+
+    def outputs_dir(self, run: RunDir, set_name: str) -> Path:
+        return run.maps_dir(self.key, set_name)
 
 
 @dataclass
