@@ -239,6 +239,18 @@ def _record_epoch(task: StageTask, run: RunDir, row: dict[str, Any], progress: _
     console.print(f"{task.stage} epoch {epoch}: {terms}{val} ({row['seconds']:.1f}s)")
 
 
+def _finish(task: StageTask, run: RunDir, epoch: int, reason: str, progress: _Progress, precision: PrecisionChoice,
+            writer) -> None:
+    """Rank 0 at the end of training: ``DONE`` (reason, epochs, best, precision) and one terminal line."""
+    atomic_write_text(run.stage_dir(task.stage) / "DONE", json.dumps({
+        "reason": reason, "epochs": epoch, "best_val_loss": progress.best, "best_epoch": progress.best_epoch,
+        "precision": precision.as_dict()}))
+    if writer is not None:
+        writer.close()
+    console.print(f"{task.stage}: done after {epoch} epochs ({reason}); best val loss {progress.best:.5g} "
+                  f"at epoch {progress.best_epoch} -> {run.model_path(task.stage)}")
+
+
 def _already_done(task: StageTask, run: RunDir, ctx: DistContext) -> FitResult:
     done = run.stage_dir(task.stage) / "DONE"
     info = json.loads(done.read_text() or "{}")
@@ -308,13 +320,7 @@ def fit(
                 break
 
     if ctx.is_main:
-        atomic_write_text(stage_dir / "DONE", json.dumps({
-            "reason": reason, "epochs": epoch, "best_val_loss": progress.best, "best_epoch": progress.best_epoch,
-            "precision": precision.as_dict()}))
-        if writer is not None:
-            writer.close()
-        console.print(f"{task.stage}: done after {epoch} epochs ({reason}); best val loss {progress.best:.5g} "
-                      f"at epoch {progress.best_epoch} -> {run.model_path(task.stage)}")
+        _finish(task, run, epoch, reason, progress, precision, writer)
     barrier(ctx)
     return FitResult(task.stage, stage_dir, epoch, progress.best, progress.best_epoch, reason,
                      time.time() - start_time, history, task.model(), precision)
