@@ -49,13 +49,13 @@ from ldm_ood.precision import autocast, prepare_for_inference
 from ldm_ood.runs import RunDir
 from ldm_ood.scoring.ood import fit_calibration
 from ldm_ood.scoring.pipeline import OODScorer, ScoringModels, case_seed, load_scoring_models
+from ldm_ood.samplers.noise import make_noise
 from ldm_ood.scoring.reconstruct import (
     chain_starts,
     decode_chains,
     default_t_values,
     denoise_latents,
     inference_grid,
-    make_noise,
     reconstruct,
     snap_to_grid,
 )

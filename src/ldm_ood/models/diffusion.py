@@ -20,6 +20,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
 from ..config import DiffusionConfig
+from ..precision import autocast
 
 
 def build_unet(cfg: DiffusionConfig, spatial_dims: int, in_channels: int) -> DiffusionModelUNet:
@@ -104,3 +105,10 @@ def pad_latent(z: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int,
 def crop_latent(z: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     """Inverse of :func:`pad_latent`: ``(B, C, *padded) -> (B, C, *spatial)``."""
     return z[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
+
+
+def epsilon(unet: torch.nn.Module, x: torch.Tensor, timesteps: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """ε_θ(x, t) of the UNet in float32: ``x (B, C, *s)``, ``timesteps (B,)`` long; the UNet under bf16
+    autocast when ``bf16``. Every sampler, the KL maps and LDM training call the network through this."""
+    with autocast(x.device, bf16):
+        return unet(x, timesteps=timesteps).float()

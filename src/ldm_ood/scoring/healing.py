@@ -31,9 +31,10 @@ from typing import Literal, Sequence
 
 import torch
 
-from ..models.diffusion import crop_latent, pad_latent
-from ..precision import autocast
-from .kl import Generators, randn_per_item
+from ..models.diffusion import crop_latent, epsilon, pad_latent
+from ..samplers.ddim import ddim_step
+from ..samplers.ddpm import ddpm_step
+from ..samplers.noise import Generators, q_sample, randn_per_item
 
 Sampler = Literal["ddpm", "ddim"]
 Mode = Literal["paper", "repaint"]
@@ -57,34 +58,6 @@ def healing_timesteps(start_t: int, num_steps: int | None = None) -> list[int]:
         if not out or v < out[-1]:
             out.append(int(v))
     return out
-
-
-def q_sample(scheduler, z0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-    """``z_t = sqrt(ᾱ_t) z_0 + sqrt(1 - ᾱ_t) ε`` (paper 001 §2.2)."""
-    ab = scheduler.alphas_cumprod[t].to(z0.device, torch.float32)
-    return ab.sqrt() * z0 + (1 - ab).sqrt() * noise
-
-
-def ddim_step(scheduler, eps: torch.Tensor, t: int, t_prev: int, sample: torch.Tensor) -> torch.Tensor:
-    """Deterministic DDIM update (Song et al. 2021 Eq. 12, η = 0) from ``t`` to ``t_prev`` (< 0: clean).
-
-    ``ẑ_0 = (z_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)``; ``z_{t_prev} = sqrt(ᾱ_prev) ẑ_0 + sqrt(1 - ᾱ_prev) ε``.
-    """
-    ab = scheduler.alphas_cumprod.to(sample.device, torch.float32)
-    ab_t = ab[t]
-    ab_prev = ab[t_prev] if t_prev >= 0 else torch.ones((), device=sample.device)
-    x0 = (sample - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
-    return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
-
-
-def ddpm_step(scheduler, eps: torch.Tensor, t: int, sample: torch.Tensor, generator: Generators) -> torch.Tensor:
-    """One ancestral step ``t -> t - 1`` with MONAI ``DDPMScheduler.step`` (one call per image when
-    ``generator`` is a list, so each image draws from its own generator)."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return scheduler.step(eps, t, sample, generator=generator)[0]
-    return torch.cat(
-        [scheduler.step(eps[i : i + 1], t, sample[i : i + 1], generator=g)[0] for i, g in enumerate(generator)]
-    )
 
 
 @torch.no_grad()
@@ -147,8 +120,7 @@ def heal(
         else:
             known = z if i == 0 else q_sample(scheduler, zp, t, randn_per_item(tuple(zp.shape), gens, dev))
         x_in = torch.where(mp, z, known)
-        with autocast(dev, bf16):
-            eps = unet(x_in, timesteps=torch.full((B,), t, device=dev, dtype=torch.long)).float()
+        eps = epsilon(unet, x_in, torch.full((B,), t, device=dev, dtype=torch.long), bf16)
         if sampler == "ddpm":
             z = ddpm_step(scheduler, eps, t, x_in, gens)
         else:

@@ -33,10 +33,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..models.diffusion import crop_latent, pad_latent
-from ..precision import autocast
+from ..models.diffusion import crop_latent, epsilon, pad_latent
+from ..samplers.noise import Generators, randn_per_item
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
 
 #: default number of evenly spaced t-values for the image-level score over the whole chain
 #: (the paper averages every t; 50 keeps it affordable on CPU, ``None`` = every t in [1, T-1])
@@ -99,23 +98,6 @@ def gaussian_kl(mean1: torch.Tensor, var1: float | torch.Tensor, mean2: torch.Te
     return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1.double() - mean2.double()) ** 2) / var2 - 1.0)
 
 
-def randn_per_item(shape: tuple[int, ...], generators: Generators, device: torch.device | str) -> torch.Tensor:
-    """Standard normal ``(B, *shape[1:])``; with one generator per item each item's draws are its own.
-
-    Per-item generators make results independent of how cases are grouped into batches (resume).
-    """
-    if generators is None or isinstance(generators, torch.Generator):
-        return torch.randn(shape, generator=generators, device=device)
-    if len(generators) != shape[0]:
-        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
-    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in generators])
-
-
-def _predict_noise(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, bf16: bool) -> torch.Tensor:
-    with autocast(x.device, bf16):
-        return unet(x, timesteps=t).float()
-
-
 @torch.no_grad()
 def kl_terms(
     unet: torch.nn.Module,
@@ -167,7 +149,7 @@ def kl_terms(
         eps = noise[:, i : i + k]  # (B, k, C, *s)
         a = ab[tt].view(shape)
         zt = a.sqrt() * zp.unsqueeze(1) + (1 - a).sqrt() * eps
-        pred = _predict_noise(unet, zt.flatten(0, 1), tt.repeat(B), bf16).view_as(eps)
+        pred = epsilon(unet, zt.flatten(0, 1), tt.repeat(B), bf16).view_as(eps)
         total += (coef[tt].view(shape) * (eps - pred) ** 2).sum(1)
     return crop_latent(total / len(t_values), spatial)
 

@@ -23,9 +23,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config
-from ..models.diffusion import build_ddpm_scheduler, build_inference_scheduler, build_unet, crop_latent, latent_multiple, pad_latent
+from ..models.diffusion import (build_ddpm_scheduler, build_inference_scheduler, build_unet, crop_latent, epsilon,
+                               latent_multiple, pad_latent)
 from ..models.first_stage import decode, encode
-from ..precision import autocast, guard_small_convolutions, set_layout, to_channels_last
+from ..precision import guard_small_convolutions, set_layout, to_channels_last
 from ..runs import RunDir
 from . import losses
 from .distributed import DistContext, wrap_ddp
@@ -120,8 +121,7 @@ class LDMTask:
         zt = self.scheduler.add_noise(original_samples=zp, noise=eps, timesteps=t)
         if self.bf16:
             zt = to_channels_last(zt, self.spatial_dims)
-        with autocast(self.ctx.device, self.bf16):
-            pred = net(zt, timesteps=t)
+        pred = epsilon(net, zt, t, self.bf16)
         return losses.diffusion_loss(crop_latent(pred, spatial), crop_latent(eps, spatial))
 
     def train_step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
@@ -149,8 +149,7 @@ class LDMTask:
             x = self.scheduler.add_noise(zp, noise, torch.full((zp.shape[0],), timesteps[0], dtype=torch.long))
         for t in timesteps:
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-            with autocast(x.device, self.bf16):
-                eps = self.unet(x, timesteps=tt).float()
+            eps = epsilon(self.unet, x, tt, self.bf16)
             x, _ = sch.step(eps, t, x)
         return crop_latent(x, spatial) / self.scale_factor
 

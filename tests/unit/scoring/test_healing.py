@@ -6,7 +6,10 @@ from monai.networks.schedulers import DDIMScheduler
 
 from ldm_ood.config import load_config
 from ldm_ood.models.diffusion import build_ddpm_scheduler, build_unet
-from ldm_ood.scoring.healing import ddim_step, ddpm_step, heal, healing_timesteps, q_sample
+from ldm_ood.samplers.ddim import ddim_step
+from ldm_ood.samplers.ddpm import ddpm_step
+from ldm_ood.samplers.noise import q_sample
+from ldm_ood.scoring.healing import heal, healing_timesteps
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

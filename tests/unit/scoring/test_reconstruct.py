@@ -6,15 +6,15 @@ import torch
 from ldm_ood.config import load_config
 from ldm_ood.models.diffusion import build_inference_scheduler, build_unet
 from ldm_ood.models.first_stage import build_first_stage
+from ldm_ood.samplers.noise import make_noise
+from ldm_ood.samplers.plms import PLMSHistory
 from ldm_ood.scoring.reconstruct import (
     CallCounter,
-    PLMSHistory,
     chain_starts,
     decode_chains,
     default_t_values,
     denoise_latents,
     inference_grid,
-    make_noise,
     reconstruct,
     snap_to_grid,
 )
