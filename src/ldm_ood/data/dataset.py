@@ -1,4 +1,4 @@
-"""``CaseDataset``: a torch ``Dataset`` of preprocessed scans from manifest cases.
+"""Datasets: ``CaseDataset`` (preprocessed scans of manifest cases) and ``TensorItems`` (in-memory tensors).
 
 Items are ``{"image": Tensor (1, *grid) float32 in [0, 1], "case_id": str}`` (the default
 collate stacks them to ``(B, 1, *grid)`` and a list of ids). With ``cache=True`` each scan is read
@@ -48,3 +48,16 @@ class CaseDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         return {"image": self.load(index), "case_id": self.cases[index].case_id}
+
+
+class TensorItems(Dataset):
+    """In-memory tensors ``(N, ...)`` as items ``{key: (...)}``: cached LDM latents, LTM token sequences."""
+
+    def __init__(self, key: str, tensors: torch.Tensor):
+        self.key, self.tensors = key, tensors
+
+    def __len__(self) -> int:
+        return self.tensors.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {self.key: self.tensors[i]}

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config
+from ..data.dataset import TensorItems
 from ..models.diffusion import (build_ddpm_scheduler, build_inference_scheduler, build_unet, crop_latent, epsilon,
                                latent_multiple, pad_latent)
 from ..models.first_stage import decode, encode
@@ -32,19 +33,6 @@ from . import losses
 from .distributed import DistContext, wrap_ddp
 from .finite import optimizer_step
 from .loop import FitResult, fit, save_preview, seeded
-
-
-class LatentDataset(Dataset):
-    """In-memory latents ``(N, C, *s)``; items ``{"latent": (C, *s)}``."""
-
-    def __init__(self, latents: torch.Tensor):
-        self.latents = latents
-
-    def __len__(self) -> int:
-        return self.latents.shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"latent": self.latents[i]}
 
 
 @torch.no_grad()
@@ -179,4 +167,4 @@ def fit_ldm(
     val_z = encode_dataset(fs, val_ds, ctx.device)
     scale = latent_scale_factor(train_z)
     task = LDMTask(config, fs, scale, tuple(train_z.shape[2:]), ctx)
-    return fit(task, LatentDataset(train_z), LatentDataset(val_z), config.ldm.optim, run, ctx, resume)
+    return fit(task, TensorItems("latent", train_z), TensorItems("latent", val_z), config.ldm.optim, run, ctx, resume)

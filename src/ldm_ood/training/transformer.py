@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config
+from ..data.dataset import TensorItems
 from ..models.first_stage import encode_indices
 from ..models.transformer import bos_index, build_ordering, build_transformer, tokens_to_sequence
 from ..precision import autocast
@@ -28,19 +29,6 @@ from .ldm import encode_dataset
 from .loop import FitResult, fit, seeded
 
 ORDERING_SEED = 0
-
-
-class TokenDataset(Dataset):
-    """In-memory token sequences ``(N, L + 1)``; items ``{"tokens": (L + 1,)}``."""
-
-    def __init__(self, sequences: torch.Tensor):
-        self.sequences = sequences
-
-    def __len__(self) -> int:
-        return self.sequences.shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"tokens": self.sequences[i]}
 
 
 class TransformerTask:
@@ -130,4 +118,4 @@ def fit_transformer(
     train_seq = tokens_to_sequence(train_idx, ordering, bos)
     val_seq = tokens_to_sequence(val_idx, ordering, bos)
     task = TransformerTask(config, spatial, ctx)
-    return fit(task, TokenDataset(train_seq), TokenDataset(val_seq), config.transformer.optim, run, ctx, resume)
+    return fit(task, TensorItems("tokens", train_seq), TensorItems("tokens", val_seq), config.transformer.optim, run, ctx, resume)
