@@ -48,7 +48,8 @@ from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.precision import autocast, prepare_for_inference
 from ldm_ood.runs import RunDir
 from ldm_ood.scoring.ood import fit_calibration
-from ldm_ood.scoring.pipeline import OODScorer, ScoringModels, case_seed, load_scoring_models
+from ldm_ood.samplers.noise import case_seed
+from ldm_ood.scoring.pipeline import OODScorer, ScoringModels, load_scoring_models
 from ldm_ood.samplers.noise import make_noise
 from ldm_ood.scoring.reconstruct import (
     chain_starts,

@@ -21,11 +21,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, get_args
 
 from rich.console import Console
 
-from .config import PAPER_CODEBOOK_SIZE, Config, deep_merge, load_config
+from .config import PAPER_CODEBOOK_SIZE, Config, Variant, deep_merge, load_config
 from .errors import IncompleteResultsError
 from .evaluation.summary import ID_SET, METHOD_LABELS, Summary
 from .runs import RunDir
@@ -39,7 +39,7 @@ class BenchmarkPlan:
 
     preset: str
     levels: list[int]
-    variants: list[str] = field(default_factory=lambda: ["a", "b", "c", "d"])
+    variants: list[str] = field(default_factory=lambda: list(get_args(Variant)))
     overrides_3d: dict[str, Any] = field(default_factory=dict)
     overrides_2d: dict[str, Any] = field(default_factory=dict)
     ltm: bool = True

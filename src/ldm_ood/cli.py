@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, get_args
 
 import typer
 from rich.console import Console
 
 from .config.presets import PRESETS
+from .config.schema import Variant as SegmentVariant
 
 PRESET_NAMES = " | ".join(PRESETS)  # every preset shipped in ldm_ood/config/presets/
 
@@ -37,11 +38,8 @@ class Method(str, Enum):
     segment = "segment"
 
 
-class Variant(str, Enum):
-    a = "a"
-    b = "b"
-    c = "c"
-    d = "d"
+#: ``--variant`` choices: the variants of ``config.Variant``
+Variant = Enum("Variant", {v: v for v in get_args(SegmentVariant)}, type=str)
 
 
 def _friendly(fn: Callable) -> Callable:

@@ -12,11 +12,11 @@ from .changes import ARTIFACTS, SECTION_ARTIFACTS, changed_fields, invalidated_a
 from .io import build_config, load_config, override_config, read_yaml, save_config
 from .presets import PAPER_CODEBOOK_SIZE, PRESETS, deep_merge, preset_dict
 from .schema import (Config, DataConfig, DiffusionConfig, FirstStageConfig, OptimConfig, Precision, ScoreConfig,
-                     SegmentConfig, SynthConfig, TransformerConfig)
+                     SegmentConfig, SynthConfig, TransformerConfig, Variant)
 
 __all__ = [
     "ARTIFACTS", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "FirstStageConfig", "OptimConfig",
     "PAPER_CODEBOOK_SIZE", "PRESETS", "Precision", "SECTION_ARTIFACTS", "ScoreConfig", "SegmentConfig",
-    "SynthConfig", "TransformerConfig", "build_config", "changed_fields", "deep_merge", "invalidated_artifacts",
+    "SynthConfig", "TransformerConfig", "Variant", "build_config", "changed_fields", "deep_merge", "invalidated_artifacts",
     "load_config", "override_config", "preset_dict", "read_yaml", "save_config",
 ]

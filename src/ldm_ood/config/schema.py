@@ -21,6 +21,10 @@ class _Strict(BaseModel):
 #: agree with fp32 and run faster (``ldm_ood.precision``); ``fp32`` / ``bf16`` force one.
 Precision = Literal["auto", "fp32", "bf16"]
 
+#: paper 001's segmentation variants: (a) reverse steps, (b) + masked residual, (c) masked healing (DDPM),
+#: (d) masked healing with DDIM
+Variant = Literal["a", "b", "c", "d"]
+
 
 class _HasPrecision(_Strict):
     """Accepts the older boolean ``bf16`` field (configs saved before ``precision``) as a precision."""
@@ -196,7 +200,7 @@ class SegmentConfig(_HasPrecision):
     kl_num_t: int | None = Field(default=None, ge=1, description="None: every t in range (DDPM); 50 for (d)")
     percentile: float = Field(default=97.5, gt=0, lt=100)
     start_t: int = Field(default=500, ge=1)
-    variant: Literal["a", "b", "c", "d"] = "c"
+    variant: Variant = "c"
     ddim_steps: int = Field(default=50, ge=1)
     healing: Literal["paper", "repaint"] = "paper"
     gaussian_sigma: float = Field(default=1.0, ge=0, description="in latent voxels, for the upsampled mask")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Sequence
 
 import torch
@@ -48,3 +49,9 @@ def randn_per_item(shape: tuple[int, ...], generators: Generators, device: torch
     if len(generators) != shape[0]:
         raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
     return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in generators])
+
+
+def case_seed(seed: int, case_id: str) -> int:
+    """The noise seed of one scan: from the method's ``seed`` and the case id only, so a scan draws the
+    same noise whatever batch it is in and whether the run was resumed."""
+    return (int(seed) * 1_000_003 + zlib.crc32(case_id.encode())) % (2**63)

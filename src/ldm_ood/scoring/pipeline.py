@@ -21,7 +21,6 @@ Networks, LPIPS and preprocessing are loaded from the run unless passed in (``mo
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -44,6 +43,7 @@ from .common import (Context, Preprocessing, load_context, progress_bar, require
 from .maps import VoxelAccumulator, VoxelStats, anomaly_map, write_anomaly_map
 from .ood import OODCalibration, fit_calibration
 from .reconstruct import CallCounter, chain_starts, default_t_values, inference_grid, reconstruct, snap_to_grid
+from ..samplers.noise import case_seed
 from .runner import DetectionFiles, RunResult, each_case, run_method
 from .similarity import ScanMetrics, SimilarityFn, lpips_similarity, measure, similarity_functions
 
@@ -53,11 +53,6 @@ BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "perc
 def fieldnames(metrics: Sequence[str], t_values: Sequence[int]) -> list[str]:
     """Columns of ``scores/ldm/<set>.csv``: the contract's base columns, then ``<metric>@<t>``."""
     return [*BASE_FIELDS, *(f"{m}@{t}" for m in metrics for t in t_values)]
-
-
-def case_seed(seed: int, case_id: str) -> int:
-    """Noise seed of one scan: depends only on ``score.seed`` and the case id."""
-    return (int(seed) * 1_000_003 + zlib.crc32(case_id.encode())) % (2**63)
 
 
 # ----------------------------------------------------------------------------- models and scorer

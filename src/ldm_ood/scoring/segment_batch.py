@@ -18,7 +18,6 @@ run loading shared by calibration and segmentation.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +29,7 @@ from ..models.diffusion import pad_latent
 from ..models.first_stage import decode, encode
 from ..precision import prepare_for_inference
 from ..precision_policy import PrecisionChoice
+from ..samplers.noise import case_seed
 from ..runs import RunDir
 from . import inference_precision
 from .common import Context, Preprocessing, load_context
@@ -106,7 +106,7 @@ def segment_context(
 
 def case_seeds(case_ids: Sequence[str], seed: int) -> list[int]:
     """One seed per case from ``seed`` and the case id: results do not depend on how cases are batched."""
-    return [seed * 1_000_003 + zlib.crc32(c.encode()) for c in case_ids]
+    return [case_seed(seed, c) for c in case_ids]
 
 
 def _generators(seeds: Sequence[int], stream: int, device: torch.device | str) -> list[torch.Generator]:

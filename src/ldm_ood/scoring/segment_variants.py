@@ -20,18 +20,18 @@ Gaussian of σ = ``gaussian_sigma`` latent voxels = ``gaussian_sigma · 2**level
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from ..config import ConfigError, SegmentConfig
+from ..config import ConfigError, SegmentConfig, Variant
 from .healing import healing_timesteps
 from .kl import kl_t_values
 
-VARIANTS = ("a", "b", "c", "d")
+VARIANTS: tuple[str, ...] = get_args(Variant)
 #: paper 001 §4.3: variant (d) uses L'_{400,600} with 50 evenly spaced t (unless kl_num_t is set)
 VARIANT_D_KL_NUM_T = 50
 FOREGROUND_FRACTION = 0.01
