@@ -1,13 +1,22 @@
 """Manifests: ``case_id,path[,mask][,set][,split]`` CSV, or a plain folder of images.
 
 ``set`` names a test set (``id``, ``noise_0.1``, ``far_mr_t1`` ...); ``split`` is ``train``,
-``val`` or ``test``. Relative paths are resolved against the manifest's folder. A row pointing at a
-missing file is reported with the manifest line, never silently skipped.
+``val`` or ``test`` (any case; stored lower-case). Relative paths are resolved against the
+manifest's folder. A row pointing at a missing file is reported with the manifest line, never
+silently skipped.
+
+``case_id`` and ``set`` name output files and folders (``scores/<method>/<set>.csv``,
+``maps/<method>/<set>/<case_id>.nii.gz``), so each must be a plain name (:func:`plain_name`): no
+path separator, not ``.``/``..``, no leading dot, no control character. Anything else is refused
+with the manifest line, so no manifest can make a command write outside its output folder.
+The file is read as UTF-8 (a byte-order mark is accepted); rows with fewer cells than the header
+are errors, not silently shifted.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +24,7 @@ from ..errors import InputError
 from .io import IMAGE_SUFFIXES, case_id_of, suffix_of
 
 MANIFEST_COLUMNS = ("case_id", "path", "mask", "set", "split")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,36 @@ class Case:
     split: str = "test"
 
 
+def plain_name(value: str) -> str | None:
+    """Why ``value`` cannot name a file or folder inside an output folder, or None when it can."""
+    if not value:
+        return "is empty"
+    if "/" in value or "\\" in value:
+        return "contains a path separator"
+    if value in (".", "..") or value.startswith("."):
+        return "starts with a dot"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return "contains a control character"
+    if len(value) > 200:
+        return "is longer than 200 characters"
+    return None
+
+
+def _checked(source: Path, line: int, column: str, value: str) -> str:
+    problem = plain_name(value)
+    if problem is not None:
+        raise InputError(source, f"line {line}: {column} {value!r} {problem}; it names output files, so it must be a "
+                                 "plain name (letters, digits, spaces, . _ + - and the like)")
+    return value
+
+
+def _split(source: Path, line: int, raw: str) -> str:
+    split = raw.strip().lower() or "test"
+    if split not in SPLITS:
+        raise InputError(source, f"line {line}: split {raw.strip()!r} is not one of {', '.join(SPLITS)}")
+    return split
+
+
 def read_manifest(source: str | Path, check_files: bool = True) -> list[Case]:
     """Cases from a manifest CSV or from every image file in a folder (set = folder name)."""
     source = Path(source)
@@ -38,36 +78,44 @@ def read_manifest(source: str | Path, check_files: bool = True) -> list[Case]:
         return [Case(case_id=case_id_of(p), path=p, set=source.name) for p in files]
     if not source.exists():
         raise InputError(source, "manifest not found")
-    with source.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise InputError(source, "manifest needs a header with at least a 'path' column")
-        cases: list[Case] = []
-        seen: set[tuple[str, str]] = set()
-        for line, row in enumerate(reader, start=2):
-            raw = (row.get("path") or "").strip()
-            if not raw:
-                raise InputError(source, f"line {line}: empty 'path'")
-            path = Path(raw) if Path(raw).is_absolute() else source.parent / raw
-            mask_raw = (row.get("mask") or "").strip()
-            mask = None if not mask_raw else (Path(mask_raw) if Path(mask_raw).is_absolute() else source.parent / mask_raw)
-            case = Case(
-                case_id=(row.get("case_id") or "").strip() or case_id_of(path),
-                path=path,
-                mask=mask,
-                set=(row.get("set") or "").strip() or "test",
-                split=(row.get("split") or "").strip() or "test",
-            )
-            key = (case.set, case.case_id)
-            if key in seen:
-                raise InputError(source, f"line {line}: duplicate case_id {case.case_id!r} in set {case.set!r}")
-            seen.add(key)
-            if check_files:
-                if not path.exists():
-                    raise InputError(source, f"line {line}: {path} does not exist")
-                if mask is not None and not mask.exists():
-                    raise InputError(source, f"line {line}: mask {mask} does not exist")
-            cases.append(case)
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(source, f"not a UTF-8 text manifest (byte {err.start}: {err.reason}); is it an image? "
+                                 "pass a CSV manifest or a folder of images") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "path" not in [f.strip() for f in reader.fieldnames]:
+        raise InputError(source, "manifest needs a header with at least a 'path' column")
+    reader.fieldnames = [f.strip() for f in reader.fieldnames]
+    cases: list[Case] = []
+    seen: set[tuple[str, str]] = set()
+    for line, row in enumerate(reader, start=2):
+        if None in row.values():
+            raise InputError(source, f"line {line}: {sum(v is not None for v in row.values())} of "
+                                     f"{len(reader.fieldnames)} columns; every row needs a cell per header column")
+        raw = (row.get("path") or "").strip()
+        if not raw:
+            raise InputError(source, f"line {line}: empty 'path'")
+        path = Path(raw) if Path(raw).is_absolute() else source.parent / raw
+        mask_raw = (row.get("mask") or "").strip()
+        mask = None if not mask_raw else (Path(mask_raw) if Path(mask_raw).is_absolute() else source.parent / mask_raw)
+        case = Case(
+            case_id=_checked(source, line, "case_id", (row.get("case_id") or "").strip() or case_id_of(path)),
+            path=path,
+            mask=mask,
+            set=_checked(source, line, "set", (row.get("set") or "").strip() or "test"),
+            split=_split(source, line, row.get("split") or ""),
+        )
+        key = (case.set, case.case_id)
+        if key in seen:
+            raise InputError(source, f"line {line}: duplicate case_id {case.case_id!r} in set {case.set!r}")
+        seen.add(key)
+        if check_files:
+            if not path.exists():
+                raise InputError(source, f"line {line}: {path} does not exist")
+            if mask is not None and not mask.exists():
+                raise InputError(source, f"line {line}: mask {mask} does not exist")
+        cases.append(case)
     if not cases:
         raise InputError(source, "manifest has no rows")
     return cases
