@@ -68,8 +68,6 @@ def conv_fault(repeats: int = 3) -> dict:
 
 def choices(preset: str) -> dict:
     from ldm_ood.config import load_config
-    from ldm_ood.models.diffusion import pad_latent
-    from ldm_ood.models.first_stage import encode
     from ldm_ood.precision_policy import TRAIN_TENSOR_TOLERANCE, TRAIN_TOLERANCE, choose_precision, network_signature
     from ldm_ood.scoring import inference_precision as ip
     from ldm_ood.scoring.similarity import lpips_similarity
@@ -106,11 +104,10 @@ def choices(preset: str) -> dict:
     train(tr, {"tokens": torch.randint(0, cfg.first_stage.num_embeddings, (cfg.transformer.optim.batch_size, seq_len + 1))},
           "transformer")
 
-    padded = pad_latent(encode(fs, torch.zeros(1, 1, *cfg.data.grid)), ldm_task.multiple)[0].shape[1:]
     lp = load_lpips_for(cfg, dev) if cfg.first_stage.perceptual_weight > 0 else None
     nets = {
         "first_stage": (fs, lambda: ip.first_stage_probe(fs, cfg.data.grid, 4, dev)),
-        "unet": (ldm_task.unet.eval(), lambda: ip.unet_probe(ldm_task.unet, padded, 14, 500, dev)),
+        "unet": (ldm_task.unet.eval(), lambda: ip.unet_probe(ldm_task.unet, fs, cfg.data.grid, ldm_task.multiple, 14, 500, dev)),
         "transformer": (tr.net_core.eval(), lambda: ip.transformer_probe(tr.net_core, seq_len, cfg.first_stage.num_embeddings, dev)),
     }
     if lp is not None:

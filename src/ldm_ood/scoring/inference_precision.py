@@ -23,6 +23,7 @@ import json
 import torch
 from rich.console import Console
 
+from ..models.diffusion import pad_latent
 from ..models.first_stage import decode, encode
 from ..precision import set_layout
 from ..precision_policy import PrecisionChoice, choose_precision, network_signature
@@ -54,8 +55,11 @@ def first_stage_probe(first_stage: torch.nn.Module, grid: Sequence[int], n: int,
     return probe, (tuple(z.shape),)
 
 
-def unet_probe(unet: torch.nn.Module, latent: Sequence[int], n: int, timestep: int, device: torch.device) -> tuple[Probe, tuple]:
-    """ε_θ of ``n`` noisy latents ``(n, *latent)`` at ``timestep``."""
+def unet_probe(unet: torch.nn.Module, first_stage: torch.nn.Module, grid: Sequence[int], multiple: int, n: int,
+               timestep: int, device: torch.device) -> tuple[Probe, tuple]:
+    """ε_θ of ``n`` noisy latents at ``timestep``, shaped as the UNet sees images of ``grid``
+    (the first stage's latent, padded to ``multiple``)."""
+    latent = pad_latent(encode(first_stage, torch.zeros((1, 1, *grid), device=device)), multiple)[0].shape[1:]
     sd = len(latent) - 1
     zt = torch.randn((n, *latent), generator=_generator()).to(device)
 

@@ -31,8 +31,7 @@ import torch
 from ..config import Config, DiffusionConfig, ScoreConfig
 from ..data.manifest import Case
 from ..errors import BatchFailures
-from ..models.diffusion import build_inference_scheduler, pad_latent
-from ..models.first_stage import encode
+from ..models.diffusion import build_inference_scheduler
 from ..precision import set_layout
 from ..precision_policy import PrecisionChoice
 from ..runs import RunDir
@@ -135,10 +134,10 @@ class OODScorer:
     def _measure_precision(self, grid: tuple[int, ...]) -> dict[str, PrecisionChoice]:
         m = self.models
         dev = next(m.unet.parameters()).device
-        latent = pad_latent(encode(m.first_stage, torch.zeros((1, 1, *grid), device=dev)), m.latent_multiple)[0]
         nets = {
             "first_stage": (m.first_stage, lambda: first_stage_probe(m.first_stage, grid, self.decode_batch, dev)),
-            "unet": (m.unet, lambda: unet_probe(m.unet, latent.shape[1:], len(self.starts), max(self.starts), dev)),
+            "unet": (m.unet, lambda: unet_probe(m.unet, m.first_stage, grid, m.latent_multiple, len(self.starts),
+                                                    max(self.starts), dev)),
         }
         if self._given_similarity is None and "lpips" in self.metrics and m.lpips_model is not None:
             nets["lpips"] = (m.lpips_model, lambda: lpips_probe(

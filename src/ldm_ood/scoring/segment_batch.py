@@ -25,7 +25,6 @@ from typing import Any, Sequence
 import torch
 
 from ..config import Config, SegmentConfig
-from ..models.diffusion import pad_latent
 from ..models.first_stage import decode, encode
 from ..precision import prepare_for_inference
 from ..precision_policy import PrecisionChoice
@@ -69,10 +68,9 @@ class SegmentModels:
 
         fs, ldm = load_first_stage(run, device), load_ldm(run, device)
         dims = len(ldm.latent_spatial_shape)
-        latent = pad_latent(encode(fs, torch.zeros((1, 1, *grid), device=device)), ldm.latent_multiple)[0]
         choices = inference_precision.resolve(precision, {
             "first_stage": (fs, lambda: first_stage_probe(fs, grid, batch, device)),
-            "unet": (ldm.unet, lambda: unet_probe(ldm.unet, latent.shape[1:], batch, 500, device)),
+            "unet": (ldm.unet, lambda: unet_probe(ldm.unet, fs, grid, ldm.latent_multiple, batch, 500, device)),
         }, device, "segmentation")
         inference_precision.report(choices, run)
         for net, name in ((fs, "first_stage"), (ldm.unet, "unet")):
