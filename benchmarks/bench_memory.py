@@ -229,8 +229,8 @@ def ldm_scoring_counts(grid_name: str) -> dict:
     import numpy as np
 
     from ldm_ood.config import load_config
+    from ldm_ood.methods.ldm.reconstruct import chain_starts, default_t_values, inference_grid
     from ldm_ood.models.diffusion import build_inference_scheduler
-    from ldm_ood.scoring.reconstruct import chain_starts, default_t_values, inference_grid
 
     cfg = load_config(preset=grid_name)
     s = cfg.score

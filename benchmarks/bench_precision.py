@@ -68,9 +68,9 @@ def conv_fault(repeats: int = 3) -> dict:
 
 def choices(preset: str) -> dict:
     from ldm_ood.config import load_config
+    from ldm_ood.methods import inference_precision as ip
+    from ldm_ood.methods.ldm.similarity import lpips_similarity
     from ldm_ood.precision_policy import TRAIN_TENSOR_TOLERANCE, TRAIN_TOLERANCE, choose_precision, network_signature
-    from ldm_ood.scoring import inference_precision as ip
-    from ldm_ood.scoring.similarity import lpips_similarity
     from ldm_ood.training.distributed import DistContext
     from ldm_ood.training.first_stage import FirstStageTask, load_lpips_for
     from ldm_ood.training.ldm import LDMTask

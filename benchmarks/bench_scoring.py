@@ -43,15 +43,9 @@ import numpy as np
 import torch
 
 from ldm_ood.config import load_config
-from ldm_ood.models.diffusion import build_inference_scheduler, build_unet, latent_multiple
-from ldm_ood.models.first_stage import build_first_stage
-from ldm_ood.precision import autocast, prepare_for_inference
-from ldm_ood.runs import RunDir
-from ldm_ood.scoring.ood import fit_calibration
-from ldm_ood.samplers.noise import case_seed
-from ldm_ood.scoring.pipeline import OODScorer, ScoringModels, load_scoring_models
-from ldm_ood.samplers.noise import make_noise
-from ldm_ood.scoring.reconstruct import (
+from ldm_ood.methods.ldm.calibration import fit_calibration
+from ldm_ood.methods.ldm.pipeline import OODScorer, ScoringModels, load_scoring_models
+from ldm_ood.methods.ldm.reconstruct import (
     chain_starts,
     decode_chains,
     default_t_values,
@@ -60,6 +54,11 @@ from ldm_ood.scoring.reconstruct import (
     reconstruct,
     snap_to_grid,
 )
+from ldm_ood.models.diffusion import build_inference_scheduler, build_unet, latent_multiple
+from ldm_ood.models.first_stage import build_first_stage
+from ldm_ood.precision import autocast, prepare_for_inference
+from ldm_ood.runs import RunDir
+from ldm_ood.samplers.noise import case_seed, make_noise
 
 RESULTS = Path(__file__).parent / "results" / "scoring.json"
 
@@ -160,12 +159,12 @@ def _run_mode(models, cfg, x, ids, sequential: bool, bf16: bool) -> dict:
         for i in range(0, x.shape[0], bs):
             t0 = time.perf_counter()
             reconstruct(m.first_stage, m.unet, scorer.scheduler, x[i : i + bs], scorer.starts, seeds[i : i + bs],
-                        m.scale_factor, m.latent_multiple, scorer.mode, bf16)
+                        m.scale_factor, m.latent_multiple, scorer.execution, bf16)
             t_rec += time.perf_counter() - t0
     n = x.shape[0]
-    print(f"{scorer.mode} bf16={bf16}: {t_total / n:.2f} s/scan (reconstruct {t_rec / n:.2f})", flush=True)
+    print(f"{scorer.execution} bf16={bf16}: {t_total / n:.2f} s/scan (reconstruct {t_rec / n:.2f})", flush=True)
     return {
-        "mode": scorer.mode, "bf16": bf16, "seconds_per_scan": t_total / n, "reconstruct_seconds_per_scan": t_rec / n,
+        "mode": scorer.execution, "bf16": bf16, "seconds_per_scan": t_total / n, "reconstruct_seconds_per_scan": t_rec / n,
         "unet_calls_per_scan_batch": scorer.calls.calls / max(1, -(-n // bs)), "peak_rss_growth_mb": mem.growth_mb,
         "values": {k: np.concatenate(v).tolist() for k, v in values.items()},
         "t_values": list(scorer.t_values), "map_t_values": list(scorer.map_t_values), "n_chains": len(scorer.starts),

@@ -26,20 +26,13 @@ from pathlib import Path
 import torch
 
 from ldm_ood.config import load_config
+from ldm_ood.methods.segment.batch import SegmentModels, _generators, _score_t, case_seeds, latents
+from ldm_ood.methods.segment.healing import heal
+from ldm_ood.methods.segment.kl import image_kl_score, kl_map, kl_mask, kl_terms, kl_thresholds
+from ldm_ood.methods.segment.variants import residual_map, upsample_mask, variant_spec
 from ldm_ood.models.diffusion import build_ddpm_scheduler, build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage, decode
 from ldm_ood.precision import autocast, prepare_for_inference
-from ldm_ood.scoring.healing import heal
-from ldm_ood.scoring.kl import image_kl_score, kl_map, kl_mask, kl_terms, kl_thresholds
-from ldm_ood.scoring.segment_batch import _generators, _score_t
-from ldm_ood.scoring.segment import (
-    SegmentModels,
-    case_seeds,
-    latents,
-    residual_map,
-    upsample_mask,
-    variant_spec,
-)
 
 OUT = Path(__file__).parent / "results" / "segment.json"
 
@@ -84,7 +77,7 @@ def run_variant(models: SegmentModels, cfg, x: torch.Tensor, variant: str) -> di
                                              generator=_generators(seeds, 1, "cpu"), **kw)))
     m = kl_mask(v, kl_thresholds(v, scfg.percentile))  # thresholds from the batch itself: timing only
     zh, t_heal = _timed(lambda: heal(models.unet, z0, m, models.scheduler, spec.timesteps, sampler=spec.sampler,
-                                     mode=scfg.healing, generator=_generators(seeds, 2, "cpu"), **kw))
+                                     healing=scfg.healing, generator=_generators(seeds, 2, "cpu"), **kw))
 
     def dec():
         with autocast(x.device, models.bf16):

@@ -90,7 +90,7 @@ def _train_all(run: RunDir, stages: list[str], timings: Timings, tag: str) -> No
 
 
 def _ood_run(run: RunDir, plan: BenchmarkPlan, timings: Timings, tag: str) -> None:
-    from .scoring.pipeline import calibrate_ldm, score_ldm
+    from .methods.ldm.pipeline import calibrate_ldm, score_ldm
 
     stages = ["first_stage", "ldm"] + (["transformer"] if plan.ltm else [])
     _train_all(run, stages, timings, tag)
@@ -100,7 +100,7 @@ def _ood_run(run: RunDir, plan: BenchmarkPlan, timings: Timings, tag: str) -> No
     with timings.stage(f"{tag}/score_ldm"):
         score_ldm(run.root)
     if plan.ltm:
-        from .scoring.ltm_pipeline import calibrate_ltm, score_ltm
+        from .methods.ltm.pipeline import calibrate_ltm, score_ltm
 
         if not run.ltm_calibration_path.exists():
             with timings.stage(f"{tag}/calibrate_ltm"):
@@ -110,7 +110,7 @@ def _ood_run(run: RunDir, plan: BenchmarkPlan, timings: Timings, tag: str) -> No
 
 
 def _segmentation_run(run: RunDir, plan: BenchmarkPlan, timings: Timings) -> None:
-    from .scoring.segment import calibrate_segment, segment
+    from .methods.segment.pipeline import calibrate_segment, segment
 
     _train_all(run, ["first_stage", "ldm"], timings, "seg2d")
     if not run.segment_calibration_path.exists():
@@ -183,9 +183,9 @@ def expected_results(plan: BenchmarkPlan) -> tuple[dict[str, list[str]], dict[st
 def run_plan(plan: BenchmarkPlan, out: str | Path) -> dict[str, Any]:
     """Run every stage of ``plan`` under ``out``; returns the evaluation summary. Raises
     :class:`IncompleteResultsError` after writing the report when a method has no usable result."""
-    from .synthetic.cohort import synth
     from .evaluation.evaluate import evaluate
     from .report.html import build_report
+    from .synthetic.cohort import synth
 
     out = Path(out)
     timings = Timings(out / "timings.json")

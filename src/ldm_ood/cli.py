@@ -17,6 +17,7 @@ from rich.console import Console
 
 from .config.presets import PRESETS
 from .config.schema import Variant as SegmentVariant
+from .methods.registry import METHODS
 
 PRESET_NAMES = " | ".join(PRESETS)  # every preset shipped in ldm_ood/config/presets/
 
@@ -32,10 +33,8 @@ app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 
 
-class Method(str, Enum):
-    ldm = "ldm"
-    ltm = "ltm"
-    segment = "segment"
+#: ``--method`` choices: every method of ``methods.registry``
+Method = Enum("Method", {name: name for name in METHODS}, type=str)
 
 
 #: ``--variant`` choices: the variants of ``config.Variant``
@@ -166,28 +165,26 @@ def train_transformer(
 # ----------------------------------------------------------------------------- inference
 
 
+def _methods_help(task: str | None = None) -> str:
+    return "; ".join(f"{m.name}: {m.description}" for m in METHODS.values() if task in (None, m.task)) + "."
+
+
 @app.command()
 @_friendly
 def calibrate(
     run: Path = RunOpt,
-    method: Method = typer.Option(Method.ldm, help="ldm (paper 000), ltm (baseline) or segment (paper 001)."),
+    method: Method = typer.Option(Method.ldm, help=_methods_help()),
     data: Optional[Path] = DataOpt,
 ) -> None:
     """Calibrate on the in-distribution validation split (z-score stats, thresholds, operating point)."""
-    if method is Method.ldm:
-        from .scoring.pipeline import calibrate_ldm as fn
-    elif method is Method.ltm:
-        from .scoring.ltm_pipeline import calibrate_ltm as fn
-    else:
-        from .scoring.segment import calibrate_segment as fn
-    console.print(fn(run, manifest=data))
+    console.print(METHODS[method.value].calibrate()(run, manifest=data))
 
 
 @app.command()
 @_friendly
 def score(
     run: Path = RunOpt,
-    method: Method = typer.Option(Method.ldm, help="ldm (paper 000) or ltm (baseline)."),
+    method: Method = typer.Option(Method.ldm, help=_methods_help("detection")),
     data: Optional[Path] = DataOpt,
     sets: Optional[list[str]] = SetsOpt,
     input_dir: Optional[Path] = InputOpt,
@@ -195,19 +192,15 @@ def score(
     sequential: bool = typer.Option(False, help="LDM: one chain at a time, as the reference implementation."),
 ) -> None:
     """Score scans: OOD score, percentile, flag and an anomaly map on the input's grid."""
-    if method is Method.segment:
-        raise typer.BadParameter("use `ldm-ood segment` for paper 001 segmentation", param_hint="--method")
+    info = METHODS[method.value]
+    if info.task != "detection":
+        raise typer.BadParameter(f"{info.name} is a segmentation method: use `ldm-ood segment`", param_hint="--method")
     if (input_dir is None) != (output_dir is None):
         raise typer.BadParameter("--input and --output go together")
-    if method is Method.ldm:
-        from .scoring.pipeline import score_ldm
-
-        result = score_ldm(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, sequential=sequential)
-    else:
-        from .scoring.ltm_pipeline import score_ltm
-
-        result = score_ltm(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir)
-    console.print(result)
+    options = {"sequential": True} if sequential else {}
+    for name in set(options) - set(info.score_options):
+        raise typer.BadParameter(f"--{name} is not an option of method {info.name}", param_hint=f"--{name}")
+    console.print(info.score()(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, **options))
 
 
 @app.command()
@@ -225,7 +218,7 @@ def segment(
     """Paper 001 anomaly segmentation: healed image, anomaly map, binary mask, image-level KL score."""
     if (input_dir is None) != (output_dir is None):
         raise typer.BadParameter("--input and --output go together")
-    from .scoring.segment import segment as run_segment
+    from .methods.segment.pipeline import segment as run_segment
 
     console.print(run_segment(run, manifest=data, sets=sets, variant=variant.value, input_dir=input_dir, output_dir=output_dir))
 

@@ -16,12 +16,13 @@ from ldm_ood.config import load_config
 from ldm_ood.data.io import write_image
 from ldm_ood.data.manifest import Case, write_manifest
 from ldm_ood.errors import NonFiniteCalibrationError
+from ldm_ood.methods.ldm.pipeline import ScoringModels, calibrate_ldm
+from ldm_ood.methods.ldm.similarity import mse
+from ldm_ood.methods.segment.batch import SegmentModels
+from ldm_ood.methods.segment.pipeline import calibrate_segment
 from ldm_ood.models.diffusion import build_ddpm_scheduler, build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.runs import RunDir
-from ldm_ood.scoring.pipeline import ScoringModels, calibrate_ldm
-from ldm_ood.scoring.segment import SegmentModels, calibrate_segment
-from ldm_ood.scoring.similarity import mse
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets
 

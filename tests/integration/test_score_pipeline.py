@@ -15,13 +15,13 @@ import torch
 from ldm_ood.config import load_config
 from ldm_ood.data.manifest import Case, write_manifest
 from ldm_ood.errors import BatchError
+from ldm_ood.methods.ldm.calibration import OODCalibration
+from ldm_ood.methods.ldm.pipeline import BASE_FIELDS, ScoringModels, calibrate_ldm, score_ldm
+from ldm_ood.methods.records import read_records
 from ldm_ood.models.diffusion import build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.models.perceptual import load_lpips
 from ldm_ood.runs import RunDir
-from ldm_ood.scoring.ood import OODCalibration
-from ldm_ood.scoring.pipeline import BASE_FIELDS, ScoringModels, calibrate_ldm, score_ldm
-from ldm_ood.scoring.records import read_records
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets
 AFFINE = np.array([[-2.0, 0, 0, 40.0], [0, 2.5, 0, -20.0], [0, 0, 1.5, 3.0], [0, 0, 0, 1]])

@@ -7,17 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ldm_ood.artifacts.checkpoint import save_model
 from ldm_ood.config import load_config
 from ldm_ood.data.io import read_image, write_image
 from ldm_ood.data.manifest import Case, write_manifest
 from ldm_ood.errors import BatchError
+from ldm_ood.methods.records import read_records
+from ldm_ood.methods.segment.pipeline import FIELDS, calibrate_segment, segment
 from ldm_ood.models.diffusion import build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.runs import RunDir
-from ldm_ood.scoring.records import read_records
-from ldm_ood.scoring.segment import FIELDS, calibrate_segment, segment
-from ldm_ood.artifacts.checkpoint import save_model
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +71,7 @@ def run_and_manifest(tmp_path_factory):
 def test_calibrate_then_segment_writes_maps_on_the_input_grid_and_resumes(run_and_manifest):
     run, manifest, cfg = run_and_manifest
     summary = calibrate_segment(run.root, variants=["c", "d"], device="cpu")
-    assert summary["n_val"] == 3 and set(summary["residual_thresholds"]) == {"c", "d"}
+    assert summary.n == 3 and set(summary.details["residual_thresholds"]) == {"c", "d"}
     calib = json.loads(run.segment_calibration_path.read_text())
     assert set(calib["val_scores"]) == {"val0", "val1", "val2"} and calib["variants"]["c"]["fpr"] == 0.05
     thr = load_file(str(run.segment_thresholds_path))

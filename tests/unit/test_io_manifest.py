@@ -5,7 +5,7 @@ import pytest
 from ldm_ood.data.io import case_id_of, read_image, read_mask, write_image
 from ldm_ood.data.manifest import Case, read_manifest, select, set_names, write_manifest
 from ldm_ood.errors import BatchError, BatchFailures, InputError
-from ldm_ood.scoring.records import RecordWriter, read_records
+from ldm_ood.methods.records import RecordWriter, read_records
 
 AFFINE = np.array([[-2.0, 0, 0, 10], [0, 0, 1.5, -20], [0, 3.0, 0, 5], [0, 0, 0, 1]])
 

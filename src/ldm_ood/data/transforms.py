@@ -30,14 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import (
-    Compose,
-    Orientation,
-    ResizeWithPadOrCrop,
-    ScaleIntensity,
-    ScaleIntensityRange,
-    Spacing,
-)
+from monai.transforms import Compose, Orientation, ResizeWithPadOrCrop, ScaleIntensity, ScaleIntensityRange, Spacing
 
 from ..config import DataConfig
 from ..errors import InputError

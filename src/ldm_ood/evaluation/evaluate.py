@@ -25,14 +25,33 @@ import numpy as np
 
 from ..data.io import read_image
 from ..data.manifest import Case
+from ..methods.records import read_records
 from ..runs import RunDir
-from ..scoring.records import read_records
 from .completeness import detection_warnings, segmentation_warnings
-from .inputs import (ScoreColumn, finite_scores, normalise_runs, read_score_column, read_threshold, resolve_path, run_manifest,
-                     run_precision, score_sets, segment_variants)
+from .inputs import (
+    ScoreColumn,
+    finite_scores,
+    normalise_runs,
+    read_score_column,
+    read_threshold,
+    resolve_path,
+    run_manifest,
+    run_precision,
+    score_sets,
+    segment_variants,
+)
 from .metrics import Pooling, auroc, average_precision, best_dice, dice_at_threshold, fpr_at_tpr, pixel_auprc
 from .stats import bootstrap_ci, delong_test, significance_marker
-from .summary import DETECTION_METHODS, ID_SET, DeLongResultRow, DetectionResult, SegmentationResult, Summary, is_far, order_sets
+from .summary import (
+    DETECTION_METHODS,
+    ID_SET,
+    DeLongResultRow,
+    DetectionResult,
+    SegmentationResult,
+    Summary,
+    is_far,
+    order_sets,
+)
 
 
 def _f(x: float) -> float | None:

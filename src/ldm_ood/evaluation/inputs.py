@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..data.manifest import Case, read_manifest
+from ..methods.records import read_records
 from ..runs import RunDir
-from ..scoring.records import read_records
 
 
 def normalise_runs(run_dirs: Mapping[str, str | Path] | str | Path | Iterable[str | Path]) -> dict[str, Path]:

@@ -195,7 +195,7 @@ def best_dice(
     ``pooled`` (default): all voxels of all scans form one prediction, one threshold.
     ``per_scan``: one common threshold maximising the *mean* per-scan Dice (each scan's Dice curve
     is evaluated at every distinct pooled score with ``searchsorted``). Returns nan Dice if no mask
-    has a positive voxel in pooled mode.
+    has a positive voxel when pooled.
     """
     pairs = _pairs(maps, masks)
     if pooling == "pooled":

@@ -17,15 +17,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..methods.registry import detection_columns, method_labels
+
 ID_SET = "id"
-#: detection methods: name -> (score folder, column)
-DETECTION_METHODS: dict[str, tuple[str, str]] = {
-    "ldm": ("ldm", "pred_score"),
-    "ldm_mse": ("ldm", "score_mse"),
-    "ldm_lpips": ("ldm", "score_lpips"),
-    "ltm": ("ltm", "pred_score"),
-}
-METHOD_LABELS = {"ldm": "LDM", "ldm_mse": "LDM (MSE)", "ldm_lpips": "LDM (LPIPS)", "ltm": "LTM"}
+#: detection methods: summary method -> (score folder, column), and their labels (``methods.registry``)
+DETECTION_METHODS: dict[str, tuple[str, str]] = detection_columns()
+METHOD_LABELS: dict[str, str] = method_labels()
 #: near-OOD display order by name prefix (paper 000 Table 1); unknown names follow alphabetically
 _NEAR_ORDER = ("noise", "bg", "background", "flip", "chunk", "skull", "scale", "sprites")
 

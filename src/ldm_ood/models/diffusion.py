@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
 from ..config import DiffusionConfig
-from ..precision import autocast
+from ..precision import autocast, to_channels_last
 
 
 def build_unet(cfg: DiffusionConfig, spatial_dims: int, in_channels: int) -> DiffusionModelUNet:
@@ -112,3 +113,34 @@ def epsilon(unet: torch.nn.Module, x: torch.Tensor, timesteps: torch.Tensor, bf1
     autocast when ``bf16``. Every sampler, the KL maps and LDM training call the network through this."""
     with autocast(x.device, bf16):
         return unet(x, timesteps=timesteps).float()
+
+
+@dataclass
+class CallCounter:
+    """UNet usage: ``calls`` forward passes, ``evals`` chain-steps (sum of their batch sizes)."""
+
+    calls: int = 0
+    evals: int = 0
+
+
+def predict_noise(
+    unet: torch.nn.Module,
+    x: torch.Tensor,
+    timestep: int,
+    bf16: bool,
+    unet_batch: int | None = None,
+    counter: CallCounter | None = None,
+) -> torch.Tensor:
+    """ε_θ(x, t) for latents ``x (k, C, *s)`` all at ``timestep``: fp32 ``(k, C, *s)``.
+
+    One UNet call per ``unet_batch`` chains (all of them when None); bf16 autocast + channels-last.
+    """
+    sd = x.ndim - 2
+    outs = []
+    for chunk in x.split(unet_batch or x.shape[0]):
+        t = torch.full((chunk.shape[0],), int(timestep), dtype=torch.long, device=x.device)
+        outs.append(epsilon(unet, to_channels_last(chunk, sd) if bf16 else chunk, t, bf16))
+        if counter is not None:
+            counter.calls += 1
+            counter.evals += chunk.shape[0]
+    return torch.cat(outs).contiguous()

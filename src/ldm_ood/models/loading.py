@@ -22,10 +22,11 @@ import torch
 from monai.networks.nets import VQVAE, DecoderOnlyTransformer, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
+from ..artifacts.checkpoint import load_weights
+from ..artifacts.stage_meta import FirstStageMeta, LDMMeta, StageMeta, TransformerMeta
 from ..config import Config, DiffusionConfig, build_config
 from ..errors import ModelNotTrainedError, NonFiniteModelError
 from ..runs import RunDir
-from ..artifacts.checkpoint import load_model_config, load_weights
 from .diffusion import build_ddpm_scheduler, build_inference_scheduler, build_unet
 from .first_stage import build_first_stage
 from .transformer import LatentOrdering, build_ordering, build_transformer
@@ -35,7 +36,11 @@ _COMMAND = {"first_stage": "first-stage", "ldm": "ldm", "transformer": "transfor
 SHOWN_TENSORS = 5
 
 
-def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, dict[str, Any]]:
+_META: dict[str, type[StageMeta]] = {"first_stage": FirstStageMeta, "ldm": LDMMeta, "transformer": TransformerMeta}
+
+
+def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, Any]:
+    """``(run, the stage's typed record)``; ``ModelNotTrainedError`` when the weights or record are missing."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     model, cfg = run.model_path(stage), run.model_config_path(stage)
     for path in (model, cfg):
@@ -44,7 +49,7 @@ def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, dict[str
                 f"{path}: no trained {stage.replace('_', ' ')} model; "
                 f"train it with `ldm-ood train {_COMMAND[stage]} --run {run.root}`"
             )
-    return run, load_model_config(run.stage_dir(stage))
+    return run, _META[stage].read(run.stage_dir(stage))
 
 
 def _retrain_hint(run: RunDir, stage: str) -> str:
@@ -74,16 +79,13 @@ def _load_checked(module: torch.nn.Module, run: RunDir, stage: str) -> torch.nn.
     return module
 
 
-def _scale_factor(run: RunDir, meta: dict[str, Any]) -> float:
+def _scale_factor(run: RunDir, meta: LDMMeta) -> float:
     """The LDM's latent scale factor from its ``config.json``: finite and > 0, else NonFiniteModelError."""
-    try:
-        value = float(meta["scale_factor"])
-    except (KeyError, TypeError, ValueError):
-        value = float("nan")
+    value = meta.scale_factor
     if not math.isfinite(value) or value <= 0:
         raise NonFiniteModelError(
             run.model_config_path("ldm"),
-            f"latent scale_factor is {meta.get('scale_factor')!r} (must be finite and > 0): the first stage's "
+            f"latent scale_factor is {value!r} (must be finite and > 0): the first stage's "
             f"latents were NaN or constant when the LDM was trained; {_retrain_hint(run, 'ldm')}",
         )
     return value
@@ -99,14 +101,14 @@ def _frozen(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Mod
 def saved_config(run: RunDir | str | Path, stage: str) -> Config:
     """The run configuration saved with the stage's weights."""
     run, meta = _stage_files(run, stage)
-    return build_config(meta["config"], source=str(run.model_config_path(stage)))
+    return build_config(meta.config, source=str(run.model_config_path(stage)))
 
 
 def load_first_stage(run: RunDir | str | Path, device: torch.device | str = "cpu") -> VQVAE:
     """The trained VQ-GAN / VQ-VAE (MONAI ``VQVAE``), eval mode, on ``device``."""
     run, meta = _stage_files(run, "first_stage")
-    cfg = build_config(meta["config"], source=str(run.model_config_path("first_stage")))
-    model = build_first_stage(cfg.first_stage, int(meta["spatial_dims"]))
+    cfg = build_config(meta.config, source=str(run.model_config_path("first_stage")))
+    model = build_first_stage(cfg.first_stage, meta.spatial_dims)
     return _frozen(_load_checked(model, run, "first_stage"), device)
 
 
@@ -135,15 +137,15 @@ class LatentDiffusion:
 def load_ldm(run: RunDir | str | Path, device: torch.device | str = "cpu") -> LatentDiffusion:
     """The trained latent DDPM with its scale factor and latent padding multiple, eval mode."""
     run, meta = _stage_files(run, "ldm")
-    cfg = build_config(meta["config"], source=str(run.model_config_path("ldm")))
+    cfg = build_config(meta.config, source=str(run.model_config_path("ldm")))
     scale_factor = _scale_factor(run, meta)
-    unet = build_unet(cfg.ldm, int(meta["spatial_dims"]), int(meta["latent_channels"]))
+    unet = build_unet(cfg.ldm, meta.spatial_dims, meta.latent_channels)
     return LatentDiffusion(
         unet=_frozen(_load_checked(unet, run, "ldm"), device),
         scale_factor=scale_factor,
-        latent_multiple=int(meta["latent_multiple"]),
+        latent_multiple=meta.latent_multiple,
         config=cfg.ldm,
-        latent_spatial_shape=tuple(meta["latent_spatial_shape"]),
+        latent_spatial_shape=meta.latent_spatial_shape,
         run_config=cfg,
     )
 
@@ -159,7 +161,7 @@ class LatentTransformer(NamedTuple):
 def load_transformer(run: RunDir | str | Path, device: torch.device | str = "cpu") -> LatentTransformer:
     """The trained LTM, the token ordering it was trained with, and the saved run config."""
     run, meta = _stage_files(run, "transformer")
-    cfg = build_config(meta["config"], source=str(run.model_config_path("transformer")))
-    model = _load_checked(build_transformer(cfg.transformer, int(meta["num_tokens"]), int(meta["seq_len"])), run, "transformer")
-    ordering = build_ordering(meta["ordering"], tuple(meta["latent_spatial_shape"]), seed=int(meta["ordering_seed"]))
+    cfg = build_config(meta.config, source=str(run.model_config_path("transformer")))
+    model = _load_checked(build_transformer(cfg.transformer, meta.num_tokens, meta.seq_len), run, "transformer")
+    ordering = build_ordering(meta.ordering, meta.latent_spatial_shape, seed=meta.ordering_seed)
     return LatentTransformer(_frozen(model, device), ordering, cfg)

@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from ..viz.preview import display_slice, display_views, to_ras  # noqa: E402
 from ..evaluation.metrics import auroc, roc_curve  # noqa: E402
+from ..viz.preview import display_slice, display_views, to_ras  # noqa: E402
 
 ID_COLOUR = "#1f77b4"
 OOD_COLOUR = "#ff7f0e"

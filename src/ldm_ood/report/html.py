@@ -23,13 +23,21 @@ import numpy as np
 
 from ..data.io import read_image
 from ..data.manifest import Case
-from ..viz.preview import unit_intensity
 from ..evaluation.evaluate import evaluate
-from ..evaluation.inputs import normalise_runs, read_scores, read_threshold, resolve_path, run_manifest, score_sets, segment_variants
+from ..evaluation.inputs import (
+    normalise_runs,
+    read_scores,
+    read_threshold,
+    resolve_path,
+    run_manifest,
+    score_sets,
+    segment_variants,
+)
 from ..evaluation.summary import DETECTION_METHODS, ID_SET, METHOD_LABELS, Summary, order_sets
 from ..evaluation.tables import MARK_TEXT, Grid, detail_grid, segmentation_grid, table1_grid
+from ..methods.records import read_records
 from ..runs import RunDir
-from ..scoring.records import read_records
+from ..viz.preview import unit_intensity
 from . import figures
 
 #: corruptions with a spatially localised effect: shown as anomaly-map overlays

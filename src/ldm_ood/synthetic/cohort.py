@@ -39,13 +39,13 @@ from typing import Callable
 import numpy as np
 
 from ..config import SynthConfig, load_config
-from .anatomy import draw_subject, grid_affine, head_ct, load_head_template, template_resolution
 from ..data.corruptions import NEAR_OOD_KINDS, add_sprites, case_rng, corrupt_array
-from .far_ood import FAR_OOD_CLASSES
 from ..data.io import write_image
 from ..data.manifest import Case, write_manifest
-from ..viz.preview import Panel, save_preview_grid, slice_panel, volume_panels
 from ..data.transforms import from_unit_range_ct, to_unit_range_ct
+from ..viz.preview import Panel, save_preview_grid, slice_panel, volume_panels
+from .anatomy import draw_subject, grid_affine, head_ct, load_head_template, template_resolution
+from .far_ood import FAR_OOD_CLASSES
 
 SPLITS = ("train", "val", "test")
 #: axial slices per 2D subject, and their world z range (mm from the head centre) through the brain

@@ -29,14 +29,16 @@ from typing import Any, Iterator
 import torch
 from monai.networks.nets import VQVAE
 
+from ..artifacts.stage_meta import FirstStageMeta
 from ..config import Config
 from ..models.first_stage import build_discriminator, build_first_stage, vq_forward
 from ..precision import autocast, guard_small_convolutions, set_layout, to_channels_last
 from ..runs import RunDir
+from ..viz.preview import save_row_preview
 from . import losses
 from .distributed import DistContext, wrap_ddp
 from .finite import optimizer_step
-from .loop import FitResult, fit, save_preview, seeded
+from .loop import FitResult, fit, seeded
 
 
 class _VQForward(torch.nn.Module):
@@ -111,8 +113,8 @@ class FirstStageTask:
     def model(self) -> torch.nn.Module:
         return self.vqvae
 
-    def model_config(self) -> dict[str, Any]:
-        return {"stage": self.stage, "spatial_dims": self.spatial_dims, "config": self.config.model_dump(mode="json")}
+    def model_config(self) -> FirstStageMeta:
+        return FirstStageMeta(spatial_dims=self.spatial_dims, config=self.config.model_dump(mode="json"))
 
     def _perceptual(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         assert self.lpips_model is not None
@@ -181,7 +183,7 @@ class FirstStageTask:
     def preview(self, batch: dict[str, Any], path: Path) -> None:
         x = batch["image"].to(self.ctx.device)
         x_hat, _ = vq_forward(self.vqvae, x, self.bf16)
-        save_preview([x, x_hat, (x - x_hat.float()).abs()], path)
+        save_row_preview([("input", x), ("reconstruction", x_hat), ("|error|", (x - x_hat.float()).abs())], path)
 
 
 def load_lpips_for(config: Config, device: torch.device) -> torch.nn.Module | None:

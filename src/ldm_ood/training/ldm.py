@@ -17,22 +17,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from ..artifacts.stage_meta import LDMMeta
 from ..config import Config
 from ..data.dataset import TensorItems
-from ..models.diffusion import (build_ddpm_scheduler, build_inference_scheduler, build_unet, crop_latent, epsilon,
-                               latent_multiple, pad_latent)
+from ..models.diffusion import (
+    build_ddpm_scheduler,
+    build_inference_scheduler,
+    build_unet,
+    crop_latent,
+    epsilon,
+    latent_multiple,
+    pad_latent,
+)
 from ..models.first_stage import decode, encode
 from ..precision import guard_small_convolutions, set_layout, to_channels_last
 from ..runs import RunDir
+from ..viz.preview import save_row_preview
 from . import losses
 from .distributed import DistContext, wrap_ddp
 from .finite import optimizer_step
-from .loop import FitResult, fit, save_preview, seeded
+from .loop import FitResult, fit, seeded
 
 
 @torch.no_grad()
@@ -92,12 +100,10 @@ class LDMTask:
     def model(self) -> torch.nn.Module:
         return self.unet
 
-    def model_config(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage, "spatial_dims": self.spatial_dims, "scale_factor": self.scale_factor,
-            "latent_multiple": self.multiple, "latent_spatial_shape": list(self.latent_spatial),
-            "latent_channels": self.config.first_stage.embedding_dim, "config": self.config.model_dump(mode="json"),
-        }
+    def model_config(self) -> LDMMeta:
+        return LDMMeta(spatial_dims=self.spatial_dims, config=self.config.model_dump(mode="json"),
+                       scale_factor=self.scale_factor, latent_multiple=self.multiple,
+                       latent_spatial_shape=tuple(self.latent_spatial), latent_channels=self.config.first_stage.embedding_dim)
 
     def _loss(self, net: torch.nn.Module, z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """L_simple of a batch of unscaled latents ``z (B, C, *s)``."""
@@ -146,9 +152,10 @@ class LDMTask:
         gen = torch.Generator().manual_seed(self.config.ldm.optim.seed)
         recon = self._ddim(z, self.scheduler.num_train_timesteps // 2, gen)
         sample = self._ddim(torch.zeros_like(z), None, gen)
-        rows = [decode(self.first_stage, z, requantize=False), decode(self.first_stage, recon, requantize=True),
-                decode(self.first_stage, sample, requantize=True)]
-        save_preview(rows, path)
+        t_half = self.scheduler.num_train_timesteps // 2
+        save_row_preview([("decoded latent", decode(self.first_stage, z, requantize=False)),
+                          (f"DDIM from t={t_half}", decode(self.first_stage, recon, requantize=True)),
+                          ("sample", decode(self.first_stage, sample, requantize=True))], path)
 
 
 def fit_ldm(

@@ -58,7 +58,6 @@ from .metrics import append_metrics, metrics_header, tensorboard_writer, truncat
 from .precision_check import resolve_training_precision
 from .task import StageTask
 
-
 console = Console(stderr=True)
 
 N_PREVIEW = 4
@@ -306,7 +305,7 @@ def fit(
                     raise NonFiniteTrainingError(task.stage, epoch, "validation", "val_loss", val,
                                                  f"Precision was {precision.dtype}.")
                 if progress.validated(val, epoch) and ctx.is_main:
-                    save_model(stage_dir, task.model(), task.model_config())
+                    save_model(stage_dir, task.model(), task.model_config().to_json())
             if ctx.is_main and epoch % optim.preview_every == 0:
                 _preview(task, preview_batch, run.previews_dir(task.stage) / f"epoch_{epoch:04d}.png")
             row = {"epoch": epoch, **train, "val_loss": val, "seconds": round(time.time() - t0, 3),
@@ -358,33 +357,3 @@ def _preview(task: StageTask, batch: Any, path: Path) -> None:
         console.print(f"[yellow]preview failed: {type(err).__name__}: {err}")
     finally:
         model.train(was_training)
-
-
-def save_preview(rows: list[torch.Tensor], path: Path) -> None:
-    """PNG grid: one row per tensor ``(B, 1, *S)`` side by side per case; 3D shows the three middle slices.
-
-    Values are clipped to [0, 1] (the preprocessed intensity range).
-    """
-    import numpy as np
-    from PIL import Image as PILImage
-
-    def tiles(x: torch.Tensor) -> np.ndarray:
-        x = x.detach().float().cpu().clamp(0, 1)
-        cols = []
-        for case in x[:, 0]:
-            if case.ndim == 3:
-                c = [s // 2 for s in case.shape]
-                planes = [case[c[0]], case[:, c[1]], case[:, :, c[2]]]
-                h = max(p.shape[0] for p in planes)
-                planes = [torch.nn.functional.pad(p, (0, 0, 0, h - p.shape[0])) for p in planes]
-                cols.append(torch.cat(planes, dim=1).numpy())
-            else:
-                cols.append(case.numpy())
-        return np.concatenate(cols, axis=1)
-
-    grid = [tiles(r) for r in rows]
-    width = max(g.shape[1] for g in grid)
-    grid = [np.pad(g, ((0, 0), (0, width - g.shape[1]))) for g in grid]
-    img = (np.concatenate(grid, axis=0) * 255).round().astype("uint8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    PILImage.fromarray(img).save(path)

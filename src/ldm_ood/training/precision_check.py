@@ -15,7 +15,13 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..config import OptimConfig
-from ..precision_policy import TRAIN_TENSOR_TOLERANCE, TRAIN_TOLERANCE, PrecisionChoice, choose_precision, network_signature
+from ..precision_policy import (
+    TRAIN_TENSOR_TOLERANCE,
+    TRAIN_TOLERANCE,
+    PrecisionChoice,
+    choose_precision,
+    network_signature,
+)
 from .distributed import DistContext, broadcast_object
 from .task import StageTask
 

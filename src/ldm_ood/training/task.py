@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ..artifacts.stage_meta import StageMeta
+
 
 class StageTask(Protocol):
     """What a stage gives the loop. Losses are Python floats already reduced over the batch."""
@@ -24,7 +26,7 @@ class StageTask(Protocol):
 
     def model(self) -> torch.nn.Module: ...  # the module saved as model.safetensors
 
-    def model_config(self) -> dict[str, Any]: ...  # saved as config.json
+    def model_config(self) -> StageMeta: ...  # saved as config.json
 
     def train_step(self, batch: Any, epoch: int) -> dict[str, float]: ...  # raises errors.NonFiniteValue
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ..artifacts.stage_meta import TransformerMeta
 from ..config import Config
 from ..data.dataset import TensorItems
 from ..models.first_stage import encode_indices
@@ -67,13 +68,11 @@ class TransformerTask:
     def model(self) -> torch.nn.Module:
         return self.net_core
 
-    def model_config(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage, "spatial_dims": self.config.data.spatial_dims, "num_tokens": self.num_tokens,
-            "seq_len": self.seq_len, "latent_spatial_shape": list(self.latent_spatial),
-            "ordering": self.cfg.ordering, "ordering_seed": ORDERING_SEED,
-            "config": self.config.model_dump(mode="json"),
-        }
+    def model_config(self) -> TransformerMeta:
+        return TransformerMeta(spatial_dims=self.config.data.spatial_dims, config=self.config.model_dump(mode="json"),
+                               num_tokens=self.num_tokens, seq_len=self.seq_len,
+                               latent_spatial_shape=tuple(self.latent_spatial), ordering=self.cfg.ordering,
+                               ordering_seed=ORDERING_SEED)
 
     def _loss(self, net: torch.nn.Module, seq: torch.Tensor) -> torch.Tensor:
         seq = seq.to(self.ctx.device)

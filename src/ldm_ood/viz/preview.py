@@ -1,6 +1,6 @@
 """Preview figures: tri-planar views of volumes, 2D slices, optional overlays and mask outlines.
 
-Used for the synthetic benchmark's ``preview.png`` and by the report's anomaly-map overlays and
+Used for the synthetic benchmark's ``preview.png``, the training previews (:func:`save_row_preview`) and by the report's anomaly-map overlays and
 segmentation examples (:func:`display_views`, :func:`unit_intensity`). Display convention (radiological, as CT viewers): every panel has superior (sagittal,
 coronal) or anterior (axial) at the top, and the patient's right on the left of axial / coronal
 panels (anterior on the left of sagittal panels). Volumes are reoriented to RAS from their affine
@@ -167,3 +167,24 @@ def save_preview_grid(panels: Sequence[Panel], path: str | Path, ncols: int = 12
             ax.text(c * (cw + gap) + 1, r * (ch + title_h + gap) + title_h - 3, p.title, fontsize=7, va="bottom")
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def save_row_preview(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, cell: int = 64) -> Path:
+    """Training previews (``previews/epoch_NNNN.png``): one row per ``(title, batch)``, ``batch``
+    ``(B, 1, *S)`` (array or CPU tensor) on the preprocessed grid in [0, 1] (values clipped); each case
+    is its three middle planes (3D, radiological, as every other figure) or the slice (2D), the row
+    title over its first panel. Every row must hold the same number and shape of cases."""
+    panels: list[Panel] = []
+    ncols = 0
+    for title, batch in rows:
+        data = batch.detach().float().cpu().numpy() if hasattr(batch, "detach") else batch
+        arr = np.clip(np.asarray(data, dtype=np.float32), 0.0, 1.0)
+        row: list[Panel] = []
+        for b, case in enumerate(arr[:, 0]):
+            label = title if b == 0 else ""
+            row += volume_panels(case, label) if case.ndim == 3 else [slice_panel(case, label)]
+        if ncols and len(row) != ncols:
+            raise ValueError(f"preview row {title!r} has {len(row)} panels, the first row {ncols}")
+        ncols = ncols or len(row)
+        panels += row
+    return save_preview_grid(panels, path, ncols=max(ncols, 1), cell=cell)

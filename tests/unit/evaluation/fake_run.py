@@ -19,7 +19,7 @@ import numpy as np
 
 from ldm_ood.data.io import write_image
 from ldm_ood.data.manifest import Case, write_manifest
-from ldm_ood.scoring.records import RecordWriter
+from ldm_ood.methods.records import RecordWriter
 
 LDM_FIELDS = ["case_id", "set", "pred_score", "score_mse", "score_lpips", "percentile", "flag", "map_path", "seconds"]
 LTM_FIELDS = ["case_id", "set", "pred_score", "percentile", "flag", "map_path", "seconds", "nll"]

@@ -4,9 +4,9 @@ import json
 
 from ldm_ood.evaluation.inputs import run_precision
 from ldm_ood.evaluation.summary import Summary
+from ldm_ood.methods.inference_precision import report
 from ldm_ood.precision_policy import PrecisionChoice
 from ldm_ood.runs import RunDir
-from ldm_ood.scoring.inference_precision import report
 
 
 def test_training_and_scoring_precision_are_collected_and_round_trip(tmp_path):

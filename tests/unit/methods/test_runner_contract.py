@@ -18,16 +18,16 @@ from ldm_ood.config import load_config
 from ldm_ood.data.io import write_image
 from ldm_ood.data.manifest import Case, write_manifest
 from ldm_ood.errors import BatchError
+from ldm_ood.methods.base import CalibrationResult, RunResult
+from ldm_ood.methods.context import read_folder_score
+from ldm_ood.methods.ldm.pipeline import calibrate_ldm, score_ldm
+from ldm_ood.methods.ltm.pipeline import calibrate_ltm, score_ltm
+from ldm_ood.methods.records import read_records
+from ldm_ood.methods.segment.pipeline import calibrate_segment, segment
 from ldm_ood.models.diffusion import build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.models.transformer import build_transformer
 from ldm_ood.runs import RunDir
-from ldm_ood.scoring.common import read_folder_score
-from ldm_ood.scoring.ltm_pipeline import calibrate_ltm, score_ltm
-from ldm_ood.scoring.pipeline import calibrate_ldm, score_ldm
-from ldm_ood.scoring.records import read_records
-from ldm_ood.scoring.runner import RunResult
-from ldm_ood.scoring.segment import calibrate_segment, segment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,7 +89,10 @@ METHODS = {
 def test_every_method_honours_the_runner_contract(run, tmp_path, method):
     run_dir, folder = run
     calibrate, score, records = METHODS[method]
-    calibrate(run_dir.root)
+    cal = calibrate(run_dir.root)
+    assert isinstance(cal, CalibrationResult) and cal.method == method and cal.path.is_file()
+    assert cal.n == 3 and cal.failed == 0 and all(p.is_file() for p in cal.files.values())
+    assert cal.threshold is None if method == "segment" else math.isfinite(cal.threshold)
 
     # a bad file among good ones: the good ones are scored, the bad one named, the call raises at the end
     with pytest.raises(BatchError, match="bad") as err:

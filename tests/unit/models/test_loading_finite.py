@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from ldm_ood.artifacts.checkpoint import save_model
 from ldm_ood.cli import app
 from ldm_ood.config import load_config
 from ldm_ood.errors import NonFiniteModelError
@@ -17,7 +18,6 @@ from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.models.loading import load_first_stage, load_ldm, load_transformer
 from ldm_ood.models.transformer import build_transformer
 from ldm_ood.runs import RunDir
-from ldm_ood.artifacts.checkpoint import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets
 

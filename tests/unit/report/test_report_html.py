@@ -9,10 +9,10 @@ import re
 import numpy as np
 from fake_run import make_tiny_run
 
-from ldm_ood.viz.preview import display_slice, to_ras
 from ldm_ood.evaluation.evaluate import evaluate
 from ldm_ood.report import figures
 from ldm_ood.report.html import SECTION_TITLES, build_report
+from ldm_ood.viz.preview import display_slice, to_ras
 
 
 def _pngs(page: str) -> list[bytes]:

@@ -12,8 +12,8 @@ from ldm_ood.config import load_config
 from ldm_ood.data.corruptions import NEAR_OOD_KINDS, case_rng, corrupt_array
 from ldm_ood.data.io import read_image, read_mask
 from ldm_ood.data.manifest import read_manifest, select, set_names
-from ldm_ood.synthetic.cohort import synth
 from ldm_ood.data.transforms import Preprocessor, to_unit_range_ct
+from ldm_ood.synthetic.cohort import synth
 
 
 @pytest.fixture(scope="module")

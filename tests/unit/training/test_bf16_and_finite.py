@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from ldm_ood.artifacts.checkpoint import load_state
 from ldm_ood.config import load_config
+from ldm_ood.errors import NonFiniteTrainingError, NonFiniteValue
 from ldm_ood.precision import guard_small_convolutions, kernel_wider_than_input
 from ldm_ood.runs import RunDir
 from ldm_ood.training import losses
-from ldm_ood.artifacts.checkpoint import load_state
 from ldm_ood.training.distributed import DistContext
-from ldm_ood.errors import NonFiniteTrainingError, NonFiniteValue
 from ldm_ood.training.finite import optimizer_step
 from ldm_ood.training.first_stage import FirstStageTask, fit_first_stage
 from ldm_ood.training.ldm import LDMTask

@@ -6,11 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ldm_ood.artifacts.stage_meta import LDMMeta
 from ldm_ood.config import OptimConfig
 from ldm_ood.runs import RunDir
 from ldm_ood.training.distributed import DistContext, epoch_indices
 from ldm_ood.training.loop import fit
 from ldm_ood.training.metrics import read_metrics
+
+TOY_META = LDMMeta(spatial_dims=1, config={}, scale_factor=1.0, latent_multiple=1, latent_spatial_shape=(4,), latent_channels=1)
 
 
 class ScriptedTask:
@@ -45,7 +48,7 @@ class ScriptedTask:
         return self.net
 
     def model_config(self):
-        return {"stage": "ldm"}
+        return TOY_META
 
     def train_step(self, batch, epoch):
         self.epoch = epoch
@@ -91,7 +94,7 @@ def test_early_stopping_keeps_best_validation_model(tmp_path):
     assert precision["precision"] == "fp32" and precision["requested"] == "fp32"
     assert json.loads((run.stage_dir("ldm") / "precision.json").read_text()) == precision
     assert (run.previews_dir("ldm") / "epoch_0003.png").exists()
-    assert json.loads(run.model_config_path("ldm").read_text()) == {"stage": "ldm"}
+    assert LDMMeta.read(run.stage_dir("ldm")) == TOY_META
 
 
 def test_val_every_and_samples_per_epoch(tmp_path):

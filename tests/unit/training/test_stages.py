@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ldm_ood.config import load_config
+from ldm_ood.errors import ModelNotTrainedError
 from ldm_ood.models.diffusion import latent_multiple
 from ldm_ood.models.first_stage import build_first_stage, encode, encode_indices
-from ldm_ood.errors import ModelNotTrainedError
 from ldm_ood.models.loading import load_first_stage, load_ldm, load_transformer
 from ldm_ood.runs import RunDir
 from ldm_ood.training.distributed import DistContext
@@ -127,9 +127,9 @@ def test_missing_models_name_path_and_command(tmp_path):
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+    from ldm_ood.artifacts.checkpoint import load_weights, save_model
     from ldm_ood.models.diffusion import build_unet
     from ldm_ood.models.transformer import build_transformer
-    from ldm_ood.artifacts.checkpoint import load_weights, save_model
 
     cfg = load_config(preset="tiny")
     builders = {

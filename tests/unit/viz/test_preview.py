@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image as PILImage
 
 from ldm_ood.viz.preview import (
@@ -62,3 +63,26 @@ def test_display_views_and_unit_intensity():
     np.testing.assert_array_equal(display_views(v[..., 0])[0], display_slice(v[..., 0].astype(np.float32)))
     np.testing.assert_allclose(unit_intensity(np.array([-1000.0, -15.0, 42.5, 100.0, 900.0])), [0, 0, 0.5, 1, 1])
     np.testing.assert_allclose(unit_intensity(np.array([2.0, 4.0, 6.0]), modality="other"), [0, 0.5, 1])
+
+
+def test_row_preview_lays_out_one_row_per_tensor_and_clips_to_unit_range(tmp_path, monkeypatch):
+    import torch
+
+    from ldm_ood.viz import preview
+
+    seen = {}
+    real = preview.save_preview_grid
+    monkeypatch.setattr(preview, "save_preview_grid",
+                        lambda panels, path, ncols, cell: seen.update(panels=panels, ncols=ncols) or real(panels, path, ncols, cell))
+    x = torch.zeros(2, 1, 6, 6, 6)
+    x[0, 0, 3, 3, 3] = 2.0  # clipped to 1
+    path = preview.save_row_preview([("input", x), ("error", -x)], tmp_path / "e.png", cell=24)
+    assert path.exists() and seen["ncols"] == 6 and len(seen["panels"]) == 12  # 2 cases x 3 planes per row
+    titles = [p.title for p in seen["panels"]]
+    assert titles[0] == "input" and titles[6] == "error" and not any(titles[1:6])
+    assert all(p.image.max() <= 1.0 and p.image.min() >= 0.0 for p in seen["panels"])
+    assert seen["panels"][2].image.max() == 1.0  # the axial plane through the centre holds the bright voxel
+    two_d = preview.save_row_preview([("slices", np.full((3, 1, 4, 5), 0.5))], tmp_path / "s.png")
+    assert two_d.exists() and seen["ncols"] == 3
+    with pytest.raises(ValueError, match="row 'b' has 3 panels, the first row 6"):
+        preview.save_row_preview([("a", x), ("b", x[:1])], tmp_path / "bad.png")

@@ -1,0 +1,81 @@
+"""What every method is and returns: the :class:`Method` protocol the runner drives, and the one
+result type of each step (:class:`CalibrationResult`, :class:`RunResult`).
+
+A method is a folder of :mod:`ldm_ood.methods` (``ldm/``, ``ltm/``, ``segment/``) with a
+``pipeline.py`` holding its ``calibrate_*`` and scoring functions, and one line in
+:mod:`.registry`; its scoring function builds a :class:`Method` and hands it to
+:func:`.runner.run_method`, which owns resume, folder mode, batching, failures and progress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Sequence
+
+import torch
+
+from ..data.manifest import Case
+from ..runs import RunDir
+
+
+@dataclass
+class CalibrationResult:
+    """What a calibration wrote, the same fields for every method.
+
+    ``path``: the calibration file; ``n``: validation scans it used (``failed`` could not be read or
+    scored); ``fpr`` / ``threshold``: the image-level operating point (score above ``threshold`` →
+    flagged; None where thresholds are per variant, see ``details``); ``files``: other files it wrote
+    (voxel statistics, KL thresholds); ``details``: the method's own numbers (t-values, residual
+    thresholds, mean and std of the validation scores).
+    """
+
+    method: str
+    path: Path
+    n: int
+    fpr: float
+    threshold: float | None
+    failed: int = 0
+    files: dict[str, Path] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """What a scoring method wrote: one CSV per set (or the output folder), and counts."""
+
+    outputs: dict[str, Path] = field(default_factory=dict)
+    scored: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+class Method(Protocol):
+    """A scoring method plugged into :func:`run_method`."""
+
+    name: str  # "score ldm", "segment (c)": the progress bars
+    label: str  # "score --method ldm", "segment (variant c)": the failure summary
+    batch_size: int
+    fieldnames: Sequence[str]  # columns of its CSV (case_id, set, pred_score, ..., seconds)
+
+    def records_path(self, run: RunDir, set_name: str) -> Path: ...  # the set's CSV
+
+    def outputs_dir(self, run: RunDir, set_name: str) -> Path: ...  # the set's maps / images
+
+    def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list[Any], out_dir: Path) -> list[dict[str, Any]]:
+        """Score ``x (b, 1, *grid)`` (the preprocessed ``cases``), write each case's outputs into
+        ``out_dir``; one row per case with ``pred_score`` and the method's columns (no case_id, set, seconds)."""
+        ...
+
+
+class DetectionFiles:
+    """Where an OOD-detection method (``key``: ``ldm``, ``ltm``) writes: ``scores/<key>/<set>.csv``, ``maps/<key>/<set>/``."""
+
+    key: ClassVar[str]
+
+    def records_path(self, run: RunDir, set_name: str) -> Path:
+        return run.scores_path(self.key, set_name)
+
+    def outputs_dir(self, run: RunDir, set_name: str) -> Path:
+        return run.maps_dir(self.key, set_name)

@@ -1,0 +1,147 @@
+"""Where every method's scans come from: the run, its config, the manifest or folder, resume.
+
+Paper 000 §3.2 / paper 001 §4.1 score the same manifests and folders with different models; what
+they share lives here, so the three pipelines read the inputs and write the outputs alike:
+
+* :class:`Preprocessing`: what a pipeline needs of ``ldm_ood.data.transforms.Preprocessor``;
+* :func:`load_context`: run folder, config (the run's unless given), device and preprocessor;
+* :func:`manifest_cases`, :func:`validation_cases`, :func:`test_cases`: manifest → cases
+  (``split=val`` for calibration, ``split=test`` per set for scoring);
+* :func:`folder_cases`, :func:`write_folder_score`, :func:`read_folder_score`: the MOOD challenge
+  folder layout, where ``<output>/<case>.txt`` holds the scan's score as one number (the same for
+  every method) and a case whose ``.txt`` exists is skipped on a rerun;
+* :func:`pending`: cases of a score CSV not written yet (resume);
+* :func:`progress_bar`: the ``rich`` progress bar all scoring commands show.
+
+Calibration files (finite checks, atomic JSON) are :mod:`.calibration_files`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Protocol, Sequence
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..artifacts.atomic import atomic_write_text
+from ..config import Config, ConfigError
+from ..data.io import Image
+from ..data.manifest import Case, read_manifest, select, set_names
+from ..precision import default_device
+from ..runs import RunDir
+
+
+class Preprocessing(Protocol):
+    """What the pipelines need of ``ldm_ood.data.transforms.Preprocessor`` (CONTRACTS.md).
+
+    ``load(path)`` → ``(x (1, *grid) in [0, 1], meta)``; ``invert(array (*grid), meta)`` → the array on
+    the input's native grid and affine.
+    """
+
+    def load(self, path: str | Path) -> tuple[torch.Tensor, Any]: ...
+
+    def invert(self, array_on_grid: Any, meta: Any) -> Image: ...
+
+
+@dataclass
+class Context:
+    """What every scoring call starts from: the run's folder and config, the device, the preprocessor."""
+
+    run: RunDir
+    cfg: Config
+    device: torch.device
+    preprocessor: Preprocessing
+
+
+def load_context(
+    run_dir: str | Path,
+    config: Config | None = None,
+    preprocessor: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+) -> Context:
+    """The run at ``run_dir``; ``config`` (default: the run's ``config.yaml``, ``FileNotFoundError``
+    without one); ``device`` (default: ``precision.default_device()``); ``preprocessor`` (default:
+    ``Preprocessor(cfg.data)``)."""
+    run = RunDir(run_dir)
+    cfg = config if config is not None else run.config_or(None)
+    dev = torch.device(device) if device is not None else default_device()
+    if preprocessor is None:
+        from ..data.transforms import Preprocessor
+
+        preprocessor = Preprocessor(cfg.data)
+    return Context(run, cfg, dev, preprocessor)
+
+
+def manifest_cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
+    """All cases of ``manifest`` (a CSV or a folder), else of the config's ``data.manifest``."""
+    source = manifest if manifest is not None else cfg.data.manifest
+    if source is None:
+        raise ConfigError("no manifest: pass --data or set data.manifest in the run's config")
+    return read_manifest(source)
+
+
+def validation_cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
+    """The ``split=val`` cases calibration runs on; ``ConfigError`` when there are none."""
+    val = select(manifest_cases(cfg, manifest), split="val")
+    if not val:
+        raise ConfigError("the manifest has no split=val cases to calibrate on")
+    return val
+
+
+def test_cases(cfg: Config, manifest: str | Path | None, sets: Sequence[str] | None = None) -> dict[str, list[Case]]:
+    """``{set name: its split=test cases}`` for ``sets`` (default: every test set of the manifest,
+    in manifest order); ``ConfigError`` for a requested set without test cases."""
+    cases = manifest_cases(cfg, manifest)
+    out: dict[str, list[Case]] = {}
+    for name in sets or set_names(cases, split="test"):
+        todo = select(cases, split="test", set_name=name)
+        if not todo:
+            raise ConfigError(f"no test cases in set {name!r}")
+        out[name] = todo
+    return out
+
+
+test_cases.__test__ = False  # type: ignore[attr-defined]  # a library function, not a pytest test
+
+
+def pending(cases: Sequence[Case], done_ids: Iterable[str]) -> tuple[list[Case], int]:
+    """``(cases not in done_ids, how many were skipped)``: resume of a score CSV."""
+    done = set(done_ids)
+    todo = [c for c in cases if c.case_id not in done]
+    return todo, len(cases) - len(todo)
+
+
+def folder_score_path(output_dir: str | Path, case_id: str) -> Path:
+    """``<output_dir>/<case_id>.txt``: the MOOD layout's per-case score file."""
+    return Path(output_dir) / f"{case_id}.txt"
+
+
+def folder_cases(input_dir: str | Path, output_dir: str | Path) -> tuple[Path, list[Case], int]:
+    """Folder (MOOD) mode: ``(output folder, created, cases of input_dir without a <case>.txt in it,
+    how many were skipped because they have one)``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = read_manifest(input_dir)
+    todo = [c for c in cases if not folder_score_path(out, c.case_id).exists()]
+    return out, todo, len(cases) - len(todo)
+
+
+def write_folder_score(path: str | Path, score: float) -> Path:
+    """Write ``<case>.txt`` of the MOOD layout: the score alone, as one number and a newline (atomic,
+    so a half-written file never marks a case done). Same format for every method."""
+    path = Path(path)
+    atomic_write_text(path, f"{float(score)!r}\n")
+    return path
+
+
+def read_folder_score(path: str | Path) -> float:
+    """The score of a ``<case>.txt`` written by :func:`write_folder_score`."""
+    return float(Path(path).read_text())
+
+
+def progress_bar(enabled: bool = True, transient: bool = False) -> Progress:
+    """The scoring commands' progress bar (description, bar, done/total, elapsed, remaining)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), disable=not enabled, transient=transient)

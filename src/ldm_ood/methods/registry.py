@@ -1,0 +1,84 @@
+"""Every scoring method the project has, one line each: the CLI, the benchmark and ``evaluate`` read
+this table, so a new method is its folder under :mod:`ldm_ood.methods` plus one :class:`MethodInfo`.
+
+Import-light on purpose (no torch): the CLI builds its ``--method`` choices from it, and evaluation
+reads its score columns from it. The functions are imported on first use (:meth:`MethodInfo.calibrate`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from ..errors import ConfigError
+
+Task = Literal["detection", "segmentation"]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One scoring method.
+
+    ``name``: its key everywhere (``--method``, ``scores/<name>/``, the API's ``calibrate_<name>``);
+    ``task``: ``detection`` (a score per scan, evaluated by AUROC per OOD set; paper 000) or
+    ``segmentation`` (a map and mask per image, evaluated by Dice and AUPRC; paper 001);
+    ``module``: where ``calibrate_fn`` and ``score_fn`` live; ``score_options``: the extra keyword
+    options its scoring function takes beyond ``manifest, sets, input_dir, output_dir`` (the CLI
+    refuses the others); ``columns``: detection methods' evaluated score columns, ``{summary method:
+    (CSV column, label)}``, the first being the method's own ``pred_score``.
+    """
+
+    name: str
+    task: Task
+    paper: str
+    description: str
+    module: str
+    calibrate_fn: str
+    score_fn: str
+    score_options: tuple[str, ...] = ()
+    columns: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def calibrate(self) -> Callable[..., Any]:
+        """``calibrate_<name>(run_dir, manifest=None, ...) -> CalibrationResult``."""
+        return getattr(importlib.import_module(self.module), self.calibrate_fn)
+
+    def score(self) -> Callable[..., Any]:
+        """``score_<name>(run_dir, manifest=None, sets=None, input_dir=None, output_dir=None, ...) -> RunResult``."""
+        return getattr(importlib.import_module(self.module), self.score_fn)
+
+
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (
+    MethodInfo("ldm", "detection", "000", "latent diffusion reconstructions, MSE + LPIPS z-scored (Graham et al. 2023)",
+               "ldm_ood.methods.ldm.pipeline", "calibrate_ldm", "score_ldm", score_options=("sequential",),
+               columns={"ldm": ("pred_score", "LDM"), "ldm_mse": ("score_mse", "LDM (MSE)"),
+                        "ldm_lpips": ("score_lpips", "LDM (LPIPS)")}),
+    MethodInfo("ltm", "detection", "000", "latent transformer likelihood baseline (Graham et al. 2023 §3.3)",
+               "ldm_ood.methods.ltm.pipeline", "calibrate_ltm", "score_ltm",
+               columns={"ltm": ("pred_score", "LTM")}),
+    MethodInfo("segment", "segmentation", "001", "KL-masked latent healing (Pinaya et al. 2022), variants a-d",
+               "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",)),
+)}
+
+
+def method(name: str) -> MethodInfo:
+    """The registered method ``name``; ``ConfigError`` naming the known ones otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def detection_methods() -> list[MethodInfo]:
+    """The detection methods, in registry order (what ``evaluate`` computes AUROCs for)."""
+    return [m for m in METHODS.values() if m.task == "detection"]
+
+
+def detection_columns() -> dict[str, tuple[str, str]]:
+    """``{summary method: (score folder, CSV column)}`` over every detection method."""
+    return {key: (m.name, column) for m in detection_methods() for key, (column, _) in m.columns.items()}
+
+
+def method_labels() -> dict[str, str]:
+    """``{summary method: label}`` (``ldm_mse`` → ``LDM (MSE)``) over every detection method."""
+    return {key: label for m in detection_methods() for key, (_, label) in m.columns.items()}

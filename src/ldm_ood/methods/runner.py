@@ -1,0 +1,150 @@
+"""The one driver every scoring method runs through: LDM (paper 000), LTM (its baseline), segmentation (paper 001).
+
+A method (:class:`~.base.Method`) only says where its records and outputs go and how it scores a batch
+of preprocessed scans; :func:`run_method` does everything else, the same way for every method:
+
+* **jobs** — one per test set of the manifest (``sets`` to restrict), or one for an input folder
+  (folder-in / folder-out, the MOOD layout: ``<case>.txt`` holds the score alone);
+* **resume** — cases already in the set's CSV, or with a ``<case>.txt`` in the output folder, are
+  skipped; a row is appended (and flushed) as each case finishes, the ``.txt`` written last;
+* **batches** — ``method.batch_size`` scans are loaded and scored together; ``seconds`` of a row is
+  its load time plus its share of the batch;
+* **failures** — an unreadable scan is recorded and skipped; a batch that fails is retried scan by
+  scan, so only the culprit is lost; after every job, :class:`~ldm_ood.errors.BatchError` lists
+  the failures (the CLI exits non-zero) while everything else is on disk;
+* **progress** — one bar per job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..data.manifest import Case
+from ..errors import BatchFailures
+from .base import Method, RunResult
+from .context import Context, folder_cases, folder_score_path, pending, progress_bar, test_cases, write_folder_score
+from .records import RecordWriter
+
+
+@dataclass
+class Job:
+    """Cases still to score and where their outputs go; ``writer`` None in folder mode."""
+
+    name: str
+    cases: list[Case]
+    out_dir: Path
+    writer: RecordWriter | None
+
+
+def make_jobs(method: Method, ctx: Context, manifest: str | Path | None, sets: Sequence[str] | None,
+              input_dir: str | Path | None, output_dir: str | Path | None, result: RunResult) -> list[Job]:
+    """One job per test set (resuming from its CSV), or the input folder's (resuming from ``<case>.txt``)."""
+    if (input_dir is None) != (output_dir is None):
+        raise ValueError("input_dir and output_dir go together")
+    if input_dir is not None:
+        out, todo, skipped = folder_cases(input_dir, output_dir)
+        result.outputs["folder"], result.skipped = out, result.skipped + skipped
+        return [Job("folder", todo, out, None)]
+    jobs = []
+    for name, cases in test_cases(ctx.cfg, manifest, sets).items():
+        writer = RecordWriter(method.records_path(ctx.run, name), list(method.fieldnames))
+        todo, skipped = pending(cases, writer.done_ids())
+        result.outputs[name], result.skipped = writer.path, result.skipped + skipped
+        jobs.append(Job(name, todo, method.outputs_dir(ctx.run, name), writer))
+    return jobs
+
+
+@dataclass
+class _Loaded:
+    case: Case
+    x: torch.Tensor
+    meta: Any
+    seconds: float
+
+
+def load_batches(cases: Sequence[Case], ctx: Context, size: int, failures: BatchFailures
+                 ) -> Iterator[tuple[int, list[_Loaded]]]:
+    """``(n, loaded)`` per chunk of up to ``size`` cases: the preprocessed ones (unreadable ones go
+    to ``failures``); ``n`` counts the whole chunk, for the progress bar."""
+    for i in range(0, len(cases), size):
+        chunk, group = cases[i : i + size], []
+        for case in chunk:
+            with failures.guard(case.case_id, case.path):
+                t0 = time.perf_counter()
+                x, meta = ctx.preprocessor.load(case.path)
+                group.append(_Loaded(case, x, meta, time.perf_counter() - t0))
+        yield len(chunk), group
+
+
+#: ``fn(cases, x (b, 1, *grid), metas) -> one result per case``: what a batch of scans is turned into
+BatchFn = Callable[[list[Case], torch.Tensor, list[Any]], list[Any]]
+
+
+def _apply(fn: BatchFn, group: list[_Loaded], device: torch.device) -> list[tuple[_Loaded, Any, float]]:
+    t0 = time.perf_counter()
+    x = torch.stack([item.x for item in group]).to(device)
+    results = fn([item.case for item in group], x, [item.meta for item in group])
+    share = (time.perf_counter() - t0) / len(group)
+    return [(item, res, item.seconds + share) for item, res in zip(group, results)]
+
+
+def _applied(fn: BatchFn, group: list[_Loaded], device: torch.device, failures: BatchFailures
+             ) -> list[tuple[_Loaded, Any, float]]:
+    """``fn`` on the group; a failing group is retried scan by scan so only the culprit is recorded."""
+    if len(group) > 1:
+        try:
+            return _apply(fn, group, device)
+        except Exception:
+            pass  # retried below, one scan at a time
+    out = []
+    for item in group:
+        with failures.guard(item.case.case_id, item.case.path):
+            out += _apply(fn, [item], device)
+    return out
+
+
+def each_case(cases: Sequence[Case], ctx: Context, size: int, fn: BatchFn, failures: BatchFailures,
+              advance: Callable[[int], None] = lambda n: None) -> Iterator[tuple[_Loaded, Any, float]]:
+    """``(loaded case, fn's result for it, seconds)`` for every case that loads and scores, in
+    batches of ``size`` (module docstring: failures); ``advance(n)`` after each chunk of ``n`` cases."""
+    for n, group in load_batches(cases, ctx, size, failures):
+        if group:
+            yield from _applied(fn, group, ctx.device, failures)
+        advance(n)
+
+
+def _write(job: Job, item: _Loaded, row: dict[str, Any], seconds: float) -> None:
+    if job.writer is None:  # MOOD layout: the score alone, written last so a rerun resumes correctly
+        write_folder_score(folder_score_path(job.out_dir, item.case.case_id), row["pred_score"])
+    else:
+        job.writer.write({"case_id": item.case.case_id, "set": item.case.set, **row, "seconds": round(seconds, 3)})
+
+
+def run_method(method: Method, ctx: Context, manifest: str | Path | None = None, sets: Sequence[str] | None = None,
+               input_dir: str | Path | None = None, output_dir: str | Path | None = None, progress: bool = True,
+               result: RunResult | None = None) -> RunResult:
+    """Score every pending case of every job with ``method`` (module docstring); returns the counts."""
+    result = result if result is not None else RunResult()
+    failures = BatchFailures()
+    t_start = time.perf_counter()
+    jobs = make_jobs(method, ctx, manifest, sets, input_dir, output_dir, result)
+    with progress_bar(progress) as bar:
+        for job in jobs:
+            task = bar.add_task(f"{method.name} {job.name}", total=len(job.cases))
+            def score(cases, x, metas, out_dir=job.out_dir):
+                return method.score_batch(cases, x, metas, out_dir)
+
+            for item, row, seconds in each_case(job.cases, ctx, method.batch_size, score, failures,
+                                                lambda n, task=task: bar.advance(task, n)):
+                with failures.guard(item.case.case_id, item.case.path):
+                    _write(job, item, row, seconds)
+                    result.scored += 1
+    result.seconds = time.perf_counter() - t_start
+    result.failed = len(failures)
+    failures.raise_if_any(method.label)
+    return result

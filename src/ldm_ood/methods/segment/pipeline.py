@@ -1,0 +1,141 @@
+"""Paper 001 anomaly segmentation, files in and out: ``ldm-ood segment`` (§3, §4.1).
+
+The pieces live in one module each (``calibrate_segment`` is imported here, so the registry finds
+both entry points in this module):
+
+* :mod:`.variants`: variants a–d (:func:`variant_spec`), residual maps, foreground, FPR threshold;
+* :mod:`.batch`: one batch ``x (B, 1, *grid)`` → image score, KL map/mask, healed image, map;
+* :mod:`.calibration`: :func:`calibrate_segment` on the healthy validation split.
+
+:func:`segment` writes, on the input's grid and affine, ``<case>_healed``, ``<case>_map`` and
+``<case>_mask`` (PNG for PNG inputs, else NIfTI) under ``RunDir.segment_dir(variant, set)`` and the
+rows of ``segment_scores_path(variant, set)`` (``FIELDS``). Folder mode (MOOD layout, as LDM and LTM:
+:mod:`..context`) writes the same three images and ``<case>.txt`` (the image-level score, one number,
+written last: a case with a ``.txt`` is done) into the output folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ...config import Config
+from ...data.io import suffix_of, write_image
+from ...data.manifest import Case
+from ...runs import RunDir
+from ..base import RunResult
+from ..context import Preprocessing
+from ..runner import run_method
+from .batch import SegmentModels, case_seeds, segment_batch, segment_context
+from .calibration import calibrate_segment, load_calibration
+from .variants import VariantSpec, variant_spec
+
+FIELDS = ("case_id", "set", "pred_score", "healed_path", "map_path", "mask_path", "seconds")
+
+
+@dataclass
+class SegmentResult(RunResult):
+    """What :func:`segment` wrote: one score CSV per set (or the output folder's), counts."""
+
+    variant: str = ""
+
+    @property
+    def segmented(self) -> int:
+        """Cases segmented by this call (``scored``)."""
+        return self.scored
+
+
+def _write_outputs(preprocessor, meta, case: Case, out_dir: Path, healed, amap, threshold: float) -> dict[str, str]:
+    """Healed image, map and ``map >= threshold`` mask (each ``(*grid)``) on the input's native grid."""
+    ext = ".png" if suffix_of(case.path) == ".png" else ".nii.gz"
+    h = preprocessor.invert(healed.cpu().numpy(), meta)
+    m = preprocessor.invert(amap.cpu().numpy(), meta)
+    binary = (m.array >= threshold).astype(np.float32 if ext == ".png" else np.uint8)
+    paths = {k: out_dir / f"{case.case_id}_{k}{ext}" for k in ("healed", "map", "mask")}
+    write_image(paths["healed"], h.array, h.affine)
+    write_image(paths["map"], m.array, m.affine)
+    write_image(paths["mask"], binary, m.affine)
+    return {f"{k}_path": str(p) for k, p in paths.items()}
+
+
+@dataclass
+class SegmentScoring:
+    """Paper 001 segmentation with one variant as a :class:`~ldm_ood.methods.base.Method`: healed image, map, mask, score."""
+
+    models: SegmentModels
+    spec: VariantSpec
+    cfg: Config
+    kl_thresholds: torch.Tensor | None
+    residual_threshold: float
+    preprocessor: Preprocessing
+    fieldnames: Sequence[str] = FIELDS
+
+    @property
+    def name(self) -> str:
+        return f"segment ({self.spec.name})"
+
+    @property
+    def label(self) -> str:
+        return f"segment (variant {self.spec.name})"
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.segment.batch_size
+
+    def records_path(self, run: RunDir, set_name: str) -> Path:
+        return run.segment_scores_path(self.spec.name, set_name)
+
+    def outputs_dir(self, run: RunDir, set_name: str) -> Path:
+        return run.segment_dir(self.spec.name, set_name)
+
+    def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list, out_dir: Path) -> list[dict]:
+        scfg = self.cfg.segment
+        out = segment_batch(self.models, x, self.spec, scfg, self.kl_thresholds,
+                            case_seeds([c.case_id for c in cases], scfg.seed))
+        return [{"pred_score": float(out.pred_score[i]),
+                 **_write_outputs(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
+                                  self.residual_threshold)}
+                for i, (case, meta) in enumerate(zip(cases, metas))]
+
+
+def segment(
+    run_dir: str | Path,
+    manifest: str | Path | None = None,
+    sets: Sequence[str] | None = None,
+    variant: str = "c",
+    input_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    *,
+    config: Config | None = None,
+    models: SegmentModels | None = None,
+    preprocessor: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> SegmentResult:
+    """Segment anomalies with variant ``variant`` (paper 001 §3): healed image, map, mask, score.
+
+    Manifest mode: every ``test`` set (or ``sets``) -> ``RunDir.segment_dir(variant, set)`` and
+    ``segment_scores_path(variant, set)``. Folder mode (``input_dir`` + ``output_dir``): every image
+    of the folder -> ``output_dir/<case>_{healed,map,mask}.*`` and ``output_dir/<case>.txt`` (the
+    score). Finished cases are skipped; ``seconds`` is the batch's time divided by its size. A
+    variant not yet calibrated is calibrated first on the run's validation split.
+    """
+    if (input_dir is None) != (output_dir is None):
+        raise ValueError("input_dir and output_dir go together")
+    ctx, models = segment_context(run_dir, config, models, preprocessor, device)
+    run, cfg, preprocessor, device = ctx.run, ctx.cfg, ctx.preprocessor, ctx.device
+    spec = variant_spec(variant, cfg.segment)
+    calib, thr = load_calibration(run)
+    if variant not in calib.get("variants", {}) or (spec.kl_key and spec.kl_key not in thr):
+        calibrate_segment(run.root, config=cfg, variants=[variant], force=False, models=models,
+                          preprocessor=preprocessor, device=device)
+        calib, thr = load_calibration(run)
+    threshold = calib["variants"][variant]["residual_threshold"]
+    kl_thr = thr.get(spec.kl_key) if spec.kl_key else None
+
+    method = SegmentScoring(models, spec, cfg, kl_thr, threshold, preprocessor)
+    return run_method(method, ctx, manifest, sets, input_dir, output_dir, progress, SegmentResult(variant=variant))

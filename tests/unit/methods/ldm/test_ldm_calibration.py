@@ -1,0 +1,151 @@
+"""Paper 000 §2.2 scoring: calibration statistics, z-scores, final score, operating point, similarity."""
+
+import numpy as np
+import pytest
+import torch
+
+from ldm_ood.config import load_config
+from ldm_ood.methods.ldm.calibration import (
+    METRIC_STD_REL_FLOOR,
+    OODCalibration,
+    combine,
+    fit_calibration,
+    floored_std,
+    operating_threshold,
+    percentile_of,
+)
+from ldm_ood.methods.ldm.reconstruct import decode_chains, reconstruct
+from ldm_ood.methods.ldm.similarity import lpips_similarity, measure, mse
+from ldm_ood.models.diffusion import build_inference_scheduler, build_unet
+from ldm_ood.models.first_stage import build_first_stage
+
+VAL = {
+    "mse": np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]]),
+    "lpips": np.array([[0.1, 0.2], [0.2, 0.2], [0.3, 0.5]]),
+}
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small nets and images
+
+
+def test_fit_calibration_and_score_match_hand_computation(tmp_path):
+    cal = fit_calibration(["a", "b", "c"], VAL, t_values=[100, 300], map_t_values=[100], fpr=0.5)
+    # per-t mean and sample std (ddof = 1)
+    assert cal.mean["mse"] == pytest.approx([3.0, 5.0])
+    assert cal.std["mse"] == pytest.approx([2.0, np.sqrt(((2 - 5) ** 2 + (4 - 5) ** 2 + (9 - 5) ** 2) / 2)])
+    assert cal.mean["lpips"] == pytest.approx([0.2, 0.3])
+    assert cal.std["lpips"] == pytest.approx([0.1, np.sqrt((0.01 + 0.01 + 0.04) / 2)])
+    # a new scan: z = (d - mu) / sigma, higher distance -> higher score
+    new = {"mse": np.array([[7.0, 5.0]]), "lpips": np.array([[0.4, 0.3]])}
+    s = cal.score(new)
+    z_mse = [(7 - 3) / 2.0, 0.0]
+    z_lp = [(0.4 - 0.2) / 0.1, 0.0]
+    assert s["z_mse"][0] == pytest.approx(z_mse)
+    assert s["score_mse"][0] == pytest.approx(np.mean(z_mse))
+    assert s["score_lpips"][0] == pytest.approx(np.mean(z_lp))
+    assert s["pred_score"][0] == pytest.approx(np.mean(z_mse + z_lp))
+    # validation score distribution, threshold at the (1 - fpr) quantile, percentile, flag
+    val_scores = [np.mean([(VAL["mse"][i] - cal.mean["mse"]) / cal.std["mse"], (VAL["lpips"][i] - cal.mean["lpips"]) / cal.std["lpips"]]) for i in range(3)]
+    assert cal.val_scores == pytest.approx(val_scores)
+    assert cal.threshold == pytest.approx(np.median(val_scores))
+    assert s["pred_score"][0] == pytest.approx(1.0) and sorted(val_scores)[1] < 1.0 < sorted(val_scores)[2]
+    assert s["percentile"][0] == pytest.approx(100 * 2 / 3) and bool(s["flag"][0])  # above the median
+    low = cal.score({"mse": VAL["mse"][:1], "lpips": VAL["lpips"][:1]})
+    assert low["percentile"][0] == pytest.approx(100 * 1 / 3) and not bool(low["flag"][0])
+    # round trip
+    cal.save(tmp_path / "ood.json")
+    back = OODCalibration.load(tmp_path / "ood.json")
+    assert back.score(new)["pred_score"] == pytest.approx(s["pred_score"])
+
+
+def test_lower_distance_than_validation_gives_negative_score():
+    cal = fit_calibration(["a", "b", "c"], VAL, [100, 300], [], fpr=0.05)
+    s = cal.score({"mse": np.array([[0.0, 0.0]]), "lpips": np.array([[0.0, 0.0]])})
+    assert s["pred_score"][0] < 0 and s["percentile"][0] == 0.0
+
+
+def test_std_floor_for_constant_metric_and_single_scan():
+    cal = fit_calibration(["a", "b"], {"mse": np.array([[2.0], [2.0]])}, [10], [], fpr=0.05)
+    assert cal.std["mse"] == [pytest.approx(2.0 * METRIC_STD_REL_FLOOR)]
+    one = fit_calibration(["a"], {"mse": np.array([[4.0]])}, [10], [], fpr=0.05)
+    assert np.isfinite(one.std["mse"][0]) and one.std["mse"][0] > 0
+    assert floored_std(np.array([np.nan, 5.0]), np.array([0.0, 1.0]))[1] == 5.0
+
+
+def test_combine_percentile_threshold_definitions():
+    z = {"mse": np.array([[1.0, 3.0]]), "lpips": np.array([[-1.0, 1.0]])}
+    c = combine(z)
+    assert c["pred_score"][0] == 1.0 and c["score_mse"][0] == 2.0 and c["score_lpips"][0] == 0.0
+    ref = list(range(1, 101))  # 1..100
+    assert percentile_of(np.array([50.0, 0.0, 100.0]), ref).tolist() == [50.0, 0.0, 100.0]
+    assert operating_threshold(ref, 0.05) == pytest.approx(np.quantile(ref, 0.95))
+    assert np.mean(np.array(ref) > operating_threshold(ref, 0.05)) == pytest.approx(0.05)
+
+
+def test_check_compatible_names_the_difference():
+    cal = fit_calibration(["a", "b"], {"mse": np.ones((2, 2))}, [100, 300], [100], 0.05, {"sampler": "plms"})
+    cal.check_compatible([100, 300], [100], {"sampler": "plms"})
+    with pytest.raises(ValueError, match="t-values"):
+        cal.check_compatible([100, 200], [100], {"sampler": "plms"})
+    with pytest.raises(ValueError, match="sampler"):
+        cal.check_compatible([100, 300], [100], {"sampler": "ddim"})
+
+
+class _PlaneProbe(torch.nn.Module):
+    """Fake LPIPS: the value of a slice pair is 1, 10 or 100 according to the slice shape (plane)."""
+
+    def __init__(self, shapes):
+        super().__init__()
+        self.codes = {shapes[0]: 1.0, shapes[1]: 10.0, shapes[2]: 100.0}
+        self.seen = set()
+
+    def features(self, a):
+        hw = tuple(a.shape[-2:])
+        self.seen.add(hw)
+        return [torch.full((a.shape[0], 1, 1, 1), self.codes[hw])]
+
+    def distance(self, fa, fb):
+        return fa[0].flatten(1)[:, 0]
+
+
+def test_lpips_volume_averages_all_slices_of_all_three_planes():
+    X, Y, Z = 4, 6, 8
+    probe = _PlaneProbe([(Y, Z), (X, Z), (X, Y)])
+    fn = lpips_similarity(probe, spatial_dims=3, batch_slices=5)
+    v = fn(torch.rand(2, 3, 1, X, Y, Z), torch.rand(2, 1, X, Y, Z))  # 3 reconstructions of each of 2 volumes
+    assert probe.seen == {(Y, Z), (X, Z), (X, Y)}
+    expected = (X * 1.0 + Y * 10.0 + Z * 100.0) / (X + Y + Z)  # mean over every slice
+    torch.testing.assert_close(v, torch.full((2, 3), expected))
+
+
+def test_measure_values_equal_metrics_of_decoded_reconstructions():
+    cfg = load_config(preset="tiny")
+    torch.manual_seed(0)
+    fs = build_first_stage(cfg.first_stage, 3).eval()
+    unet = build_unet(cfg.ldm, 3, 4).eval()
+    sch = build_inference_scheduler(cfg.ldm, "plms", 10)
+    x = torch.rand(2, 1, 16, 16, 16)
+    rec = reconstruct(fs, unet, sch, x, starts=(100, 300, 500), seeds=[0, 1], multiple=4)
+    calls = []
+
+    def fake(recons, ref):  # (B', N', C, *S), (B', C, *S) -> max |difference| of each reconstruction
+        calls.append(tuple(recons.shape[:2]))
+        return (recons - ref[:, None]).abs().flatten(2).amax(2)
+
+    sim = {"mse": mse, "fake": fake}
+    met = measure(fs, rec, x, sim, t_values=(100, 500), map_t_values=(300, 500), decode_batch=4)
+    imgs = torch.cat([im for _, im in decode_chains(fs, rec.latents.flatten(0, 1), True, False)]).clamp(0, 1)
+    imgs = imgs.view(2, 3, 1, 16, 16, 16)
+    for b in range(2):
+        for k, i in enumerate((0, 2)):
+            assert met.values["mse"][b, k] == pytest.approx(float(((imgs[b, i] - x[b]) ** 2).mean()), rel=1e-5)
+            assert met.values["fake"][b, k] == pytest.approx(float((imgs[b, i] - x[b]).abs().max()), rel=1e-6)
+        for k, i in enumerate((1, 2)):
+            torch.testing.assert_close(met.mae_maps[b, k], (x[b, 0] - imgs[b, i, 0]).abs())
+    # the metric ran only on the 2 score chains of each of 2 scans, both chains of a scan in one call
+    assert calls == [(1, 2), (1, 2)]
+    held = []
+    met1 = measure(fs, rec, x, {"fake": lambda r, ref: (held.append(r.shape[1]), fake(r, ref))[1]},
+                   t_values=(100, 500), map_t_values=(300, 500), decode_batch=1, measure_batch=1)
+    assert held == [1, 1, 1, 1]  # measure_batch=1: one reconstruction per call, same values
+    torch.testing.assert_close(met1.values["fake"], met.values["fake"])
+    assert met.values["mse"].shape == (2, 2) and met.mae_maps.shape == (2, 2, 16, 16, 16)
