@@ -10,6 +10,9 @@
   LPIPS weights are missing or altered;
 * :class:`NonFiniteTrainingError`: training stopped on a NaN/Inf (:class:`NonFiniteValue` is the
   signal a training step raises for it);
+* :class:`OutputError`, :class:`IntegrityError`, :class:`StaleArtifactError`, :class:`RunLockedError`:
+  an output that cannot be written safely, a changed model / calibration file, an artifact built on
+  an older upstream one, a second writer on a run directory;
 * :class:`BatchFailures` / :class:`BatchError`: per-item failures of a batch, raised at its end.
 """
 
@@ -84,6 +87,35 @@ class NonFiniteTrainingError(NonFiniteError):
             "(e.g. precision: fp32, a lower lr or optim.grad_clip_norm in a --config YAML) and continue "
             "with --resume." + (f" {detail}" if detail else "")
         )
+
+
+class _PathProblem(ValueError):
+    """``str(err)`` is ``"<path>: <problem>"``."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+class OutputError(_PathProblem):
+    """An output could not be written where it belongs (disk full, read-only folder, a path that
+    would leave the output root or overwrite an input); names the output path."""
+
+
+class IntegrityError(_PathProblem):
+    """A model or calibration file is not the one that was written (its sha256 differs from the one
+    recorded beside it, or it is truncated / unparsable): names the file and what to redo."""
+
+
+class StaleArtifactError(_PathProblem):
+    """An artifact was built on an older version of another (an LDM on a since-retrained first
+    stage, a calibration on since-retrained networks, scores under another calibration): says what
+    to re-run; ``--force`` uses it anyway."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing to the same run directory (its lock file names the process)."""
 
 
 @dataclass

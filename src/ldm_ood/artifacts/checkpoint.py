@@ -8,14 +8,15 @@ tensors, epoch counters, RNG states) is read with ``torch.load(weights_only=True
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_target, atomic_torch_save, atomic_write_text
+from ..errors import IntegrityError
+from .atomic import atomic_torch_save, atomic_write, atomic_write_text
+from .integrity import file_sha256, verify_sha256
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -23,28 +24,44 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
-    """Write ``model.safetensors`` (contiguous CPU tensors) and ``config.json`` into ``directory``."""
+    """Write ``model.safetensors`` (contiguous CPU tensors) and ``config.json`` (``config`` plus the
+    weights' ``weights_sha256``, checked on load) into ``directory``."""
     directory = Path(directory)
     state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
-    tmp = atomic_target(directory / "model.safetensors")
-    save_file(state, str(tmp))
-    os.replace(tmp, directory / "model.safetensors")
-    atomic_write_text(directory / "config.json", json.dumps(config, indent=2, default=str))
+    weights = atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+    record = {**config, "weights_sha256": file_sha256(weights)}
+    atomic_write_text(directory / "config.json", json.dumps(record, indent=2, default=str))
 
 
 def load_model_config(directory: str | Path) -> dict[str, Any]:
+    """``<directory>/config.json``; ``FileNotFoundError`` when missing, :class:`IntegrityError` when unparsable."""
     path = Path(directory) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no trained model here (train it first)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IntegrityError(path, f"not a readable model record ({err}); retrain the stage") from None
 
 
-def load_weights(model: torch.nn.Module, directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load ``model.safetensors`` from ``directory`` into ``model`` (strict)."""
+def load_weights(model: torch.nn.Module, directory: str | Path, device: str | torch.device = "cpu",
+                 sha256: str | None = None, redo: str = "retrain the stage") -> torch.nn.Module:
+    """Load ``model.safetensors`` from ``directory`` into ``model`` (strict), after checking its
+    ``sha256`` (recorded in ``config.json``; None: not checked). A changed, truncated or mismatching
+    file is an :class:`IntegrityError` naming it (``redo``: what to do about it)."""
     path = Path(directory) / "model.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no trained model here (train it first)")
-    _unwrap(model).load_state_dict(load_file(str(path), device=str(device)))
+    verify_sha256(path, sha256, Path(directory) / "config.json", redo)
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as err:  # safetensors raises its own error types for a torn header / body
+        raise IntegrityError(path, f"not a readable safetensors file ({err}); {redo}") from None
+    try:
+        _unwrap(model).load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise IntegrityError(path, f"does not fit the network described in config.json ({first}); {redo}") from None
     return model
 
 
@@ -54,7 +71,15 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: str | Path) -> dict[str, Any] | None:
+    """The resume state (None when there is none), read with ``weights_only=True``: a file holding
+    anything but tensors and plain containers (a crafted pickle) or a torn one is an
+    :class:`IntegrityError` naming it, and is never executed."""
     path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise IntegrityError(path, f"not a resume state this version can read safely ({first}); "
+                                   "start the stage afresh (without --resume)") from None

@@ -10,7 +10,7 @@ present with the right type, naming the file and the field otherwise (an edited 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -18,6 +18,8 @@ from ..errors import InputError
 from .checkpoint import load_model_config
 
 M = TypeVar("M", bound="StageMeta")
+#: fields a record written by an older version may lack
+OPTIONAL = ("inputs", "weights_sha256")
 
 
 def _as_shape(value: Any) -> tuple[int, ...]:
@@ -50,16 +52,33 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return value
 
 
-_PARSERS = {"int": _as_int, "float": _as_float, "str": _as_str, "tuple[int, ...]": _as_shape, "dict[str, Any]": _as_dict}
+def _as_hashes(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TypeError(f"expected a mapping of names to sha256 strings, got {value!r}")
+    return value
 
 
-@dataclass(frozen=True)
+def _as_optional_str(value: Any) -> str | None:
+    return None if value is None else _as_str(value)
+
+
+_PARSERS = {"int": _as_int, "float": _as_float, "str": _as_str, "tuple[int, ...]": _as_shape, "dict[str, Any]": _as_dict,
+            "dict[str, str]": _as_hashes, "str | None": _as_optional_str}
+
+
+@dataclass(frozen=True, kw_only=True)
 class StageMeta:
-    """Fields every stage saves: its spatial dims and the run config it was trained with."""
+    """Fields every stage saves: its spatial dims, the run config it was trained with, the sha256 of
+    the upstream weights it was trained on (``inputs``: ``{"first_stage": sha256}`` for the LDM and
+    the LTM; checked by loading, :mod:`ldm_ood.models.loading`) and of its own weights
+    (``weights_sha256``, added by ``checkpoint.save_model``). Records written before these existed
+    read as ``{}`` / None: not checked."""
 
     stage: ClassVar[str]
     spatial_dims: int
     config: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)
+    weights_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """``{"stage": ..., field: value}``, shapes as lists (what ``config.json`` holds)."""
@@ -78,6 +97,8 @@ class StageMeta:
             raise InputError(path, f"this is the record of stage {data.get('stage')!r}, not {cls.stage!r}")
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in data and f.name in OPTIONAL:
+                continue
             if f.name not in data:
                 raise InputError(path, f"field {f.name!r} of the {cls.stage} model record is missing; retrain the stage")
             try:
@@ -93,14 +114,14 @@ class StageMeta:
         return cls.from_json(load_model_config(directory), path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FirstStageMeta(StageMeta):
     """The VQ-GAN / VQ-VAE: nothing beyond the common fields."""
 
     stage: ClassVar[str] = "first_stage"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LDMMeta(StageMeta):
     """The latent DDPM: the UNet sees ``scale_factor · z`` (``latent_channels`` channels, grid
     ``latent_spatial_shape``) zero-padded to multiples of ``latent_multiple``."""
@@ -112,7 +133,7 @@ class LDMMeta(StageMeta):
     latent_channels: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TransformerMeta(StageMeta):
     """The LTM: ``num_tokens`` (codebook + BOS), ``seq_len`` tokens of a ``latent_spatial_shape``
     grid read in ``ordering`` (seeded by ``ordering_seed`` for the random ones)."""

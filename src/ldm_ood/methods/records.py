@@ -1,15 +1,32 @@
 """Score files written row by row, so an interrupted run resumes where it stopped.
 
 A ``RecordWriter`` appends one CSV row per finished case (flushed and fsynced), and reports which
-cases are already done; the header is written once. Reading back gives a list of dicts.
+cases are already done; the header is written once. Opening an existing file repairs and migrates
+it first, so appending can never corrupt it:
+
+* a **torn last line** (a process killed mid-row: no final newline, or the wrong number of
+  fields) is cut off, and a warning names the file and the case;
+* a file written by an older version **without some of the current columns** is rewritten
+  atomically with them (empty for the old rows); a file with columns this version does not write,
+  or in another order, is refused with a clear message.
+
+Reading back (:func:`read_records`) gives a list of dicts and skips a torn last line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any, Iterable
+
+from rich.console import Console
+from rich.markup import escape
+
+from ..artifacts.atomic import atomic_write_text
+
+console = Console(stderr=True)
 
 
 class RecordWriter:
@@ -20,17 +37,42 @@ class RecordWriter:
         self.fieldnames = list(fieldnames)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
-            with self.path.open(newline="") as fh:
-                header = next(csv.reader(fh), [])
-            if header != self.fieldnames:
-                raise ValueError(
-                    f"{self.path}: existing columns {header} differ from {self.fieldnames}; "
-                    "delete the file to start over"
-                )
+            self._repair()
+
+    def _repair(self) -> None:
+        """Cut a torn last line; add columns missing from an older file (module docstring)."""
+        raw = self.path.read_bytes()
+        text = raw.decode("utf-8", errors="replace")
+        lines = text.splitlines(keepends=True)
+        header = next(csv.reader([lines[0]]), [])
+        if not set(header) <= set(self.fieldnames) or [c for c in self.fieldnames if c in header] != header:
+            raise ValueError(f"{self.path}: existing columns {header} differ from {self.fieldnames}; "
+                             "move or delete the file to start over")
+        last = lines[-1]
+        torn = len(lines) > 1 and (not last.endswith(("\n", "\r")) or len(next(csv.reader([last]), [])) != len(header))
+        if torn:
+            case = last.split(",", 1)[0]
+            console.print(f"[yellow]{escape(str(self.path))}: the last row (case {escape(case)!r}) was torn by an "
+                          "interrupted run; dropped, the case is scored again")
+            with self.path.open("r+b") as fh:
+                fh.truncate(len(raw) - len(last.encode("utf-8", errors="replace")))
+        if header != self.fieldnames:
+            rows = read_records(self.path)
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=self.fieldnames)
+            writer.writeheader()
+            writer.writerows({k: r.get(k, "") for k in self.fieldnames} for r in rows)
+            atomic_write_text(self.path, out.getvalue())
+            console.print(f"[yellow]{escape(str(self.path))}: written by an older version; columns "
+                          f"{', '.join(c for c in self.fieldnames if c not in header)} added (empty for its {len(rows)} rows)")
 
     def done_ids(self) -> set[str]:
         """case_ids with a complete row already on disk."""
         return {r["case_id"] for r in read_records(self.path)} if self.path.exists() else set()
+
+    def column_values(self, column: str) -> set[str]:
+        """The distinct values of ``column`` in the rows on disk."""
+        return {r.get(column, "") for r in read_records(self.path)} if self.path.exists() else set()
 
     def write(self, row: dict[str, Any]) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0
@@ -54,7 +96,7 @@ def read_records(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.exists():
         return []
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.DictReader(fh)
         n = len(reader.fieldnames or [])
         return [r for r in reader if None not in r.values() and len(r) == n and None not in r]

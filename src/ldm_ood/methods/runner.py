@@ -12,6 +12,8 @@ of preprocessed scans; :func:`run_method` does everything else, the same way for
 * **failures** — an unreadable scan is recorded and skipped; a batch that fails is retried scan by
   scan, so only the culprit is lost; after every job, :class:`~ldm_ood.errors.BatchError` lists
   the failures (the CLI exits non-zero) while everything else is on disk;
+* **outputs** — every output folder stays inside the output root and holds no input scan
+  (:func:`.outputs.check_output_folder`); images are written atomically;
 * **progress** — one bar per job.
 """
 
@@ -28,6 +30,7 @@ from ..data.manifest import Case
 from ..errors import BatchFailures
 from .base import Method, RunResult
 from .context import Context, folder_cases, folder_score_path, pending, progress_bar, test_cases, write_folder_score
+from .outputs import check_output_folder
 from .records import RecordWriter
 
 
@@ -48,14 +51,17 @@ def make_jobs(method: Method, ctx: Context, manifest: str | Path | None, sets: S
         raise ValueError("input_dir and output_dir go together")
     if input_dir is not None:
         out, todo, skipped = folder_cases(input_dir, output_dir)
+        check_output_folder(out, out, todo)
         result.outputs["folder"], result.skipped = out, result.skipped + skipped
         return [Job("folder", todo, out, None)]
     jobs = []
     for name, cases in test_cases(ctx.cfg, manifest, sets).items():
+        out_dir = method.outputs_dir(ctx.run, name)
+        check_output_folder(out_dir, ctx.run.root, cases)
         writer = RecordWriter(method.records_path(ctx.run, name), list(method.fieldnames))
         todo, skipped = pending(cases, writer.done_ids())
         result.outputs[name], result.skipped = writer.path, result.skipped + skipped
-        jobs.append(Job(name, todo, method.outputs_dir(ctx.run, name), writer))
+        jobs.append(Job(name, todo, out_dir, writer))
     return jobs
 
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from monai.networks.nets import VQVAE, DecoderOnlyTransformer, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+from rich.console import Console
+from rich.markup import escape
 
 from ..artifacts.checkpoint import load_weights
 from ..artifacts.stage_meta import FirstStageMeta, LDMMeta, StageMeta, TransformerMeta
 from ..config import Config, DiffusionConfig, build_config
-from ..errors import ModelNotTrainedError, NonFiniteModelError
+from ..errors import ModelNotTrainedError, NonFiniteModelError, StaleArtifactError
 from ..runs import RunDir
 from .diffusion import build_ddpm_scheduler, build_inference_scheduler, build_unet
 from .first_stage import build_first_stage
@@ -73,10 +75,42 @@ def check_finite_weights(module: torch.nn.Module, run: RunDir | str | Path, stag
         )
 
 
-def _load_checked(module: torch.nn.Module, run: RunDir, stage: str) -> torch.nn.Module:
-    load_weights(module, run.stage_dir(stage))
+def _load_checked(module: torch.nn.Module, run: RunDir, stage: str, meta: StageMeta) -> torch.nn.Module:
+    """Weights verified against the sha256 in ``meta`` (:class:`~ldm_ood.errors.IntegrityError`), then finite."""
+    load_weights(module, run.stage_dir(stage), sha256=meta.weights_sha256, redo=_retrain_hint(run, stage))
     check_finite_weights(module, run, stage)
     return module
+
+
+def stage_sha256(run: RunDir, stage: str) -> str | None:
+    """The sha256 of ``<stage>/model.safetensors`` as recorded when it was trained (None: not recorded)."""
+    return _META[stage].read(run.stage_dir(stage)).weights_sha256 if run.model_config_path(stage).exists() else None
+
+
+def upstream_hashes(run: RunDir, stages: Sequence[str]) -> dict[str, str]:
+    """``{stage: sha256}`` of the run's trained ``stages`` whose hash is recorded (what a stage built
+    on them records as ``StageMeta.inputs``, and a calibration as its inputs)."""
+    out = {}
+    for stage in stages:
+        sha = stage_sha256(run, stage)
+        if sha is not None:
+            out[stage] = sha
+    return out
+
+
+def check_upstream(run: RunDir, stage: str, meta: StageMeta, force: bool = False) -> None:
+    """Refuse a stage trained on another version of a stage it depends on (``meta.inputs``: the LDM's
+    and the LTM's first stage) with :class:`~ldm_ood.errors.StaleArtifactError` saying what to
+    retrain; ``force`` prints a warning instead. Unrecorded hashes (older runs) are not checked."""
+    for upstream, recorded in meta.inputs.items():
+        current = stage_sha256(run, upstream)
+        if current is None or current == recorded:
+            continue
+        problem = (f"was trained on a {upstream.replace('_', ' ')} that has since changed (sha256 {recorded[:12]}… "
+                   f"then, {current[:12]}… now): retrain it (`ldm-ood train {_COMMAND[stage]} --run {run.root}`)")
+        if not force:
+            raise StaleArtifactError(run.model_path(stage), problem + ", or pass --force to use it anyway")
+        Console(stderr=True).print(f"[yellow]warning: {escape(str(run.model_path(stage)))}: {escape(problem)}; used anyway (--force)")
 
 
 def _scale_factor(run: RunDir, meta: LDMMeta) -> float:
@@ -109,7 +143,7 @@ def load_first_stage(run: RunDir | str | Path, device: torch.device | str = "cpu
     run, meta = _stage_files(run, "first_stage")
     cfg = build_config(meta.config, source=str(run.model_config_path("first_stage")))
     model = build_first_stage(cfg.first_stage, meta.spatial_dims)
-    return _frozen(_load_checked(model, run, "first_stage"), device)
+    return _frozen(_load_checked(model, run, "first_stage", meta), device)
 
 
 @dataclass
@@ -134,14 +168,16 @@ class LatentDiffusion:
         return build_inference_scheduler(self.config, sampler, num_inference_steps)
 
 
-def load_ldm(run: RunDir | str | Path, device: torch.device | str = "cpu") -> LatentDiffusion:
-    """The trained latent DDPM with its scale factor and latent padding multiple, eval mode."""
+def load_ldm(run: RunDir | str | Path, device: torch.device | str = "cpu", force: bool = False) -> LatentDiffusion:
+    """The trained latent DDPM with its scale factor and latent padding multiple, eval mode; refused
+    when trained on another first stage than the run's (:func:`check_upstream`, ``force``)."""
     run, meta = _stage_files(run, "ldm")
+    check_upstream(run, "ldm", meta, force)
     cfg = build_config(meta.config, source=str(run.model_config_path("ldm")))
     scale_factor = _scale_factor(run, meta)
     unet = build_unet(cfg.ldm, meta.spatial_dims, meta.latent_channels)
     return LatentDiffusion(
-        unet=_frozen(_load_checked(unet, run, "ldm"), device),
+        unet=_frozen(_load_checked(unet, run, "ldm", meta), device),
         scale_factor=scale_factor,
         latent_multiple=meta.latent_multiple,
         config=cfg.ldm,
@@ -158,10 +194,12 @@ class LatentTransformer(NamedTuple):
     config: Config
 
 
-def load_transformer(run: RunDir | str | Path, device: torch.device | str = "cpu") -> LatentTransformer:
-    """The trained LTM, the token ordering it was trained with, and the saved run config."""
+def load_transformer(run: RunDir | str | Path, device: torch.device | str = "cpu", force: bool = False) -> LatentTransformer:
+    """The trained LTM, the token ordering it was trained with, and the saved run config; refused
+    when trained on another first stage than the run's (:func:`check_upstream`, ``force``)."""
     run, meta = _stage_files(run, "transformer")
+    check_upstream(run, "transformer", meta, force)
     cfg = build_config(meta.config, source=str(run.model_config_path("transformer")))
-    model = _load_checked(build_transformer(cfg.transformer, meta.num_tokens, meta.seq_len), run, "transformer")
+    model = _load_checked(build_transformer(cfg.transformer, meta.num_tokens, meta.seq_len), run, "transformer", meta)
     ordering = build_ordering(meta.ordering, meta.latent_spatial_shape, seed=meta.ordering_seed)
     return LatentTransformer(_frozen(model, device), ordering, cfg)

@@ -70,8 +70,9 @@ class LDMTask:
     loss_names = ("loss", "grad_norm")
 
     def __init__(self, config: Config, first_stage: torch.nn.Module, scale_factor: float,
-                 latent_spatial: tuple[int, ...], ctx: DistContext):
+                 latent_spatial: tuple[int, ...], ctx: DistContext, inputs: dict[str, str] | None = None):
         self.config, self.cfg, self.ctx = config, config.ldm, ctx
+        self.inputs = dict(inputs or {})  # sha256 of the first stage it is trained on (StageMeta.inputs)
         self.spatial_dims = config.data.spatial_dims
         self.bf16 = False  # set by the training loop (use_bf16) once the precision is resolved
         self.first_stage = first_stage.eval()
@@ -103,7 +104,8 @@ class LDMTask:
     def model_config(self) -> LDMMeta:
         return LDMMeta(spatial_dims=self.spatial_dims, config=self.config.model_dump(mode="json"),
                        scale_factor=self.scale_factor, latent_multiple=self.multiple,
-                       latent_spatial_shape=tuple(self.latent_spatial), latent_channels=self.config.first_stage.embedding_dim)
+                       latent_spatial_shape=tuple(self.latent_spatial), latent_channels=self.config.first_stage.embedding_dim,
+                       inputs=self.inputs)
 
     def _loss(self, net: torch.nn.Module, z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """L_simple of a batch of unscaled latents ``z (B, C, *s)``."""
@@ -163,7 +165,7 @@ def fit_ldm(
     ctx: DistContext | None = None, first_stage: torch.nn.Module | None = None,
 ) -> FitResult:
     """Train the latent DDPM on image datasets (``{"image"}`` items) through the run's first stage."""
-    from ..models.loading import load_first_stage
+    from ..models.loading import load_first_stage, upstream_hashes
 
     ctx = ctx or DistContext()
     fs = first_stage if first_stage is not None else load_first_stage(run, ctx.device)
@@ -173,5 +175,5 @@ def fit_ldm(
     train_z = encode_dataset(fs, train_ds, ctx.device)
     val_z = encode_dataset(fs, val_ds, ctx.device)
     scale = latent_scale_factor(train_z)
-    task = LDMTask(config, fs, scale, tuple(train_z.shape[2:]), ctx)
+    task = LDMTask(config, fs, scale, tuple(train_z.shape[2:]), ctx, inputs=upstream_hashes(run, ("first_stage",)))
     return fit(task, TensorItems("latent", train_z), TensorItems("latent", val_z), config.ldm.optim, run, ctx, resume)

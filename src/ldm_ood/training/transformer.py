@@ -38,8 +38,10 @@ class TransformerTask:
     stage = "transformer"
     loss_names = ("loss", "grad_norm")
 
-    def __init__(self, config: Config, latent_spatial: tuple[int, ...], ctx: DistContext):
+    def __init__(self, config: Config, latent_spatial: tuple[int, ...], ctx: DistContext,
+                 inputs: dict[str, str] | None = None):
         self.config, self.cfg, self.ctx = config, config.transformer, ctx
+        self.inputs = dict(inputs or {})  # sha256 of the first stage it is trained on (StageMeta.inputs)
         self.bf16 = False  # set by the training loop (use_bf16) once the precision is resolved
         self.latent_spatial = tuple(latent_spatial)
         self.num_tokens = config.first_stage.num_embeddings + 1
@@ -72,7 +74,7 @@ class TransformerTask:
         return TransformerMeta(spatial_dims=self.config.data.spatial_dims, config=self.config.model_dump(mode="json"),
                                num_tokens=self.num_tokens, seq_len=self.seq_len,
                                latent_spatial_shape=tuple(self.latent_spatial), ordering=self.cfg.ordering,
-                               ordering_seed=ORDERING_SEED)
+                               ordering_seed=ORDERING_SEED, inputs=self.inputs)
 
     def _loss(self, net: torch.nn.Module, seq: torch.Tensor) -> torch.Tensor:
         seq = seq.to(self.ctx.device)
@@ -104,7 +106,7 @@ def fit_transformer(
     ctx: DistContext | None = None, first_stage: torch.nn.Module | None = None,
 ) -> FitResult:
     """Train the LTM on image datasets (``{"image"}`` items) through the run's frozen first stage."""
-    from ..models.loading import load_first_stage
+    from ..models.loading import load_first_stage, upstream_hashes
 
     ctx = ctx or DistContext()
     fs = first_stage if first_stage is not None else load_first_stage(run, ctx.device)
@@ -116,5 +118,5 @@ def fit_transformer(
     bos = bos_index(config.first_stage.num_embeddings)
     train_seq = tokens_to_sequence(train_idx, ordering, bos)
     val_seq = tokens_to_sequence(val_idx, ordering, bos)
-    task = TransformerTask(config, spatial, ctx)
+    task = TransformerTask(config, spatial, ctx, inputs=upstream_hashes(run, ("first_stage",)))
     return fit(task, TensorItems("tokens", train_seq), TensorItems("tokens", val_seq), config.transformer.optim, run, ctx, resume)

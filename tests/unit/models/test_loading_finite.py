@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,9 +11,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from ldm_ood.artifacts.checkpoint import save_model
+from ldm_ood.artifacts.integrity import file_sha256
 from ldm_ood.cli import app
 from ldm_ood.config import load_config
-from ldm_ood.errors import NonFiniteModelError
+from ldm_ood.errors import IntegrityError, NonFiniteModelError, StaleArtifactError
 from ldm_ood.models.diffusion import build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.models.loading import load_first_stage, load_ldm, load_transformer
@@ -42,14 +44,18 @@ def run(tmp_path) -> RunDir:
     return run
 
 
-def _poison(run: RunDir, stage: str, n: int = 1, value: float = math.nan) -> list[str]:
-    """Put ``value`` into one element of the first ``n`` floating tensors of ``<stage>/model.safetensors``."""
+def _poison(run: RunDir, stage: str, n: int = 1, value: float = math.nan, rehash: bool = True) -> list[str]:
+    """Put ``value`` into one element of the first ``n`` floating tensors of ``<stage>/model.safetensors``;
+    ``rehash``: record the new file's sha256, as a training run that diverged would have saved it."""
     path = run.model_path(stage)
     state = load_file(str(path))
     names = [k for k, t in state.items() if t.is_floating_point()][:n]
     for k in names:
         state[k].view(-1)[0] = value
     save_file(state, str(path))
+    if rehash:
+        record = json.loads(run.model_config_path(stage).read_text())
+        run.model_config_path(stage).write_text(json.dumps({**record, "weights_sha256": file_sha256(path)}))
     return names
 
 
@@ -78,6 +84,44 @@ def test_count_and_first_names_of_several_bad_tensors(run):
         load_ldm(run)
     shown = str(err.value).split("NaN/Inf values (")[1].split(")")[0].split(", ")
     assert len(shown) == 6 and shown[-1] == "..." and set(shown[:5]) <= set(names)  # the first 5 named
+
+
+@pytest.mark.parametrize("stage, loader", [("first_stage", load_first_stage), ("ldm", load_ldm)])
+def test_weights_changed_after_training_are_refused_naming_the_file(run, stage, loader):
+    path = run.model_path(stage)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 50, len(data)):  # 50 flipped bytes in the tensor data
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="differs from .* recorded in .*config.json when it was written") as err:
+        loader(run)
+    assert err.value.path == path and "retrain the stage" in str(err.value)
+    path.write_bytes(bytes(data[: len(data) // 2]))  # truncated: also named, never a raw safetensors error
+    with pytest.raises(IntegrityError, match=str(path)):
+        loader(run)
+
+
+def test_a_truncated_record_is_refused_naming_it(run):
+    path = run.model_config_path("ldm")
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(IntegrityError, match=f"{path}: not a readable model record"):
+        load_ldm(run)
+
+
+def test_an_ldm_on_a_retrained_first_stage_is_stale_unless_forced(run, capsys):
+    record = json.loads(run.model_config_path("ldm").read_text())
+    first = json.loads(run.model_config_path("first_stage").read_text())["weights_sha256"]
+    run.model_config_path("ldm").write_text(json.dumps({**record, "inputs": {"first_stage": first}}))
+    assert load_ldm(run).scale_factor == pytest.approx(0.8)  # trained on the run's first stage
+    torch.manual_seed(1)  # retrain the first stage: new weights, new hash
+    cfg = load_config(preset="tiny-2d")
+    save_model(run.stage_dir("first_stage"), build_first_stage(cfg.first_stage, 2),
+               {"stage": "first_stage", "spatial_dims": 2, "config": cfg.model_dump(mode="json")})
+    with pytest.raises(StaleArtifactError, match="trained on a first stage that has since changed") as err:
+        load_ldm(run)
+    assert err.value.path == run.model_path("ldm") and "ldm-ood train ldm" in str(err.value) and "--force" in str(err.value)
+    assert load_ldm(run, force=True).scale_factor == pytest.approx(0.8)
+    assert "used anyway (--force)" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.parametrize("scale", [math.nan, 0.0, -1.0, math.inf])

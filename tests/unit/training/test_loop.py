@@ -1,11 +1,13 @@
 """Generic loop: early stopping on validation loss, best checkpoint, metrics, resume, sampler."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from ldm_ood.artifacts.integrity import file_sha256
 from ldm_ood.artifacts.stage_meta import LDMMeta
 from ldm_ood.config import OptimConfig
 from ldm_ood.runs import RunDir
@@ -94,7 +96,8 @@ def test_early_stopping_keeps_best_validation_model(tmp_path):
     assert precision["precision"] == "fp32" and precision["requested"] == "fp32"
     assert json.loads((run.stage_dir("ldm") / "precision.json").read_text()) == precision
     assert (run.previews_dir("ldm") / "epoch_0003.png").exists()
-    assert LDMMeta.read(run.stage_dir("ldm")) == TOY_META
+    sha = file_sha256(run.model_path("ldm"))  # the record carries the hash of the weights beside it
+    assert LDMMeta.read(run.stage_dir("ldm")) == dataclasses.replace(TOY_META, weights_sha256=sha)
 
 
 def test_val_every_and_samples_per_epoch(tmp_path):

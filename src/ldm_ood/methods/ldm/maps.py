@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from ...data.io import write_image
+from ..outputs import write_on_input_grid
 
 VOXEL_STD_FLOOR = 1e-2
 
@@ -91,5 +91,4 @@ class VoxelAccumulator:
 
 def write_anomaly_map(preprocessor: Any, amap: torch.Tensor, meta: Any, path: str | Path) -> Path:
     """Write ``amap (*grid)`` as NIfTI on the input's native grid and affine (``Preprocessor.invert``)."""
-    native = preprocessor.invert(amap.detach().cpu().numpy(), meta)
-    return write_image(path, native.array, native.affine)
+    return write_on_input_grid(preprocessor, amap.detach().cpu().numpy(), meta, path)

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from ...config import Config, ConfigError
-from ...data.io import write_image
 from ...data.manifest import Case
 from ...errors import BatchFailures
 from ...runs import RunDir
@@ -37,6 +36,7 @@ from ..base import CalibrationResult, DetectionFiles, RunResult
 from ..calibration_files import require_finite_calibration, require_finite_file, write_calibration_json
 from ..context import Context, Preprocessing, load_context, progress_bar, validation_cases
 from ..inference_precision import transformer_probe
+from ..outputs import write_on_input_grid
 from ..runner import each_case, run_method
 from .likelihood import LTMCalibration, LTMNetworks, LTMScore, check_ensemble, score_image, upsample_map
 
@@ -85,13 +85,6 @@ def _score_fn(networks: LTMNetworks, bf16: bool):
     def fn(cases: list[Case], x: torch.Tensor, metas: list[Any]) -> list[LTMScore]:
         return score_image(networks, x, bf16)
     return fn
-
-
-def _write_map(preprocessor: Preprocessing, score: LTMScore, meta: Any, grid: Sequence[int], path: Path, interpolation: str) -> Path:
-    on_grid = upsample_map(score.token_nll, grid, interpolation)
-    native = preprocessor.invert(on_grid, meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_image(path, native.array, native.affine)
 
 
 def calibrate_ltm(
@@ -200,7 +193,7 @@ class LTMScoring(DetectionFiles):
     def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list[Any], out_dir: Path) -> list[dict[str, Any]]:
         rows = []
         for case, score, meta in zip(cases, _score_fn(self.networks, self.bf16)(cases, x, metas), metas):
-            path = _write_map(self.preprocessor, score, meta, self.grid, out_dir / f"{case.case_id}.nii.gz",
-                              self.map_interpolation)
+            on_grid = upsample_map(score.token_nll, self.grid, self.map_interpolation)
+            path = write_on_input_grid(self.preprocessor, on_grid, meta, out_dir / f"{case.case_id}.nii.gz")
             rows.append(_row(score, self.calib, path))
         return rows

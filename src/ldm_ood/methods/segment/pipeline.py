@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from ...config import Config
-from ...data.io import suffix_of, write_image
+from ...data.io import suffix_of
 from ...data.manifest import Case
 from ...runs import RunDir
 from ..base import RunResult
 from ..context import Preprocessing
+from ..outputs import write_image_atomic
 from ..runner import run_method
 from .batch import SegmentModels, case_seeds, segment_batch, segment_context
 from .calibration import calibrate_segment, load_calibration
@@ -56,9 +57,9 @@ def _write_outputs(preprocessor, meta, case: Case, out_dir: Path, healed, amap, 
     m = preprocessor.invert(amap.cpu().numpy(), meta)
     binary = (m.array >= threshold).astype(np.float32 if ext == ".png" else np.uint8)
     paths = {k: out_dir / f"{case.case_id}_{k}{ext}" for k in ("healed", "map", "mask")}
-    write_image(paths["healed"], h.array, h.affine)
-    write_image(paths["map"], m.array, m.affine)
-    write_image(paths["mask"], binary, m.affine)
+    write_image_atomic(paths["healed"], h.array, h.affine)
+    write_image_atomic(paths["map"], m.array, m.affine)
+    write_image_atomic(paths["mask"], binary, m.affine)
     return {f"{k}_path": str(p) for k, p in paths.items()}
 
 

@@ -1,0 +1,51 @@
+"""Where a method's outputs may go, and how they are written (paper 000 §2.3 maps, paper 001 images).
+
+* :func:`check_output_folder`: every output of a job is ``<out_dir>/<case_id><suffix>``; the folder
+  must lie inside the output root (the run directory, or the ``--output`` folder of folder mode), the
+  case id must be a plain name (no separator, no leading dot: ``data.manifest.plain_name``), and no
+  input scan of the job may live directly in it, so an output can never overwrite an input;
+* :func:`write_image_atomic` / :func:`write_on_input_grid`: images are written to a temporary file
+  and renamed into place, so a full disk or a kill leaves no torn map; a failure is an
+  :class:`~ldm_ood.errors.OutputError` naming the output path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..artifacts.atomic import atomic_write
+from ..data.io import write_image
+from ..data.manifest import Case, plain_name
+from ..errors import InputError, OutputError
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def check_output_folder(out_dir: str | Path, root: str | Path, cases: Sequence[Case]) -> None:
+    """Refuse a job whose outputs could land outside ``root`` or on one of its inputs (module docstring)."""
+    out_dir, root = Path(out_dir), Path(root)
+    if not _inside(out_dir, root):
+        raise OutputError(out_dir, f"resolves outside the output root {root}; refusing to write there")
+    for case in cases:
+        problem = plain_name(case.case_id)
+        if problem is not None:
+            raise InputError(case.path, f"case_id {case.case_id!r} {problem}; it names output files")
+        if case.path.resolve().parent == out_dir.resolve():
+            raise OutputError(out_dir, f"holds the input scan {case.path}: outputs would overwrite inputs; "
+                                       "choose an output folder that is not the input folder")
+
+
+def write_image_atomic(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    """:func:`ldm_ood.data.io.write_image` through a temporary file renamed into place."""
+    return atomic_write(path, lambda tmp: write_image(tmp, array, affine))
+
+
+def write_on_input_grid(preprocessor: Any, array: Any, meta: Any, path: str | Path) -> Path:
+    """Write ``array (*grid)`` on the input's native grid and affine (``Preprocessor.invert``), atomically."""
+    native = preprocessor.invert(array, meta)
+    return write_image_atomic(path, native.array, native.affine)
