@@ -46,13 +46,17 @@ def _friendly(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .config import ConfigError
-        from .errors import BatchError, IncompleteResultsError, InputError, NonFiniteError
+        from rich.markup import escape
 
+        from . import errors
+
+        expected = (errors.ConfigError, errors.InputError, errors.BatchError, errors.NonFiniteError,
+                    errors.IncompleteResultsError, errors.OutputError, errors.IntegrityError,
+                    errors.StaleArtifactError, errors.RunLockedError, errors.LPIPSWeightsError, FileNotFoundError)
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, InputError, BatchError, NonFiniteError, IncompleteResultsError, FileNotFoundError) as err:
-            console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+        except expected as err:
+            console.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False)
             raise typer.Exit(code=1) from None
 
     return wrapper
@@ -72,6 +76,8 @@ PresetOpt = typer.Option(
     help=f"New run: {PRESET_NAMES}. An existing run keeps its own.",
 )
 SetsOpt = typer.Option(None, "--set", help="Only these sets (repeatable). Default: every test set.")
+ForceOpt = typer.Option(False, "--force", help="Use a model or calibration made before a network it depends on was "
+                        "retrained (a warning instead of an error), and add rows to score files of another calibration.")
 InputOpt = typer.Option(None, "--input", help="Folder of scans to score (folder-in/folder-out mode).")
 OutputOpt = typer.Option(None, "--output", help="Output folder of the folder mode: <case>.txt + <case>.nii.gz.")
 
@@ -175,9 +181,10 @@ def calibrate(
     run: Path = RunOpt,
     method: Method = typer.Option(Method.ldm, help=_methods_help()),
     data: Optional[Path] = DataOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Calibrate on the in-distribution validation split (z-score stats, thresholds, operating point)."""
-    console.print(METHODS[method.value].calibrate()(run, manifest=data))
+    console.print(METHODS[method.value].calibrate()(run, manifest=data, force=force))
 
 
 @app.command()
@@ -190,6 +197,7 @@ def score(
     input_dir: Optional[Path] = InputOpt,
     output_dir: Optional[Path] = OutputOpt,
     sequential: bool = typer.Option(False, help="LDM: one chain at a time, as the reference implementation."),
+    force: bool = ForceOpt,
 ) -> None:
     """Score scans: OOD score, percentile, flag and an anomaly map on the input's grid."""
     info = METHODS[method.value]
@@ -200,7 +208,8 @@ def score(
     options = {"sequential": True} if sequential else {}
     for name in set(options) - set(info.score_options):
         raise typer.BadParameter(f"--{name} is not an option of method {info.name}", param_hint=f"--{name}")
-    console.print(info.score()(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, **options))
+    console.print(info.score()(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
+                               **options))
 
 
 @app.command()
@@ -214,13 +223,15 @@ def segment(
     output_dir: Optional[Path] = typer.Option(
         None, "--output", help="Output folder of the folder mode: <case>.txt + <case>_{healed,map,mask} images."
     ),
+    force: bool = ForceOpt,
 ) -> None:
     """Paper 001 anomaly segmentation: healed image, anomaly map, binary mask, image-level KL score."""
     if (input_dir is None) != (output_dir is None):
         raise typer.BadParameter("--input and --output go together")
     from .methods.segment.pipeline import segment as run_segment
 
-    console.print(run_segment(run, manifest=data, sets=sets, variant=variant.value, input_dir=input_dir, output_dir=output_dir))
+    console.print(run_segment(run, manifest=data, sets=sets, variant=variant.value, input_dir=input_dir,
+                              output_dir=output_dir, force=force))
 
 
 # ----------------------------------------------------------------------------- evaluation

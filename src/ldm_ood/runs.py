@@ -111,8 +111,17 @@ class RunDir:
     def ltm_calibration_path(self) -> Path:
         return self.calibration_dir / "ltm.json"
 
+    def input_domain_path(self, method: str) -> Path:
+        """The plausible-input bounds fitted by ``calibrate --method <method>`` (``data.plausibility``)."""
+        return self.calibration_dir / f"{method}_input_domain.json"
+
+    def calibration_record_path(self, method: str) -> Path:
+        """What ``calibrate --method <method>`` was made from and the sha256 of what it wrote."""
+        return self.calibration_dir / f"{method}_record.json"
+
     def calibration_paths(self, method: str) -> tuple[Path, ...]:
-        """The files ``ldm-ood calibrate --method <method>`` writes (``ldm``, ``ltm`` or ``segment``)."""
+        """The files ``ldm-ood calibrate --method <method>`` writes (``ldm``, ``ltm`` or ``segment``),
+        its statistics first; the input domain and the record last."""
         paths = {
             "ldm": (self.ood_calibration_path, self.ood_voxel_stats_path),
             "ltm": (self.ltm_calibration_path,),
@@ -120,7 +129,7 @@ class RunDir:
         }
         if method not in paths:
             raise ValueError(f"unknown calibration {method!r}; one of {tuple(paths)}")
-        return paths[method]
+        return (*paths[method], self.input_domain_path(method), self.calibration_record_path(method))
 
     # ---- artifacts made from the configuration (``config.ARTIFACTS``)
     def artifact_paths(self, artifact: str) -> tuple[Path, ...]:

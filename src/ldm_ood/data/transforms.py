@@ -10,7 +10,9 @@ Every scan goes through the same steps before any model sees it:
    (``ScaleIntensity``). This runs *before* the spatial resampling so that padding and
    out-of-field voxels are 0 = air / background, as in the paper's zero padding;
 4. resample to ``cfg.spacing`` mm with MONAI ``Spacing`` (bilinear, zeros outside) if set;
-5. centre crop / zero pad to ``cfg.grid`` with MONAI ``ResizeWithPadOrCrop``.
+5. centre crop / zero pad to ``cfg.grid`` with MONAI ``ResizeWithPadOrCrop``;
+6. plausibility measures of the result (:func:`.plausibility.input_stats`: grid coverage, extent,
+   foreground, saturation), kept in ``PreprocessMeta.stats`` for the input QC of scoring.
 
 :meth:`Preprocessor.invert` brings an array on the grid (an anomaly map, a healed image) back onto
 the input's native grid and affine by MONAI's invertible-transform machinery (``Compose.inverse``
@@ -35,6 +37,7 @@ from monai.transforms import Compose, Orientation, ResizeWithPadOrCrop, ScaleInt
 from ..config import DataConfig
 from ..errors import InputError
 from .io import Image, read_image
+from .plausibility import InputStats, input_stats
 
 
 @dataclass
@@ -42,7 +45,8 @@ class PreprocessMeta:
     """What :meth:`Preprocessor.invert` needs to map a grid array back to the input.
 
     ``input_shape``/``input_affine``: the file's voxel grid; ``grid_affine``: voxel-to-world of the
-    preprocessed array; ``operations``: MONAI's applied-operation records.
+    preprocessed array; ``operations``: MONAI's applied-operation records; ``stats``: how plausible
+    the scan is as an input of the trained kind (:mod:`.plausibility`).
     """
 
     path: Path | None
@@ -50,6 +54,7 @@ class PreprocessMeta:
     input_affine: np.ndarray
     grid_affine: np.ndarray
     operations: list[dict[str, Any]] = field(default_factory=list)
+    stats: InputStats | None = None
 
 
 def _as_affine_nd(affine: np.ndarray, spatial_dims: int) -> np.ndarray:
@@ -105,7 +110,9 @@ class Preprocessor:
             grid_affine=np.asarray(out.affine, dtype=np.float64),
             operations=copy.deepcopy(out.applied_operations),
         )
-        return out.as_tensor().to(torch.float32).contiguous(), meta
+        x = out.as_tensor().to(torch.float32).contiguous()
+        meta.stats = input_stats(x, out.applied_operations[-1]["orig_size"], self.cfg.grid)
+        return x, meta
 
     def load(self, path: str | Path) -> tuple[torch.Tensor, PreprocessMeta]:
         """Read, validate and preprocess ``path``. Returns ``(x (1, *grid) float32 in [0, 1], meta)``."""

@@ -53,16 +53,26 @@ class ScoreColumn:
     n_rows: int = 0
     n_missing: int = 0  # empty or unreadable value (or no such column)
     n_nonfinite: int = 0  # NaN / ±Inf
+    n_rejected: int = 0  # +inf with a qc_reason: flagged by the input check, kept (ranked most OOD)
 
     def skipped_note(self) -> str | None:
         """``"<path>: N row(s) without a finite '<column>' skipped"``, None when no row was skipped."""
         bad = self.n_missing + self.n_nonfinite
         return f"{self.path}: {bad} row(s) without a finite {self.column!r} skipped" if bad else None
 
+    def rejected_note(self) -> str | None:
+        """Names the rows the input check flagged (their +inf counts as most OOD), None when none."""
+        if not self.n_rejected:
+            return None
+        return (f"{self.path}: {self.n_rejected} of {self.n_rows} scan(s) flagged OOD by the input check (qc_reason): "
+                f"{self.column!r} is +inf for them, so this set's {self.column!r} AUROC measures the check as well as "
+                "the model (model_score keeps the model's own)")
+
 
 def read_score_column(path: Path, column: str) -> ScoreColumn:
     """``column`` of the score file at ``path``: finite values by ``case_id`` and the counts of rows
-    without a value (``n_missing``) and with a non-finite one (``n_nonfinite``)."""
+    without a value (``n_missing``) and with a non-finite one (``n_nonfinite``). A row the input check
+    flagged (``qc_reason``, value +inf) is kept with +inf and counted in ``n_rejected``."""
     out = ScoreColumn(Path(path), column, Path(path).exists())
     for row in read_records(path):
         out.n_rows += 1
@@ -73,6 +83,9 @@ def read_score_column(path: Path, column: str) -> ScoreColumn:
             v = None
         if v is None:
             out.n_missing += 1
+        elif v == math.inf and (row.get("qc_reason") or "").strip():
+            out.n_rejected += 1
+            out.scores[row["case_id"]] = v
         elif not math.isfinite(v):
             out.n_nonfinite += 1
         else:
@@ -88,8 +101,8 @@ def read_scores(path: Path, column: str, notes: list[str] | None = None) -> dict
 
 def finite_scores(col: ScoreColumn, notes: list[str] | None = None) -> dict[str, float]:
     """``col.scores``, with :meth:`ScoreColumn.skipped_note` appended to ``notes`` when rows were skipped."""
-    if notes is not None and (note := col.skipped_note()):
-        notes.append(note)
+    if notes is not None:
+        notes.extend(note for note in (col.skipped_note(), col.rejected_note()) if note)
     return col.scores
 
 

@@ -52,8 +52,8 @@ def _check(labels: np.ndarray | Sequence, scores: np.ndarray | Sequence) -> tupl
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:
         raise ValueError(f"labels ({y.size}) and scores ({s.size}) differ in length")
-    if not np.isfinite(s).all():
-        raise ValueError("scores contain NaN or Inf")
+    if np.isnan(s).any():  # ±inf is a rank like any other (+inf: flagged by the input check); NaN has none
+        raise ValueError("scores contain NaN")
     return y, s
 
 
@@ -64,7 +64,7 @@ def midrank(x: np.ndarray) -> np.ndarray:
     xs = x[order]
     n = xs.size
     # boundaries of runs of equal values
-    starts = np.r_[0, np.flatnonzero(np.diff(xs) != 0) + 1]
+    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]  # not np.diff: inf - inf is NaN
     ends = np.r_[starts[1:], n]
     run_rank = 0.5 * (starts + ends - 1) + 1.0  # mean of 1-based ranks start+1 .. end
     ranks_sorted = np.repeat(run_rank, ends - starts)
@@ -80,7 +80,7 @@ def _threshold_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndar
     """
     order = np.argsort(-s, kind="mergesort")
     s_sorted, y_sorted = s[order], y[order]
-    last_of_run = np.r_[np.flatnonzero(np.diff(s_sorted) != 0), s_sorted.size - 1]
+    last_of_run = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s_sorted.size - 1]  # ties of inf too
     tp = np.cumsum(y_sorted)[last_of_run]
     fp = (last_of_run + 1) - tp
     return s_sorted[last_of_run], tp.astype(np.float64), fp.astype(np.float64)

@@ -16,7 +16,13 @@ from typing import Any, ClassVar, Protocol, Sequence
 import torch
 
 from ..data.manifest import Case
+from ..data.plausibility import DEFAULT, InputDomain
 from ..runs import RunDir
+
+#: columns the runner fills in every method's score file, just before ``seconds``: ``model_score`` (the
+#: method's own score), ``qc_reason`` (why the input is implausible, :mod:`ldm_ood.data.plausibility`;
+#: then ``pred_score`` is +inf and ``flag`` 1) and ``calibration_id`` (the calibration it was scored under)
+RUNNER_COLUMNS = ("model_score", "qc_reason", "calibration_id")
 
 
 @dataclass
@@ -27,7 +33,8 @@ class CalibrationResult:
     scored); ``fpr`` / ``threshold``: the image-level operating point (score above ``threshold`` →
     flagged; None where thresholds are per variant, see ``details``); ``files``: other files it wrote
     (voxel statistics, KL thresholds); ``details``: the method's own numbers (t-values, residual
-    thresholds, mean and std of the validation scores).
+    thresholds, mean and std of the validation scores); ``id``: the calibration id every score row
+    made with it carries (``calibration/<method>_record.json``).
     """
 
     method: str
@@ -36,8 +43,18 @@ class CalibrationResult:
     fpr: float
     threshold: float | None
     failed: int = 0
+    id: str = ""
     files: dict[str, Path] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What the runner checks a method's rows against: its calibration's ``id`` (written in every row;
+    a score file made under another calibration is refused) and ``domain`` (the input QC bounds)."""
+
+    id: str = ""
+    domain: InputDomain = DEFAULT
 
 
 @dataclass
@@ -46,6 +63,7 @@ class RunResult:
 
     outputs: dict[str, Path] = field(default_factory=dict)
     scored: int = 0
+    rejected: int = 0  # scored, but flagged OOD by the input QC (``qc_reason``)
     skipped: int = 0
     failed: int = 0
     seconds: float = 0.0

@@ -1,9 +1,15 @@
-"""Calibration files: finite or refused, the one check all three calibrations share.
+"""Calibration files: finite or refused, recorded, and checked before they are used.
 
 * :func:`require_finite_calibration` before anything is written (raw per-case values and every
   statistic);
 * :func:`write_calibration_json` (``allow_nan=False``: NaN can never reach a calibration file);
-* :func:`require_finite_file` when scoring loads a calibration (an old file written with NaN).
+* :func:`require_finite_file` when scoring loads a calibration (an old file written with NaN);
+* :func:`record_calibration` after a calibration is written: the input domain its validation scans
+  span (:mod:`ldm_ood.data.plausibility`) and ``calibration/<method>_record.json``, the sha256 of
+  every file it wrote, of the networks it was made with (``MethodInfo.networks``) and its id;
+* :func:`check_calibration` before scoring: the files are the recorded ones
+  (:class:`~ldm_ood.errors.IntegrityError`) and the networks have not been retrained since
+  (:class:`~ldm_ood.errors.StaleArtifactError`, ``force`` to use it anyway).
 
 Zero stds need no check here: the LDM's z-scoring floors its metric and voxel stds
 (:mod:`.ldm.calibration`, :mod:`.ldm.maps`); the LTM's and the segmentation's validation-score std
@@ -12,15 +18,26 @@ are reported, never divided by.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.markup import escape
 
 from ..artifacts.atomic import atomic_write_text
-from ..errors import NonFiniteCalibrationError
+from ..artifacts.integrity import file_sha256, verify_sha256
+from ..data.plausibility import InputDomain, InputStats
+from ..errors import IntegrityError, NonFiniteCalibrationError, StaleArtifactError
+from ..models.loading import upstream_hashes
+from ..runs import RunDir
+from . import registry
+from .base import Calibrated
+
+console = Console(stderr=True)
 
 
 def _is_number(x: Any) -> bool:
@@ -136,3 +153,45 @@ def write_calibration_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
     return path
+
+
+def record_calibration(run: RunDir, method: str, stats: Iterable[InputStats | None] | None) -> str:
+    """Save the input domain of the validation scans' ``stats`` (None: keep the saved one) and the
+    calibration's record (module docstring); returns the calibration id (12 hex digits of the hash
+    of its files)."""
+    if stats is not None or not run.input_domain_path(method).exists():
+        InputDomain.fit([s for s in stats or () if s is not None]).save(run.input_domain_path(method))
+    written = [p for p in run.calibration_paths(method) if p != run.calibration_record_path(method) and p.exists()]
+    files = {p.name: file_sha256(p) for p in written}
+    cid = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+    record = {"id": cid, "files": files, "networks": upstream_hashes(run, registry.method(method).networks)}
+    atomic_write_text(run.calibration_record_path(method), json.dumps(record, indent=2))
+    return cid
+
+
+def check_calibration(run: RunDir, method: str, force: bool = False) -> Calibrated:
+    """The calibration's id and input domain, after checking its files and networks (module
+    docstring). A calibration made by an older version (no record) is used unchecked (id ``""``,
+    the default input domain)."""
+    path = run.calibration_record_path(method)
+    redo = f"re-run `ldm-ood calibrate --method {method} --run {run.root}`"
+    if not path.exists():
+        return Calibrated("", InputDomain.load(run.input_domain_path(method)))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        files, networks, cid = dict(record["files"]), dict(record["networks"]), str(record["id"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise IntegrityError(path, f"not a readable calibration record ({err}); {redo}") from None
+    for name, sha in files.items():
+        target = run.calibration_dir / name
+        if not target.exists():
+            raise IntegrityError(target, f"is missing but recorded in {path}; {redo}")
+        verify_sha256(target, sha, path, redo)
+    now = upstream_hashes(run, registry.method(method).networks)
+    changed = [stage for stage, sha in networks.items() if now.get(stage, sha) != sha]
+    if changed:
+        problem = f"made with a {' and '.join(s.replace('_', ' ') for s in changed)} that has since been retrained: {redo}"
+        if not force:
+            raise StaleArtifactError(run.calibration_paths(method)[0], problem + ", or pass --force to score with it anyway")
+        console.print(f"[yellow]warning: {escape(str(run.calibration_paths(method)[0]))}: {escape(problem)}; used anyway (--force)")
+    return Calibrated(cid, InputDomain.load(run.input_domain_path(method)))

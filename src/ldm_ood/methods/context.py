@@ -11,26 +11,31 @@ they share lives here, so the three pipelines read the inputs and write the outp
   folder layout, where ``<output>/<case>.txt`` holds the scan's score as one number (the same for
   every method) and a case whose ``.txt`` exists is skipped on a rerun;
 * :func:`pending`: cases of a score CSV not written yet (resume);
-* :func:`progress_bar`: the ``rich`` progress bar all scoring commands show.
+* :func:`progress_bar`: the ``rich`` progress bar all scoring commands show;
+* :func:`writes_run`: one writer per run directory (its lock file).
 
 Calibration files (finite checks, atomic JSON) are :mod:`.calibration_files`.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, TypeVar
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..artifacts.atomic import atomic_write_text
+from ..artifacts.lock import run_lock
 from ..config import Config, ConfigError
 from ..data.io import Image
 from ..data.manifest import Case, read_manifest, select, set_names
 from ..precision import default_device
 from ..runs import RunDir
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Preprocessing(Protocol):
@@ -145,3 +150,18 @@ def progress_bar(enabled: bool = True, transient: bool = False) -> Progress:
     """The scoring commands' progress bar (description, bar, done/total, elapsed, remaining)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), disable=not enabled, transient=transient)
+
+
+def writes_run(command: str) -> Callable[[F], F]:
+    """Decorate a ``fn(run_dir, ...)`` that writes into a run directory: it holds the run's lock
+    (:func:`ldm_ood.artifacts.lock.run_lock`) while it runs, so a second writer fails at once. A
+    run directory that does not exist is not created (the call fails on its own)."""
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def locked(run_dir: str | Path, *args: Any, **kwargs: Any) -> Any:
+            if not Path(run_dir).is_dir():
+                return fn(run_dir, *args, **kwargs)
+            with run_lock(run_dir, command):
+                return fn(run_dir, *args, **kwargs)
+        return locked  # type: ignore[return-value]
+    return decorate

@@ -12,6 +12,10 @@ of preprocessed scans; :func:`run_method` does everything else, the same way for
 * **failures** — an unreadable scan is recorded and skipped; a batch that fails is retried scan by
   scan, so only the culprit is lost; after every job, :class:`~ldm_ood.errors.BatchError` lists
   the failures (the CLI exits non-zero) while everything else is on disk;
+* **input check** — a scan outside the calibration's input domain (:mod:`ldm_ood.data.plausibility`)
+  is flagged OOD with its ``qc_reason`` (``pred_score`` +inf, the method's own in ``model_score``);
+* **calibration** — every row carries the ``calibration_id`` it was made under; a score file made
+  under another calibration is not added to (``force`` to override);
 * **outputs** — every output folder stays inside the output root and holds no input scan
   (:func:`.outputs.check_output_folder`); images are written atomically;
 * **progress** — one bar per job.
@@ -19,16 +23,19 @@ of preprocessed scans; :func:`run_method` does everything else, the same way for
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from rich.console import Console
+from rich.markup import escape
 
 from ..data.manifest import Case
-from ..errors import BatchFailures
-from .base import Method, RunResult
+from ..errors import BatchFailures, StaleArtifactError
+from .base import Calibrated, Method, RunResult
 from .context import Context, folder_cases, folder_score_path, pending, progress_bar, test_cases, write_folder_score
 from .outputs import check_output_folder
 from .records import RecordWriter
@@ -44,8 +51,18 @@ class Job:
     writer: RecordWriter | None
 
 
+def _check_calibration_id(writer: RecordWriter, calibrated: Calibrated, force: bool) -> None:
+    """Refuse to add to a score file made under another calibration (``force``: add anyway)."""
+    made_under = writer.column_values("calibration_id") - {"", calibrated.id}
+    if made_under and not force:
+        raise StaleArtifactError(writer.path, f"holds scores made under calibration {', '.join(sorted(made_under))}, "
+                                              f"but the run is now calibrated as {calibrated.id or '(none)'}: move or "
+                                              "delete the file to score the set again, or pass --force to add to it")
+
+
 def make_jobs(method: Method, ctx: Context, manifest: str | Path | None, sets: Sequence[str] | None,
-              input_dir: str | Path | None, output_dir: str | Path | None, result: RunResult) -> list[Job]:
+              input_dir: str | Path | None, output_dir: str | Path | None, result: RunResult,
+              calibrated: Calibrated = Calibrated(), force: bool = False) -> list[Job]:
     """One job per test set (resuming from its CSV), or the input folder's (resuming from ``<case>.txt``)."""
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
@@ -59,6 +76,7 @@ def make_jobs(method: Method, ctx: Context, manifest: str | Path | None, sets: S
         out_dir = method.outputs_dir(ctx.run, name)
         check_output_folder(out_dir, ctx.run.root, cases)
         writer = RecordWriter(method.records_path(ctx.run, name), list(method.fieldnames))
+        _check_calibration_id(writer, calibrated, force)
         todo, skipped = pending(cases, writer.done_ids())
         result.outputs[name], result.skipped = writer.path, result.skipped + skipped
         jobs.append(Job(name, todo, out_dir, writer))
@@ -86,6 +104,8 @@ def load_batches(cases: Sequence[Case], ctx: Context, size: int, failures: Batch
                 group.append(_Loaded(case, x, meta, time.perf_counter() - t0))
         yield len(chunk), group
 
+
+console = Console(stderr=True)
 
 #: ``fn(cases, x (b, 1, *grid), metas) -> one result per case``: what a batch of scans is turned into
 BatchFn = Callable[[list[Case], torch.Tensor, list[Any]], list[Any]]
@@ -124,7 +144,22 @@ def each_case(cases: Sequence[Case], ctx: Context, size: int, fn: BatchFn, failu
         advance(n)
 
 
+def apply_input_qc(row: dict[str, Any], meta: Any, calibrated: Calibrated) -> dict[str, Any]:
+    """``row`` with the :data:`~.base.RUNNER_COLUMNS`: an implausible input (``meta.stats`` outside
+    ``calibrated.domain``) gets ``pred_score`` +inf, ``flag`` 1 and ``percentile`` 100 (where the
+    method has them) and its ``qc_reason``; the method's own score stays in ``model_score``."""
+    stats = getattr(meta, "stats", None)
+    reason = calibrated.domain.reason(stats) if stats is not None else ""
+    out = {**row, "model_score": row["pred_score"], "qc_reason": reason, "calibration_id": calibrated.id}
+    if reason:
+        out["pred_score"] = math.inf
+        out.update({k: v for k, v in (("flag", 1), ("percentile", 100.0)) if k in row})
+    return out
+
+
 def _write(job: Job, item: _Loaded, row: dict[str, Any], seconds: float) -> None:
+    if row["qc_reason"]:
+        console.print(f"[yellow]{escape(item.case.case_id)}: flagged OOD by the input check: {escape(row['qc_reason'])}")
     if job.writer is None:  # MOOD layout: the score alone, written last so a rerun resumes correctly
         write_folder_score(folder_score_path(job.out_dir, item.case.case_id), row["pred_score"])
     else:
@@ -133,12 +168,14 @@ def _write(job: Job, item: _Loaded, row: dict[str, Any], seconds: float) -> None
 
 def run_method(method: Method, ctx: Context, manifest: str | Path | None = None, sets: Sequence[str] | None = None,
                input_dir: str | Path | None = None, output_dir: str | Path | None = None, progress: bool = True,
-               result: RunResult | None = None) -> RunResult:
-    """Score every pending case of every job with ``method`` (module docstring); returns the counts."""
+               result: RunResult | None = None, calibrated: Calibrated = Calibrated(), force: bool = False) -> RunResult:
+    """Score every pending case of every job with ``method`` (module docstring); returns the counts.
+    ``calibrated``: the calibration the rows are made under (its id and input domain); ``force``: add to
+    score files made under another calibration."""
     result = result if result is not None else RunResult()
     failures = BatchFailures()
     t_start = time.perf_counter()
-    jobs = make_jobs(method, ctx, manifest, sets, input_dir, output_dir, result)
+    jobs = make_jobs(method, ctx, manifest, sets, input_dir, output_dir, result, calibrated, force)
     with progress_bar(progress) as bar:
         for job in jobs:
             task = bar.add_task(f"{method.name} {job.name}", total=len(job.cases))
@@ -148,8 +185,10 @@ def run_method(method: Method, ctx: Context, manifest: str | Path | None = None,
             for item, row, seconds in each_case(job.cases, ctx, method.batch_size, score, failures,
                                                 lambda n, task=task: bar.advance(task, n)):
                 with failures.guard(item.case.case_id, item.case.path):
+                    row = apply_input_qc(row, item.meta, calibrated)
                     _write(job, item, row, seconds)
                     result.scored += 1
+                    result.rejected += bool(row["qc_reason"])
     result.seconds = time.perf_counter() - t_start
     result.failed = len(failures)
     failures.raise_if_any(method.label)

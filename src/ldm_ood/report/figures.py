@@ -103,9 +103,12 @@ def histogram_grid(
     """One panel per OOD set: ID (blue) vs OOD (orange) score histograms on common bins, with the
     operating ``threshold`` as a dashed line when known."""
     fig, axes = _grid(len(ood_scores), ncols, (2.9, 2.3))
-    id_scores = np.asarray(id_scores, dtype=float)
-    for ax, (set_name, ood) in zip(axes, ood_scores.items()):
-        ood = np.asarray(ood, dtype=float)
+    id_all = np.asarray(id_scores, dtype=float)
+    id_scores = id_all[np.isfinite(id_all)]  # +inf: flagged by the input check, noted in the title
+    for ax, (set_name, ood_all) in zip(axes, ood_scores.items()):
+        ood_all = np.asarray(ood_all, dtype=float)
+        ood = ood_all[np.isfinite(ood_all)]
+        flagged = int((~np.isfinite(ood_all)).sum()) + int((~np.isfinite(id_all)).sum())
         both = np.r_[id_scores, ood, [] if threshold is None else [threshold]]
         lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
@@ -113,7 +116,8 @@ def histogram_grid(
         ax.hist(ood, bins=bins, color=OOD_COLOUR, alpha=0.6, label=f"OOD (n={ood.size})")
         if threshold is not None:
             ax.axvline(threshold, color="k", ls="--", lw=1.0, label="threshold")
-        ax.set_title(f"{set_name} (n={ood.size})", fontsize=10)  # n in the title: never over the bars
+        qc = f", {flagged} flagged by input check" if flagged else ""
+        ax.set_title(f"{set_name} (n={ood_all.size}{qc})", fontsize=10 if not qc else 8)  # never over the bars
         ax.tick_params(labelsize=7)
         ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
         ax.set_xlabel(xlabel, fontsize=8)

@@ -37,9 +37,15 @@ from ...precision_policy import PrecisionChoice
 from ...runs import RunDir
 from ...samplers.noise import case_seed
 from .. import inference_precision
-from ..base import CalibrationResult, DetectionFiles, RunResult
-from ..calibration_files import require_finite_calibration, require_finite_file, write_calibration_json
-from ..context import Context, Preprocessing, load_context, progress_bar, validation_cases
+from ..base import RUNNER_COLUMNS, CalibrationResult, DetectionFiles, RunResult
+from ..calibration_files import (
+    check_calibration,
+    record_calibration,
+    require_finite_calibration,
+    require_finite_file,
+    write_calibration_json,
+)
+from ..context import Context, Preprocessing, load_context, progress_bar, validation_cases, writes_run
 from ..inference_precision import first_stage_probe, lpips_probe, unet_probe
 from ..runner import each_case, run_method
 from .calibration import OODCalibration, fit_calibration
@@ -47,7 +53,8 @@ from .maps import VoxelAccumulator, VoxelStats, anomaly_map, write_anomaly_map
 from .reconstruct import chain_starts, default_t_values, inference_grid, reconstruct, snap_to_grid
 from .similarity import ScanMetrics, SimilarityFn, lpips_similarity, measure, similarity_functions
 
-BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "percentile", "flag", "map_path", "seconds")
+BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "percentile", "flag", "map_path", *RUNNER_COLUMNS,
+               "seconds")
 
 
 def fieldnames(metrics: Sequence[str], t_values: Sequence[int]) -> list[str]:
@@ -71,11 +78,12 @@ class ScoringModels:
     lpips_model: torch.nn.Module | None = None
 
 
-def load_scoring_models(run: RunDir, cfg: Config, device: torch.device) -> ScoringModels:
-    """First stage + latent DDPM of the run, and LPIPS when ``score.metrics`` has it."""
+def load_scoring_models(run: RunDir, cfg: Config, device: torch.device, force: bool = False) -> ScoringModels:
+    """First stage + latent DDPM of the run, and LPIPS when ``score.metrics`` has it (``force``: an
+    LDM trained on another first stage is used anyway, ``models.loading.check_upstream``)."""
     from ...models.loading import load_first_stage, load_ldm
 
-    ldm = load_ldm(run, device)
+    ldm = load_ldm(run, device, force)
     lp = None
     if "lpips" in cfg.score.metrics:
         from ...models.perceptual import load_lpips
@@ -199,15 +207,16 @@ class ScoreResult(RunResult):
     unet_calls: int = 0
 
 
-def _setup(run_dir, config, models, similarity, preprocessor, device, sequential):
+def _setup(run_dir, config, models, similarity, preprocessor, device, sequential, force=False):
     ctx = load_context(run_dir, config, preprocessor, device)
     if models is None:
-        models = load_scoring_models(ctx.run, ctx.cfg, ctx.device)
+        models = load_scoring_models(ctx.run, ctx.cfg, ctx.device, force)
     scorer = OODScorer(models, ctx.cfg.score, similarity=similarity, sequential=sequential, grid=ctx.cfg.data.grid)
     inference_precision.report(scorer.precision, ctx.run)
     return ctx.run, ctx.cfg, scorer, ctx.preprocessor, ctx.device
 
 
+@writes_run("calibrate ldm")
 def calibrate_ldm(
     run_dir: str | Path,
     manifest: str | Path | None = None,
@@ -219,21 +228,27 @@ def calibrate_ldm(
     device: str | torch.device | None = None,
     sequential: bool = False,
     progress: bool = True,
+    force: bool = False,
 ) -> CalibrationResult:
-    """Reconstruct the ``val`` split and save the OOD calibration (paper 000 §2.2–2.3)."""
-    run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device, sequential)
+    """Reconstruct the ``val`` split and save the OOD calibration (paper 000 §2.2–2.3), its input
+    domain and record (``calibration_files.record_calibration``); ``force``: calibrate with an LDM
+    trained on another first stage."""
+    run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device,
+                                                    sequential, force)
     val = validation_cases(cfg, manifest)
     failures = BatchFailures()
     ids: list[str] = []
     values: dict[str, list[np.ndarray]] = {m: [] for m in scorer.metrics}
     mae_sums: list[np.ndarray] = []  # per scan and map t: non-finite iff its MAE map has a NaN/Inf voxel
     voxels = VoxelAccumulator()
+    stats: list[Any] = []  # InputStats of each validation scan: the input domain
     ctx = Context(run, cfg, device, preprocessor)
     with progress_bar(progress) as bar:
         task = bar.add_task("calibrate ldm", total=len(val))
         for item, met, _ in each_case(val, ctx, cfg.score.batch_size, _measure_fn(scorer), failures,
                                       lambda n: bar.advance(task, n)):
             ids.append(item.case.case_id)
+            stats.append(getattr(item.meta, "stats", None))
             for m in scorer.metrics:
                 values[m].append(met.values[m][0].numpy())
             mae_sums.append(met.mae_maps[0].flatten(1).double().sum(-1).numpy())
@@ -254,9 +269,11 @@ def calibrate_ldm(
     run.ensure(run.calibration_dir)
     write_calibration_json(run.ood_calibration_path, asdict(cal))
     voxel.save(run.ood_voxel_stats_path)
+    cid = record_calibration(run, "ldm", stats)
     failures.raise_if_any("calibrate --method ldm")
-    return CalibrationResult("ldm", run.ood_calibration_path, len(ids), cal.fpr, cal.threshold,
-                             files={"voxel_stats": run.ood_voxel_stats_path},
+    return CalibrationResult("ldm", run.ood_calibration_path, len(ids), cal.fpr, cal.threshold, id=cid,
+                             files={"voxel_stats": run.ood_voxel_stats_path,
+                                    "input_domain": run.input_domain_path("ldm")},
                              details={"t_values": cal.t_values, "map_t_values": cal.map_t_values})
 
 
@@ -291,6 +308,7 @@ def score_rows(cal: OODCalibration, voxel: VoxelStats, met: ScanMetrics) -> tupl
     return row, amap
 
 
+@writes_run("score ldm")
 def score_ldm(
     run_dir: str | Path,
     manifest: str | Path | None = None,
@@ -305,22 +323,28 @@ def score_ldm(
     preprocessor: Preprocessing | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> ScoreResult:
     """Score scans (paper 000 §2.2–2.3): records + anomaly maps on each input's native grid.
 
     ``sequential=True`` runs the reference implementation's one-chain-at-a-time loop with its shared
-    PLMS scheduler (see ``reconstruct``), for comparison; the default batches all chains.
+    PLMS scheduler (see ``reconstruct``), for comparison; the default batches all chains. A changed
+    model or calibration file is refused; ``force`` uses a stale LDM or calibration (trained or
+    calibrated before a network it depends on was retrained) and adds to score files of another
+    calibration.
     """
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
-    run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device, sequential)
+    run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device,
+                                                    sequential, force)
     cal, voxel = load_ldm_calibration(run)
+    calibrated = check_calibration(run, "ldm", force)
     cal.check_compatible(scorer.t_values, scorer.map_t_values, scorer.settings)
     method = LDMScoring(scorer, cal, voxel, preprocessor)
     result = ScoreResult()
     try:
         run_method(method, Context(run, cfg, device, preprocessor), manifest, sets, input_dir, output_dir,
-                   progress, result)
+                   progress, result, calibrated, force)
     finally:
         result.unet_calls = scorer.calls.calls
     return result

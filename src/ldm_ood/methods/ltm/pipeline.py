@@ -5,7 +5,7 @@ Same interface as the LDM pipeline (paper 000 §2.3/§3.2):
 * ``calibrate_ltm`` scores the manifest's ``val`` split and writes :class:`LTMCalibration` JSON to
   ``RunDir.ltm_calibration_path``.
 * ``score_ltm`` (manifest mode) writes ``scores/ltm/<set>.csv`` row by row
-  (``case_id,set,pred_score,percentile,flag,map_path,seconds,nll``; ``pred_score`` = sum NLL,
+  (``case_id,set,pred_score,percentile,flag,map_path,model_score,qc_reason,calibration_id,seconds,nll``; ``pred_score`` = sum NLL,
   ``nll`` = mean NLL per token) and maps to ``maps/ltm/<set>/<case>.nii.gz``; finished cases are
   skipped on a rerun. Folder mode (MOOD challenge layout, ``input_dir`` → ``output_dir``) writes
   ``<case>.txt`` (the score, one number, as the LDM's folder mode: :func:`..context.write_folder_score`)
@@ -32,15 +32,21 @@ from ...data.manifest import Case
 from ...errors import BatchFailures
 from ...runs import RunDir
 from .. import inference_precision
-from ..base import CalibrationResult, DetectionFiles, RunResult
-from ..calibration_files import require_finite_calibration, require_finite_file, write_calibration_json
-from ..context import Context, Preprocessing, load_context, progress_bar, validation_cases
+from ..base import RUNNER_COLUMNS, Calibrated, CalibrationResult, DetectionFiles, RunResult
+from ..calibration_files import (
+    check_calibration,
+    record_calibration,
+    require_finite_calibration,
+    require_finite_file,
+    write_calibration_json,
+)
+from ..context import Context, Preprocessing, load_context, progress_bar, validation_cases, writes_run
 from ..inference_precision import transformer_probe
 from ..outputs import write_on_input_grid
 from ..runner import each_case, run_method
 from .likelihood import LTMCalibration, LTMNetworks, LTMScore, check_ensemble, score_image, upsample_map
 
-FIELDS = ("case_id", "set", "pred_score", "percentile", "flag", "map_path", "seconds", "nll")
+FIELDS = ("case_id", "set", "pred_score", "percentile", "flag", "map_path", *RUNNER_COLUMNS, "seconds", "nll")
 
 
 @dataclass
@@ -48,21 +54,22 @@ class LTMScoreResult(RunResult):
     """What ``score_ltm`` wrote: score files (or the output folder), counts, failures."""
 
 
-def load_ltm_networks(run: RunDir, cfg: Config, device: torch.device) -> LTMNetworks:
-    """First stage + the run's Transformer; raises ``ConfigError`` if an ensemble is configured."""
+def load_ltm_networks(run: RunDir, cfg: Config, device: torch.device, force: bool = False) -> LTMNetworks:
+    """First stage + the run's Transformer; raises ``ConfigError`` if an ensemble is configured
+    (``force``: a transformer trained on another first stage is used anyway)."""
     from ...models.loading import load_first_stage, load_transformer
 
     first_stage = load_first_stage(run, device)
-    transformer, ordering, _ = load_transformer(run, device)
+    transformer, ordering, _ = load_transformer(run, device, force)
     networks = LTMNetworks(first_stage, [transformer], [ordering], bos=cfg.first_stage.num_embeddings)
     check_ensemble(cfg, networks)
     return networks
 
 
-def _setup(run_dir, config, networks, preprocessor, device):
+def _setup(run_dir, config, networks, preprocessor, device, force=False):
     ctx = load_context(run_dir, config, preprocessor, device)
     if networks is None:
-        networks = load_ltm_networks(ctx.run, ctx.cfg, ctx.device)
+        networks = load_ltm_networks(ctx.run, ctx.cfg, ctx.device, force)
     else:
         check_ensemble(ctx.cfg, networks)
     return ctx.run, ctx.cfg, networks, ctx.preprocessor, ctx.device
@@ -87,6 +94,7 @@ def _score_fn(networks: LTMNetworks, bf16: bool):
     return fn
 
 
+@writes_run("calibrate ltm")
 def calibrate_ltm(
     run_dir: str | Path,
     manifest: str | Path | None = None,
@@ -96,19 +104,22 @@ def calibrate_ltm(
     preprocessor: Preprocessing | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> CalibrationResult:
-    """Score the ``val`` split, fit :class:`LTMCalibration` at ``score.fpr`` and save it."""
-    run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device)
+    """Score the ``val`` split, fit :class:`LTMCalibration` at ``score.fpr`` and save it with its input
+    domain and record; ``force``: calibrate with a transformer trained on another first stage."""
+    run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device, force)
     val = validation_cases(cfg, manifest)
     bf16 = ltm_bf16(cfg, networks, device, run)
     failures = BatchFailures()
-    values, ids = [], []
+    values, ids, stats = [], [], []
     ctx = Context(run, cfg, device, preprocessor)
     with progress_bar(progress) as bar:
         task = bar.add_task("calibrate ltm", total=len(val))
         for item, score, _ in each_case(val, ctx, 1, _score_fn(networks, bf16), failures, lambda n: bar.advance(task, n)):
             values.append(score.nll)
             ids.append(item.case.case_id)
+            stats.append(getattr(item.meta, "stats", None))
     if not values:
         failures.raise_if_any("calibrate --method ltm")
     calib = LTMCalibration.fit(values, ids, cfg.score.fpr, networks.kinds)
@@ -118,8 +129,10 @@ def calibrate_ltm(
         "or first-stage if that one is broken)",
     )
     write_calibration_json(run.ltm_calibration_path, asdict(calib))
+    cid = record_calibration(run, "ltm", stats)
     failures.raise_if_any("calibrate --method ltm")
-    return CalibrationResult("ltm", run.ltm_calibration_path, len(values), calib.fpr, calib.threshold,
+    return CalibrationResult("ltm", run.ltm_calibration_path, len(values), calib.fpr, calib.threshold, id=cid,
+                             files={"input_domain": run.input_domain_path("ltm")},
                              details={"mean": calib.mean, "std": calib.std})
 
 
@@ -144,6 +157,7 @@ def _row(score: LTMScore, calib: LTMCalibration | None, map_path: Path) -> dict[
     }
 
 
+@writes_run("score ltm")
 def score_ltm(
     run_dir: str | Path,
     manifest: str | Path | None = None,
@@ -157,12 +171,15 @@ def score_ltm(
     device: str | torch.device | None = None,
     map_interpolation: str = "nearest",
     progress: bool = True,
+    force: bool = False,
 ) -> LTMScoreResult:
-    """Score scans with the LTM (sum NLL), write records and NIfTI maps on each input's grid."""
+    """Score scans with the LTM (sum NLL), write records and NIfTI maps on each input's grid
+    (``force``: as for :func:`~ldm_ood.methods.ldm.pipeline.score_ldm`)."""
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
-    run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device)
+    run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device, force)
     calib = load_ltm_calibration(run)
+    calibrated = check_calibration(run, "ltm", force) if calib is not None else Calibrated()
     if calib is not None and calib.orderings != networks.kinds:
         raise ConfigError(
             f"{run.ltm_calibration_path}: calibrated with orderings {calib.orderings}, scoring with "
@@ -171,7 +188,7 @@ def score_ltm(
     method = LTMScoring(networks, ltm_bf16(cfg, networks, device, run), calib, preprocessor, cfg.data.grid,
                         map_interpolation)
     return run_method(method, Context(run, cfg, device, preprocessor), manifest, sets, input_dir, output_dir,
-                      progress, LTMScoreResult())
+                      progress, LTMScoreResult(), calibrated, force)
 
 
 @dataclass

@@ -61,12 +61,14 @@ class SegmentModels:
         return self.bf16 if self.first_stage_bf16 is None else self.first_stage_bf16
 
     @classmethod
-    def from_run(cls, run: RunDir, device: torch.device, precision: str, grid: Sequence[int], batch: int) -> "SegmentModels":
+    def from_run(cls, run: RunDir, device: torch.device, precision: str, grid: Sequence[int], batch: int,
+                 force: bool = False) -> "SegmentModels":
         """The run's networks, each in the precision ``precision`` (auto | fp32 | bf16) resolves to
-        on ``batch`` images of ``grid`` (:mod:`.inference_precision`)."""
+        on ``batch`` images of ``grid`` (:mod:`.inference_precision`); ``force``: an LDM trained on
+        another first stage is used anyway."""
         from ...models.loading import load_first_stage, load_ldm
 
-        fs, ldm = load_first_stage(run, device), load_ldm(run, device)
+        fs, ldm = load_first_stage(run, device), load_ldm(run, device, force)
         dims = len(ldm.latent_spatial_shape)
         choices = inference_precision.resolve(precision, {
             "first_stage": (fs, lambda: first_stage_probe(fs, grid, batch, device)),
@@ -92,13 +94,13 @@ class BatchOutput:
 
 def segment_context(
     run_dir: str | Path, config: Config | None, models: SegmentModels | None, preprocessor: Preprocessing | None,
-    device: str | torch.device | None,
+    device: str | torch.device | None, force: bool = False,
 ) -> tuple[Context, SegmentModels]:
     """Run, config, device and preprocessor (:func:`..context.load_context`) and the run's models unless given."""
     ctx = load_context(run_dir, config, preprocessor, device)
     if models is None:
         seg = ctx.cfg.segment
-        models = SegmentModels.from_run(ctx.run, ctx.device, seg.precision, ctx.cfg.data.grid, seg.batch_size)
+        models = SegmentModels.from_run(ctx.run, ctx.device, seg.precision, ctx.cfg.data.grid, seg.batch_size, force)
     return ctx, models
 
 

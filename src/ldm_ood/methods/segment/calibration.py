@@ -22,12 +22,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ...artifacts.atomic import atomic_write
 from ...config import Config
 from ...errors import BatchFailures
 from ...runs import RunDir
 from ..base import CalibrationResult
-from ..calibration_files import require_finite_calibration, require_finite_file, write_calibration_json
-from ..context import Context, Preprocessing, validation_cases
+from ..calibration_files import (
+    record_calibration,
+    require_finite_calibration,
+    require_finite_file,
+    write_calibration_json,
+)
+from ..context import Context, Preprocessing, validation_cases, writes_run
 from ..runner import load_batches
 from .batch import SegmentModels, case_seeds, image_score, kl_map_of, latents, segment_batch, segment_context
 from .kl import kl_thresholds
@@ -59,17 +65,16 @@ def _save_calibration(run: RunDir, calib: dict[str, Any], thr: dict[str, torch.T
         "or first-stage if that one is broken)",
     )
     run.ensure(run.calibration_dir)
-    tmp = run.segment_thresholds_path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in thr.items()}, str(tmp))
-    tmp.replace(run.segment_thresholds_path)
+    atomic_write(run.segment_thresholds_path, lambda tmp: save_file({k: v.contiguous() for k, v in thr.items()}, str(tmp)))
     write_calibration_json(run.segment_calibration_path, calib)
 
 
 def _batches(cases: Sequence, ctx: Context, size: int, failures: BatchFailures):
-    """``(cases, x (b, 1, *grid))`` of the preprocessed validation cases, ``size`` at a time (unreadable ones skipped)."""
+    """``(cases, x (b, 1, *grid), metas)`` of the preprocessed validation cases, ``size`` at a time
+    (unreadable ones skipped)."""
     for _, group in load_batches(cases, ctx, size, failures):
         if group:
-            yield [g.case for g in group], torch.stack([g.x for g in group])
+            yield [g.case for g in group], torch.stack([g.x for g in group]), [g.meta for g in group]
 
 
 def _residual_threshold(ctx: Context, models: SegmentModels, spec: VariantSpec, val: Sequence, thr: dict[str, torch.Tensor],
@@ -79,7 +84,7 @@ def _residual_threshold(ctx: Context, models: SegmentModels, spec: VariantSpec, 
     scfg, device = ctx.cfg.segment, ctx.device
     fg_values: list[np.ndarray] = []
     map_sums: list[np.ndarray] = []  # per case: non-finite iff its map has a NaN/Inf voxel
-    for cases, x in _batches(val, ctx, scfg.batch_size, failures):
+    for cases, x, _ in _batches(val, ctx, scfg.batch_size, failures):
         x = x.to(device)
         seeds = case_seeds([c.case_id for c in cases], scfg.seed)
         out = segment_batch(models, x, spec, scfg, thr.get(spec.kl_key) if spec.kl_key else None, seeds,
@@ -95,40 +100,46 @@ def _residual_threshold(ctx: Context, models: SegmentModels, spec: VariantSpec, 
     }
 
 
+@writes_run("calibrate segment")
 def calibrate_segment(
     run_dir: str | Path,
     manifest: str | Path | None = None,
     config: Config | None = None,
     *,
     variants: Sequence[str] | None = None,
-    force: bool = True,
+    recalibrate: bool = True,
     models: SegmentModels | None = None,
     preprocessor: Preprocessing | None = None,
     device: str | torch.device | None = None,
+    force: bool = False,
 ) -> CalibrationResult:
     """Calibrate paper 001 segmentation on the manifest's healthy ``val`` split.
 
     Pass 1 (KL): per-position ``percentile`` thresholds for every KL t-set the ``variants`` need,
     and the validation image-level scores. Pass 2 (per variant): the residual-map threshold at
     ``segment.fpr`` over foreground voxels. ``variants`` defaults to ``(segment.variant,)``;
-    ``force=False`` keeps what is already calibrated. The thresholds are per variant
-    (``details["residual_thresholds"]``).
+    ``recalibrate=False`` keeps what is already calibrated. The thresholds are per variant
+    (``details["residual_thresholds"]``). The input domain and the record are saved with it;
+    ``force``: calibrate with an LDM trained on another first stage.
     """
-    ctx, models = segment_context(run_dir, config, models, preprocessor, device)
+    ctx, models = segment_context(run_dir, config, models, preprocessor, device, force)
     run, cfg, preprocessor, device = ctx.run, ctx.cfg, ctx.preprocessor, ctx.device
     scfg = cfg.segment
     specs = [variant_spec(v, scfg) for v in (variants or (scfg.variant,))]
-    calib, thr = ({}, {}) if force else load_calibration(run)
+    calib, thr = ({}, {}) if recalibrate else load_calibration(run)
     calib.setdefault("kl", {}), calib.setdefault("variants", {})
     calib.update(percentile=scfg.percentile, kl_t_range=list(scfg.kl_t_range), seed=scfg.seed)
     val = validation_cases(cfg, manifest)
     failures = BatchFailures()
     per_case: dict[str, np.ndarray] = {}  # raw validation values, first axis = case (finite check)
     t_sets = {s.kl_key: s.kl_t for s in specs if s.kl_t is not None and s.kl_key not in thr}
+    stats: list[Any] | None = None  # InputStats of the validation scans, when pass 1 reads them
     if t_sets or "val_scores" not in calib:
+        stats = []
         maps: dict[str, list[torch.Tensor]] = {k: [] for k in t_sets}
         scores: dict[str, float] = {}
-        for cases, x in _batches(val, ctx, scfg.batch_size, failures):
+        for cases, x, metas in _batches(val, ctx, scfg.batch_size, failures):
+            stats += [getattr(m, "stats", None) for m in metas]
             seeds = case_seeds([c.case_id for c in cases], scfg.seed)
             z0 = latents(models, x.to(device))
             scores.update({c.case_id: float(v) for c, v in zip(cases, image_score(models, z0, scfg, seeds))})
@@ -149,8 +160,9 @@ def calibrate_segment(
         if spec.name not in calib["variants"]:
             calib["variants"][spec.name] = _residual_threshold(ctx, models, spec, val, thr, per_case, failures)
     _save_calibration(run, calib, thr, per_case)
+    cid = record_calibration(run, "segment", stats)
     failures.raise_if_any("calibrate --method segment")
     return CalibrationResult(
-        "segment", run.segment_calibration_path, len(calib.get("val_scores", {})), scfg.fpr, None,
-        files={"kl_thresholds": run.segment_thresholds_path},
+        "segment", run.segment_calibration_path, len(calib.get("val_scores", {})), scfg.fpr, None, id=cid,
+        files={"kl_thresholds": run.segment_thresholds_path, "input_domain": run.input_domain_path("segment")},
         details={"residual_thresholds": {k: v["residual_threshold"] for k, v in calib["variants"].items()}})

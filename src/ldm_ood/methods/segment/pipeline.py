@@ -27,15 +27,16 @@ from ...config import Config
 from ...data.io import suffix_of
 from ...data.manifest import Case
 from ...runs import RunDir
-from ..base import RunResult
-from ..context import Preprocessing
+from ..base import RUNNER_COLUMNS, RunResult
+from ..calibration_files import check_calibration
+from ..context import Preprocessing, writes_run
 from ..outputs import write_image_atomic
 from ..runner import run_method
 from .batch import SegmentModels, case_seeds, segment_batch, segment_context
 from .calibration import calibrate_segment, load_calibration
 from .variants import VariantSpec, variant_spec
 
-FIELDS = ("case_id", "set", "pred_score", "healed_path", "map_path", "mask_path", "seconds")
+FIELDS = ("case_id", "set", "pred_score", "healed_path", "map_path", "mask_path", *RUNNER_COLUMNS, "seconds")
 
 
 @dataclass
@@ -103,6 +104,7 @@ class SegmentScoring:
                 for i, (case, meta) in enumerate(zip(cases, metas))]
 
 
+@writes_run("segment")
 def segment(
     run_dir: str | Path,
     manifest: str | Path | None = None,
@@ -116,6 +118,7 @@ def segment(
     preprocessor: Preprocessing | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> SegmentResult:
     """Segment anomalies with variant ``variant`` (paper 001 §3): healed image, map, mask, score.
 
@@ -123,20 +126,23 @@ def segment(
     ``segment_scores_path(variant, set)``. Folder mode (``input_dir`` + ``output_dir``): every image
     of the folder -> ``output_dir/<case>_{healed,map,mask}.*`` and ``output_dir/<case>.txt`` (the
     score). Finished cases are skipped; ``seconds`` is the batch's time divided by its size. A
-    variant not yet calibrated is calibrated first on the run's validation split.
+    variant not yet calibrated is calibrated first on the run's validation split. ``force``: as for
+    :func:`~ldm_ood.methods.ldm.pipeline.score_ldm`.
     """
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
-    ctx, models = segment_context(run_dir, config, models, preprocessor, device)
+    ctx, models = segment_context(run_dir, config, models, preprocessor, device, force)
     run, cfg, preprocessor, device = ctx.run, ctx.cfg, ctx.preprocessor, ctx.device
     spec = variant_spec(variant, cfg.segment)
     calib, thr = load_calibration(run)
     if variant not in calib.get("variants", {}) or (spec.kl_key and spec.kl_key not in thr):
-        calibrate_segment(run.root, config=cfg, variants=[variant], force=False, models=models,
-                          preprocessor=preprocessor, device=device)
+        calibrate_segment(run.root, config=cfg, variants=[variant], recalibrate=False, models=models,
+                          preprocessor=preprocessor, device=device, force=force)
         calib, thr = load_calibration(run)
     threshold = calib["variants"][variant]["residual_threshold"]
     kl_thr = thr.get(spec.kl_key) if spec.kl_key else None
 
+    calibrated = check_calibration(run, "segment", force)
     method = SegmentScoring(models, spec, cfg, kl_thr, threshold, preprocessor)
-    return run_method(method, ctx, manifest, sets, input_dir, output_dir, progress, SegmentResult(variant=variant))
+    return run_method(method, ctx, manifest, sets, input_dir, output_dir, progress, SegmentResult(variant=variant),
+                      calibrated, force)
