@@ -1,5 +1,8 @@
 """Manifests: ``case_id,path[,mask][,set][,split]`` CSV, or a plain folder of images.
 
+A folder's cases are its entries named like images (:func:`folder_images`: hidden files and
+other names are ignored; a broken link or a directory with an image name fails as its own case).
+
 ``set`` names a test set (``id``, ``noise_0.1``, ``far_mr_t1`` ...); ``split`` is ``train``,
 ``val`` or ``test`` (any case; stored lower-case). Relative paths are resolved against the
 manifest's folder. A row pointing at a missing file is reported with the manifest line, never
@@ -68,14 +71,44 @@ def _split(source: Path, line: int, raw: str) -> str:
     return split
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """Every entry of ``folder`` named like an image, sorted; hidden and other names are ignored.
+
+    An entry counts by its name alone: a name ending in an image suffix (:data:`IMAGE_SUFFIXES`,
+    any case) that does not start with a dot. It is listed whatever it is, so a dangling symbolic
+    link, a link loop, a directory or a FIFO named ``x.nii.gz`` becomes a case that fails on its
+    own with the reason (:func:`~ldm_ood.data.io.check_file`), never a silent skip; a link to an
+    image file anywhere is read through. Hidden entries (``.x.nii.gz``, macOS ``._x.nii.gz``) and
+    names without an image suffix (``notes.txt``, ``x.nii.bak``) are not inputs and are ignored.
+
+    Raises :class:`InputError` up front when the folder cannot be listed, holds no image names,
+    two names give one case id (``a.nii`` and ``a.nii.gz``: their outputs would collide), or a
+    case id is not a plain name (:func:`plain_name`).
+    """
+    try:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and suffix_of(p) in IMAGE_SUFFIXES)
+    except OSError as err:
+        raise InputError(folder, f"cannot list the folder ({err.strerror})") from None
+    if not entries:
+        raise InputError(folder, f"folder holds no image files ({', '.join(IMAGE_SUFFIXES)}; hidden files are ignored)")
+    seen: dict[str, Path] = {}
+    for p in entries:
+        case_id = case_id_of(p)
+        problem = plain_name(case_id)
+        if problem is not None:
+            raise InputError(p, f"case id {case_id!r} {problem}; it names output files, so rename the file")
+        if case_id in seen:
+            raise InputError(folder, f"{seen[case_id].name} and {p.name} give the same case id {case_id!r}; "
+                                     "their outputs would collide, keep one of them")
+        seen[case_id] = p
+    return entries
+
+
 def read_manifest(source: str | Path, check_files: bool = True) -> list[Case]:
     """Cases from a manifest CSV or from every image file in a folder (set = folder name)."""
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.is_file() and suffix_of(p) in IMAGE_SUFFIXES)
-        if not files:
-            raise InputError(source, f"folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-        return [Case(case_id=case_id_of(p), path=p, set=source.name) for p in files]
+        return [Case(case_id=case_id_of(p), path=p, set=source.name) for p in folder_images(source)]
     if not source.exists():
         raise InputError(source, "manifest not found")
     try:
