@@ -116,7 +116,9 @@ def corrupt(
 @app.command("config")
 @_friendly
 def show_config(
-    preset: str = typer.Option("cpu", help=f"Preset to print: {PRESET_NAMES}."),
+    preset: Optional[str] = typer.Option(
+        None, help=f"Preset to print: {PRESET_NAMES} (default: cpu; with --config: the YAML's own preset: / extends:)."
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML whose fields override the preset."),
 ) -> None:
     """Print the full configuration of a preset (and YAML overrides) as YAML."""
@@ -124,11 +126,17 @@ def show_config(
 
     from .config import load_config
 
-    cfg = load_config(config, preset=preset)
+    cfg = load_config(config, preset=preset if (preset or config) else "cpu")
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
 # ----------------------------------------------------------------------------- training
+
+
+ResumeOpt = typer.Option(
+    False, help="Continue after the last completed epoch (also of a retraining in <stage>.staging/). Without it a "
+    "finished stage is retrained in <stage>.staging/; the old model stays usable until the new one replaces it.",
+)
 
 
 def _train(stage: str, run: Path, config: Optional[Path], preset: Optional[str], data: Optional[Path], resume: bool):
@@ -142,7 +150,7 @@ def _train(stage: str, run: Path, config: Optional[Path], preset: Optional[str],
 @_friendly
 def train_first_stage(
     run: Path = RunOpt, config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
-    data: Optional[Path] = DataOpt, resume: bool = typer.Option(False, help="Continue after the last completed epoch."),
+    data: Optional[Path] = DataOpt, resume: bool = ResumeOpt,
 ) -> None:
     """Train the VQ-GAN (3D, paper 000) or VQ-VAE (2D, paper 001) first stage."""
     _train("first_stage", run, config, preset, data, resume)
@@ -152,7 +160,7 @@ def train_first_stage(
 @_friendly
 def train_ldm(
     run: Path = RunOpt, config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
-    data: Optional[Path] = DataOpt, resume: bool = typer.Option(False, help="Continue after the last completed epoch."),
+    data: Optional[Path] = DataOpt, resume: bool = ResumeOpt,
 ) -> None:
     """Train the latent DDPM on the frozen first stage's latents."""
     _train("ldm", run, config, preset, data, resume)
@@ -162,7 +170,7 @@ def train_ldm(
 @_friendly
 def train_transformer(
     run: Path = RunOpt, config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
-    data: Optional[Path] = DataOpt, resume: bool = typer.Option(False, help="Continue after the last completed epoch."),
+    data: Optional[Path] = DataOpt, resume: bool = ResumeOpt,
 ) -> None:
     """Train the Latent Transformer Model baseline on the first stage's token indices."""
     _train("transformer", run, config, preset, data, resume)

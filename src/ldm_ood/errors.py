@@ -1,6 +1,7 @@
 """Errors that name the file and the problem, and the collection of per-file failures of a batch.
 
 * :class:`ConfigError`: a configuration value or file is invalid (names the field and the reason);
+  :class:`PresetChangeError`: a preset given for a run that already has another one;
 * :class:`InputError`: a user input (image, mask, manifest row) is unusable;
 * :class:`NonFiniteError` and its two kinds, :class:`NonFiniteModelError` (a trained network's
   weights hold NaN/Inf) and :class:`NonFiniteCalibrationError` (a calibration would hold, or holds,
@@ -24,6 +25,12 @@ from pathlib import Path
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field (and the file) and the reason."""
+
+
+class PresetChangeError(ConfigError):
+    """A ``--preset`` / ``preset:`` / ``extends:`` differs from the preset of an existing configuration.
+
+    Its own class so that a run that has trained nothing yet can accept the new preset instead."""
 
 
 class InputError(ValueError):

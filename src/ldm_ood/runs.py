@@ -5,6 +5,8 @@
     runs/<name>/config.yaml
                first_stage/ ldm/ transformer/     model.safetensors, config.json, state.pt (resume),
                                                   metrics.csv, previews/
+               <stage>.staging/                   a retrain of a finished stage, until it is swapped in
+               <stage>.old/                       the replaced stage folder, only during the swap
                calibration/                       ood.json, ood_voxel_stats.safetensors,
                                                   segment_thresholds.safetensors, segment.json, ltm.json
                scores/<method>/<set>.csv          one row per scan, appended as each scan finishes
@@ -85,6 +87,19 @@ class RunDir:
 
     def is_trained(self, stage: str) -> bool:
         return self.model_path(stage).exists() and self.done_path(stage).exists()
+
+    # ---- retraining a finished stage (``training.staging``)
+    def staging_dir(self, stage: str) -> Path:
+        """``<stage>.staging/``: a fresh training of a finished stage writes here until it is swapped in."""
+        return self.stage_dir(stage).with_name(f"{stage}.staging")
+
+    def retired_dir(self, stage: str) -> Path:
+        """``<stage>.old/``: the previous stage folder, moved aside only for the moment of the swap."""
+        return self.stage_dir(stage).with_name(f"{stage}.old")
+
+    def staged(self) -> RunDir:
+        """This run as a staged training sees it: every stage folder is its :meth:`staging_dir`."""
+        return _StagedRunDir(self.root)
 
     # ---- calibration
     @property
@@ -184,3 +199,10 @@ class RunDir:
     def ensure(self, *dirs: Path) -> None:
         for d in (self.root, *dirs):
             d.mkdir(parents=True, exist_ok=True)
+
+
+class _StagedRunDir(RunDir):
+    """:meth:`RunDir.staged`: the same paths, but each ``<stage>/`` is ``<stage>.staging/``."""
+
+    def stage_dir(self, stage: str) -> Path:
+        return RunDir(self.root).staging_dir(stage)

@@ -3,7 +3,8 @@
 A preset file holds the fields it changes from the schema's defaults; ``extends:`` (a name or a
 list of names) merges other preset files underneath it first, in order. Files whose name starts
 with a digit or an underscore are overlays (``2d.yaml``, merged by every ``-2d`` preset), not
-presets of their own. ``ldm-ood config --preset NAME`` prints the merged, validated result.
+presets of their own. ``ldm-ood config --preset NAME`` prints the merged, validated result. A
+user's ``--config`` YAML may name its base the same way (``extends:``, :func:`extends_dict`).
 
 * ``tiny`` / ``tiny-2d`` — seconds-long tests (16³ / 16²), fp32;
 * ``demo`` / ``demo-2d`` — ``make demo`` (32³ / 32², short training, ~10 min on 2 cores);
@@ -64,6 +65,27 @@ def _resolved(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     for parent in [parents] if isinstance(parents, str) else parents:
         merged = deep_merge(merged, _resolved(parent, (*seen, name)))
     return deep_merge(merged, data)
+
+
+def extends_names(value: Any, source: str) -> list[str]:
+    """The names of an ``extends:`` value (a name or a list of names), else a ConfigError naming ``source``."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{source}: extends must be a preset name or a list of names, got {value!r}")
+    return names
+
+
+def extends_dict(names: list[str], source: str = "") -> dict[str, Any]:
+    """The fields of preset files ``names`` (presets or overlays, each with its own ``extends:``) merged in order.
+
+    A user's YAML may start with ``extends:`` exactly like a preset file does (``extends: [cpu, 2d]``).
+    """
+    merged: dict[str, Any] = {}
+    for name in names:
+        if name not in _files():
+            raise ConfigError(f"{source}: extends unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        merged = deep_merge(merged, _resolved(name))
+    return merged
 
 
 def preset_dict(name: str) -> dict[str, Any]:

@@ -2,12 +2,17 @@
 
 * configuration: ``config_path`` / ``preset`` for a new run (saved as ``<run>/config.yaml``), else
   the run's saved config with exactly the fields ``config_path`` names changed (saved back; a warning
-  names each finished stage / calibration made with an old value); the preset of a run cannot change;
+  names each finished stage / calibration made with an old value); the preset of a run that has
+  trained something cannot change, while a run that has trained nothing yet (a first attempt that
+  failed, e.g. on its manifest) takes a new preset and configuration anew;
 * data: ``manifest`` argument, else ``config.data.manifest``; train = rows with ``split == "train"``,
-  validation = ``split == "val"`` and ``set == "id"``;
+  validation = ``split == "val"`` and ``set == "id"``; the manifest is remembered in the run's config
+  only once it was read;
 * ``stage``: ``first_stage`` (also ``first-stage``), ``ldm`` or ``transformer``; the last two need a
   trained first stage in the run;
 * ``resume=True`` continues after the last completed epoch (see :mod:`ldm_ood.training.loop`);
+  without it a finished stage is retrained in ``<stage>.staging/`` and replaces the old model only
+  when it finishes (:mod:`ldm_ood.training.staging`);
 * launched by ``torchrun``, every process calls this and trains with DDP (rank 0 writes files).
 """
 
@@ -20,8 +25,8 @@ from rich.markup import escape
 
 from ..config import Config, ConfigError, changed_fields, load_config, override_config
 from ..data.manifest import Case, read_manifest, select
-from ..errors import InputError
-from ..runs import RunDir
+from ..errors import InputError, PresetChangeError
+from ..runs import STAGES, RunDir
 from . import distributed
 from .loop import FitResult, console
 
@@ -50,9 +55,11 @@ def resolve_config(
 
     New run: ``preset`` < YAML ``config_path`` (saved as ``<run>/config.yaml``). Existing run: its saved
     configuration with exactly the fields the YAML names replaced, saved back when that changes
-    anything; ``preset`` must be the run's own (:func:`~ldm_ood.config.override_config`). The warnings
-    name every finished stage or calibration made with the old value of a changed field, except
-    ``stage``, about to be retrained — unless ``resume`` of a finished stage, which does not retrain it.
+    anything; ``preset`` must be the run's own (:func:`~ldm_ood.config.override_config`), unless the run
+    has trained nothing yet (:func:`trained_anything`): then a new preset builds the configuration anew,
+    replacing the ``config.yaml`` a failed first attempt left. The warnings name every finished stage
+    or calibration made with the old value of a changed field, except ``stage``, about to be
+    retrained — unless ``resume`` of a finished stage, which does not retrain it.
     """
     if not run.config_path.exists():
         given = load_config(config_path, preset) if (config_path is not None or preset is not None) else None
@@ -61,12 +68,30 @@ def resolve_config(
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
     saved = run.load_config()
-    config = override_config(saved, config_path, preset)
+    try:
+        config = override_config(saved, config_path, preset)
+    except PresetChangeError:
+        if trained_anything(run):
+            raise
+        config = load_config(config_path, preset)
+        run.save_config(config)
+        replaced = (f"{run.config_path}: replaced (preset {saved.preset!r} -> {config.preset!r}); "
+                    "the run had trained nothing with it")
+        return config, [replaced]
     if not changed_fields(saved, config):
         return saved, []
     stale = run.stale_artifacts(saved, config)
     run.save_config(config)
     return config, _stale_warnings(run, stale, stage, resume)
+
+
+def trained_anything(run: RunDir) -> bool:
+    """Whether any stage of ``run`` (or its staged retraining) holds a model, a resume state or DONE, or a
+    calibration exists: then its configuration is what they were made with and its preset is fixed."""
+    if run.finished_artifacts():
+        return True
+    views = (run, run.staged())
+    return any(p.exists() for r in views for s in STAGES for p in (r.model_path(s), r.state_path(s), r.done_path(s)))
 
 
 def _stale_warnings(run: RunDir, stale: dict[str, list[str]], stage: str | None, resume: bool) -> list[str]:
@@ -143,15 +168,15 @@ def train(
             manifest = config.data.manifest
         if manifest is None:
             raise ConfigError("no training data: pass --data MANIFEST or set data.manifest in the config")
-        if config.data.manifest is None and ctx.is_main:  # later stages of the run reuse it
-            config.data.manifest = Path(manifest).resolve()
-            run.save_config(config)
         if stage != "first_stage" and not run.model_path("first_stage").exists():
             raise ConfigError(
                 f"{run.model_path('first_stage')}: stage {stage} needs a trained first stage; "
                 f"run `ldm-ood train first-stage --run {run.root}` first"
             )
         train_ds, val_ds = build_datasets(config, manifest)
+        if config.data.manifest is None and ctx.is_main:  # read: later stages of the run reuse it
+            config.data.manifest = Path(manifest).resolve()
+            run.save_config(config)
         result = _fit(stage, run, config, train_ds, val_ds, resume, ctx)
         return TrainResult(stage, run.root, run.model_path(stage), result.epochs, result.best_val_loss,
                            result.best_epoch, result.reason, result.seconds, ctx.world_size)

@@ -15,6 +15,9 @@ batch, a preview); :func:`fit` does everything else, identically for every stage
   also after SIGKILL mid-epoch (rows of a half-recorded epoch are dropped from ``metrics.csv``);
 * preview PNGs of validation cases every ``optim.preview_every`` epochs into ``previews/``;
 * ``<stage>/DONE`` (JSON: reason, epochs, best val loss, precision) when training ends;
+* a finished stage is never destroyed (:mod:`.staging`): a fresh training of it writes everything
+  above into ``<stage>.staging/`` and is swapped in for ``<stage>/`` only once its ``DONE`` is
+  written; ``resume=True`` continues such a staged training; rank 0 alone touches files;
 * precision: ``optim.precision`` (``auto | fp32 | bf16``) is resolved once before the first epoch
   by ``precision_policy.choose_precision`` on the stage's own networks and first training batch
   (rank 0 measures, every rank follows), printed in one line, written to ``<stage>/precision.json``
@@ -56,6 +59,7 @@ from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, sha
 from .finite import first_non_finite
 from .metrics import append_metrics, metrics_header, tensorboard_writer, truncate_metrics
 from .precision_check import resolve_training_precision
+from .staging import Target, choose_target, swap_in
 from .task import StageTask
 
 console = Console(stderr=True)
@@ -96,7 +100,8 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def _clear_stage(stage_dir: Path) -> None:
-    """Fresh start: drop the previous model, state, metrics, previews and DONE of this stage."""
+    """Fresh start: drop the previous model, state, metrics, previews and DONE of the folder being trained
+    (an unfinished stage folder or a staging folder, never a finished model: ``staging.choose_target``)."""
     for name in ("model.safetensors", "config.json", "state.pt", "metrics.csv", "DONE", "precision.json"):
         (stage_dir / name).unlink(missing_ok=True)
     for name in ("previews", "tensorboard"):
@@ -171,7 +176,9 @@ class _Progress:
 
 
 def _restore(task: StageTask, run: RunDir, ctx: DistContext, resume: bool) -> _Progress:
-    """The state of the last completed epoch (``resume``), else a clean stage folder; metrics truncated to it."""
+    """The state of the last completed epoch (``resume``), else a clean stage folder; metrics truncated to it.
+
+    ``run`` is the run as this training writes it (``Target.out``: its staged view for a retrain)."""
     state = load_state(run.state_path(task.stage)) if resume else None
     progress = _Progress()
     if state is not None:
@@ -238,14 +245,19 @@ def _record_epoch(task: StageTask, run: RunDir, row: dict[str, Any], progress: _
     console.print(f"{task.stage} epoch {epoch}: {terms}{val} ({row['seconds']:.1f}s)")
 
 
-def _finish(task: StageTask, run: RunDir, epoch: int, reason: str, progress: _Progress, precision: PrecisionChoice,
-            writer) -> None:
-    """Rank 0 at the end of training: ``DONE`` (reason, epochs, best, precision) and one terminal line."""
-    atomic_write_text(run.stage_dir(task.stage) / "DONE", json.dumps({
+def _finish(task: StageTask, target: Target, epoch: int, reason: str, progress: _Progress,
+            precision: PrecisionChoice, writer) -> None:
+    """Rank 0 at the end of training: ``DONE`` (reason, epochs, best, precision), a staged training swapped
+    in for the stage folder, and one terminal line."""
+    run = target.run
+    atomic_write_text(target.out.done_path(task.stage), json.dumps({
         "reason": reason, "epochs": epoch, "best_val_loss": progress.best, "best_epoch": progress.best_epoch,
         "precision": precision.as_dict()}))
     if writer is not None:
         writer.close()
+    if target.staged:
+        swap_in(run, task.stage)
+        console.print(f"{task.stage}: the retrained model replaced the previous one in {run.stage_dir(task.stage)}")
     console.print(f"{task.stage}: done after {epoch} epochs ({reason}); best val loss {progress.best:.5g} "
                   f"at epoch {progress.best_epoch} -> {run.model_path(task.stage)}")
 
@@ -271,17 +283,17 @@ def fit(
     """Train ``task`` until early stopping or ``optim.max_epochs``; see the module docstring."""
     ctx = ctx or DistContext()
     start_time = time.time()
-    stage_dir = run.stage_dir(task.stage)
-    if ctx.is_main:
-        stage_dir.mkdir(parents=True, exist_ok=True)
-    barrier(ctx)
-    if resume and (stage_dir / "DONE").exists():
+    target = choose_target(run, task.stage, resume, ctx)
+    for line in target.notes if ctx.is_main else ():
+        console.print(line, highlight=False, soft_wrap=True)
+    if target.already_done:
         return _already_done(task, run, ctx)
-    progress = _restore(task, run, ctx, resume)
+    out, stage_dir = target.out, target.out.stage_dir(task.stage)
+    progress = _restore(task, out, ctx, resume)
     precision = resolve_training_precision(task, train_ds, optim, ctx)
     if ctx.is_main:
         console.print(f"precision of {precision.line()}" + (" [cached]" if precision.cached else ""))
-        atomic_write_text(run.precision_path(task.stage), json.dumps(precision.as_dict(), indent=1))
+        atomic_write_text(out.precision_path(task.stage), json.dumps(precision.as_dict(), indent=1))
     writer = tensorboard_writer(stage_dir) if ctx.is_main else None
     sampler = EpochSampler(len(train_ds), optim.seed, optim.samples_per_epoch, ctx)
     train_loader = DataLoader(train_ds, batch_size=optim.batch_size, sampler=sampler, num_workers=optim.num_workers)
@@ -307,21 +319,21 @@ def fit(
                 if progress.validated(val, epoch) and ctx.is_main:
                     save_model(stage_dir, task.model(), task.model_config().to_json())
             if ctx.is_main and epoch % optim.preview_every == 0:
-                _preview(task, preview_batch, run.previews_dir(task.stage) / f"epoch_{epoch:04d}.png")
+                _preview(task, preview_batch, out.previews_dir(task.stage) / f"epoch_{epoch:04d}.png")
             row = {"epoch": epoch, **train, "val_loss": val, "seconds": round(time.time() - t0, 3),
                    "lr": main_opt.param_groups[0]["lr"], "bf16": int(task.bf16)}
             history.append({k: (math.nan if v is None else float(v)) for k, v in row.items()})
             if ctx.is_main:
-                _record_epoch(task, run, row, progress, writer)
+                _record_epoch(task, out, row, progress, writer)
             barrier(ctx)
             if val is not None and progress.bad >= optim.patience:
                 reason = "early_stopping"
                 break
 
     if ctx.is_main:
-        _finish(task, run, epoch, reason, progress, precision, writer)
+        _finish(task, target, epoch, reason, progress, precision, writer)
     barrier(ctx)
-    return FitResult(task.stage, stage_dir, epoch, progress.best, progress.best_epoch, reason,
+    return FitResult(task.stage, run.stage_dir(task.stage), epoch, progress.best, progress.best_epoch, reason,
                      time.time() - start_time, history, task.model(), precision)
 
 

@@ -65,6 +65,7 @@ def test_override_changes_only_the_named_field_and_is_saved(run, tmp_path, epoch
 
 
 def test_same_preset_is_accepted_a_different_one_refused(run, over, tmp_path):
+    _finish(run, "first_stage")  # the preset is fixed once the run has trained something
     config, _ = resolve_config(run, over, "tiny", "ldm")
     assert config.ldm.optim.max_epochs == 7 and config.preset == "tiny"
     assert resolve_config(run, None, "tiny")[0] == config
