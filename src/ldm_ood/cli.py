@@ -17,6 +17,7 @@ from rich.console import Console
 
 from .config.presets import PRESETS
 from .config.schema import Variant as SegmentVariant
+from .config.stages import STAGES, StageInfo
 from .methods.registry import METHODS
 
 PRESET_NAMES = " | ".join(PRESETS)  # every preset shipped in ldm_ood/config/presets/
@@ -146,34 +147,20 @@ def _train(stage: str, run: Path, config: Optional[Path], preset: Optional[str],
     console.print(result)
 
 
-@train_app.command("first-stage")
-@_friendly
-def train_first_stage(
-    run: Path = RunOpt, config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
-    data: Optional[Path] = DataOpt, resume: bool = ResumeOpt,
-) -> None:
-    """Train the VQ-GAN (3D, paper 000) or VQ-VAE (2D, paper 001) first stage."""
-    _train("first_stage", run, config, preset, data, resume)
+def _train_command(stage: StageInfo) -> Callable:
+    def command(
+        run: Path = RunOpt, config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
+        data: Optional[Path] = DataOpt, resume: bool = ResumeOpt,
+    ) -> None:
+        _train(stage.name, run, config, preset, data, resume)
+
+    command.__doc__ = stage.description
+    command.__name__ = f"train_{stage.name}"
+    return _friendly(command)
 
 
-@train_app.command("ldm")
-@_friendly
-def train_ldm(
-    run: Path = RunOpt, config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
-    data: Optional[Path] = DataOpt, resume: bool = ResumeOpt,
-) -> None:
-    """Train the latent DDPM on the frozen first stage's latents."""
-    _train("ldm", run, config, preset, data, resume)
-
-
-@train_app.command("transformer")
-@_friendly
-def train_transformer(
-    run: Path = RunOpt, config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
-    data: Optional[Path] = DataOpt, resume: bool = ResumeOpt,
-) -> None:
-    """Train the Latent Transformer Model baseline on the first stage's token indices."""
-    _train("transformer", run, config, preset, data, resume)
+for _stage in STAGES.values():  # one `ldm-ood train <command>` per trained stage of config.stages
+    train_app.command(_stage.command)(_train_command(_stage))
 
 
 # ----------------------------------------------------------------------------- inference

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ARTIFACTS, Config, changed_fields, invalidated_artifacts, load_config, save_config
+from .config.stages import STAGES as STAGE_INFO
 
-STAGES = ("first_stage", "ldm", "transformer")
+STAGES: tuple[str, ...] = tuple(STAGE_INFO)  # config.stages: every trained network of a run
 METHODS = ("ldm", "ltm")
 
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_runs import build_tiny_2d_run
 
 from ldm_ood.config import load_config
 from ldm_ood.data.io import Image, write_image
@@ -17,7 +18,6 @@ from ldm_ood.methods.context import read_folder_score
 from ldm_ood.methods.ldm.pipeline import calibrate_ldm, score_ldm
 from ldm_ood.methods.ltm.pipeline import calibrate_ltm, score_ltm
 from ldm_ood.methods.records import read_records
-from tiny_runs import build_tiny_2d_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,6 +9,7 @@ import multiprocessing as mp
 
 import pytest
 import torch
+from tiny_runs import build_tiny_2d_run
 
 from ldm_ood.artifacts.checkpoint import save_model
 from ldm_ood.artifacts.lock import run_lock
@@ -16,7 +17,6 @@ from ldm_ood.errors import BatchError, IntegrityError, RunLockedError, StaleArti
 from ldm_ood.methods.ldm.pipeline import calibrate_ldm, score_ldm
 from ldm_ood.methods.records import read_records
 from ldm_ood.models.first_stage import build_first_stage
-from tiny_runs import build_tiny_2d_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

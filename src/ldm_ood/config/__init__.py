@@ -4,6 +4,7 @@
 * :mod:`.presets` — ``presets/*.yaml`` (``tiny``, ``demo``, ``cpu``, ``paper`` and their ``-2d``);
 * :mod:`.io` — :func:`load_config` (preset < YAML < overrides), :func:`override_config` (a YAML
   on top of an existing run's configuration), :func:`save_config`;
+* :mod:`.stages` — the trained stages and calibrations of a run, one line each;
 * :mod:`.changes` — which finished stages and calibrations a change of fields makes stale.
 """
 
@@ -11,19 +12,8 @@ from ..errors import ConfigError
 from .changes import ARTIFACTS, SECTION_ARTIFACTS, changed_fields, invalidated_artifacts
 from .io import build_config, load_config, override_config, read_yaml, save_config
 from .presets import PAPER_CODEBOOK_SIZE, PRESETS, deep_merge, preset_dict
-from .schema import (
-                     Config,
-                     DataConfig,
-                     DiffusionConfig,
-                     FirstStageConfig,
-                     OptimConfig,
-                     Precision,
-                     ScoreConfig,
-                     SegmentConfig,
-                     SynthConfig,
-                     TransformerConfig,
-                     Variant,
-)
+from .schema import (Config, DataConfig, DiffusionConfig, FirstStageConfig, OptimConfig, Precision, ScoreConfig,
+                     SegmentConfig, SynthConfig, TransformerConfig, Variant)
 
 __all__ = [
     "ARTIFACTS", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "FirstStageConfig", "OptimConfig",

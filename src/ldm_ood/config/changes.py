@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .schema import Config
+from .stages import CALIBRATIONS, STAGES, upstream
 
 
 def changed_fields(old: Config, new: Config) -> list[str]:
@@ -20,19 +21,22 @@ def _changed_paths(old: Any, new: Any, prefix: tuple[str, ...]) -> list[str]:
 
 
 #: what a run makes from its configuration: trained stages, then calibrations (``calibration/<method>``)
-ARTIFACTS: tuple[str, ...] = (
-    "first_stage", "ldm", "transformer", "calibration/ldm", "calibration/ltm", "calibration/segment",
-)
+ARTIFACTS: tuple[str, ...] = (*STAGES, *(c.artifact for c in CALIBRATIONS.values()))
+
+
+def _made_with(section: str) -> tuple[str, ...]:
+    """The artifacts a change of ``section`` makes stale: a stage trained from it, every stage
+    trained on that one, and the calibrations made with any of them or from the section itself."""
+    stages = [s for s in STAGES if any(STAGES[u].section == section for u in upstream(s))]
+    calibrations = [c.artifact for c in CALIBRATIONS.values()
+                    if section in c.sections or any(s in stages for s in c.stages)]
+    return (*stages, *calibrations)
+
+
 #: the artifacts made with each section of :class:`Config` (a whole section counts, optimisation included)
 SECTION_ARTIFACTS: dict[str, tuple[str, ...]] = {
-    "preset": (),
-    "data": ARTIFACTS,
-    "first_stage": ARTIFACTS,
-    "ldm": ("ldm", "calibration/ldm", "calibration/segment"),
-    "transformer": ("transformer", "calibration/ltm"),
-    "score": ("calibration/ldm", "calibration/ltm"),
-    "segment": ("calibration/segment",),
-    "synth": (),
+    "preset": (), "synth": (), "data": ARTIFACTS,
+    **{name: _made_with(name) for name in Config.model_fields if name not in ("preset", "synth", "data")},
 }
 
 

@@ -6,7 +6,7 @@
 * :func:`require_finite_file` when scoring loads a calibration (an old file written with NaN);
 * :func:`record_calibration` after a calibration is written: the input domain its validation scans
   span (:mod:`ldm_ood.data.plausibility`) and ``calibration/<method>_record.json``, the sha256 of
-  every file it wrote, of the networks it was made with (``MethodInfo.networks``) and its id;
+  every file it wrote, of the networks it was made with (``config.stages.CALIBRATIONS``) and its id;
 * :func:`check_calibration` before scoring: the files are the recorded ones
   (:class:`~ldm_ood.errors.IntegrityError`) and the networks have not been retrained since
   (:class:`~ldm_ood.errors.StaleArtifactError`, ``force`` to use it anyway).
@@ -30,11 +30,11 @@ from rich.markup import escape
 
 from ..artifacts.atomic import atomic_write_text
 from ..artifacts.integrity import file_sha256, verify_sha256
+from ..config.stages import CALIBRATIONS
 from ..data.plausibility import InputDomain, InputStats
 from ..errors import IntegrityError, NonFiniteCalibrationError, StaleArtifactError
 from ..models.loading import upstream_hashes
 from ..runs import RunDir
-from . import registry
 from .base import Calibrated
 
 console = Console(stderr=True)
@@ -164,7 +164,7 @@ def record_calibration(run: RunDir, method: str, stats: Iterable[InputStats | No
     written = [p for p in run.calibration_paths(method) if p != run.calibration_record_path(method) and p.exists()]
     files = {p.name: file_sha256(p) for p in written}
     cid = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
-    record = {"id": cid, "files": files, "networks": upstream_hashes(run, registry.method(method).networks)}
+    record = {"id": cid, "files": files, "networks": upstream_hashes(run, CALIBRATIONS[method].stages)}
     atomic_write_text(run.calibration_record_path(method), json.dumps(record, indent=2))
     return cid
 
@@ -187,7 +187,7 @@ def check_calibration(run: RunDir, method: str, force: bool = False) -> Calibrat
         if not target.exists():
             raise IntegrityError(target, f"is missing but recorded in {path}; {redo}")
         verify_sha256(target, sha, path, redo)
-    now = upstream_hashes(run, registry.method(method).networks)
+    now = upstream_hashes(run, CALIBRATIONS[method].stages)
     changed = [stage for stage, sha in networks.items() if now.get(stage, sha) != sha]
     if changed:
         problem = f"made with a {' and '.join(s.replace('_', ' ') for s in changed)} that has since been retrained: {redo}"

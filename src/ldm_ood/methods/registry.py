@@ -23,8 +23,8 @@ class MethodInfo:
     ``name``: its key everywhere (``--method``, ``scores/<name>/``, the API's ``calibrate_<name>``);
     ``task``: ``detection`` (a score per scan, evaluated by AUROC per OOD set; paper 000) or
     ``segmentation`` (a map and mask per image, evaluated by Dice and AUPRC; paper 001);
-    ``module``: where ``calibrate_fn`` and ``score_fn`` live; ``networks``: the trained stages it scores
-    with (its calibration records their sha256 and is stale once one changes); ``score_options``: the extra keyword
+    ``module``: where ``calibrate_fn`` and ``score_fn`` live (the trained stages its calibration is made
+    with are ``config.stages.CALIBRATIONS[name].stages``); ``score_options``: the extra keyword
     options its scoring function takes beyond ``manifest, sets, input_dir, output_dir`` (the CLI
     refuses the others); ``columns``: detection methods' evaluated score columns, ``{summary method:
     (CSV column, label)}``, the first being the method's own ``pred_score``.
@@ -37,7 +37,6 @@ class MethodInfo:
     module: str
     calibrate_fn: str
     score_fn: str
-    networks: tuple[str, ...] = ()
     score_options: tuple[str, ...] = ()
     columns: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -52,16 +51,14 @@ class MethodInfo:
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("ldm", "detection", "000", "latent diffusion reconstructions, MSE + LPIPS z-scored (Graham et al. 2023)",
-               "ldm_ood.methods.ldm.pipeline", "calibrate_ldm", "score_ldm", networks=("first_stage", "ldm"),
-               score_options=("sequential",),
+               "ldm_ood.methods.ldm.pipeline", "calibrate_ldm", "score_ldm", score_options=("sequential",),
                columns={"ldm": ("pred_score", "LDM"), "ldm_mse": ("score_mse", "LDM (MSE)"),
                         "ldm_lpips": ("score_lpips", "LDM (LPIPS)")}),
     MethodInfo("ltm", "detection", "000", "latent transformer likelihood baseline (Graham et al. 2023 §3.3)",
-               "ldm_ood.methods.ltm.pipeline", "calibrate_ltm", "score_ltm", networks=("first_stage", "transformer"),
+               "ldm_ood.methods.ltm.pipeline", "calibrate_ltm", "score_ltm",
                columns={"ltm": ("pred_score", "LTM")}),
     MethodInfo("segment", "segmentation", "001", "KL-masked latent healing (Pinaya et al. 2022), variants a-d",
-               "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", networks=("first_stage", "ldm"),
-               score_options=("variant",)),
+               "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",)),
 )}
 
 

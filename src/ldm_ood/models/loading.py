@@ -27,13 +27,14 @@ from rich.markup import escape
 from ..artifacts.checkpoint import load_weights
 from ..artifacts.stage_meta import FirstStageMeta, LDMMeta, StageMeta, TransformerMeta
 from ..config import Config, DiffusionConfig, build_config
+from ..config.stages import STAGES
 from ..errors import ModelNotTrainedError, NonFiniteModelError, StaleArtifactError
 from ..runs import RunDir
 from .diffusion import build_ddpm_scheduler, build_inference_scheduler, build_unet
 from .first_stage import build_first_stage
 from .transformer import LatentOrdering, build_ordering, build_transformer
 
-_COMMAND = {"first_stage": "first-stage", "ldm": "ldm", "transformer": "transformer"}
+_COMMAND = {name: s.command for name, s in STAGES.items()}
 #: tensor names quoted in a NonFiniteModelError
 SHOWN_TENSORS = 5
 

@@ -18,19 +18,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.markup import escape
 
+from ..artifacts.lock import run_lock
 from ..config import Config, ConfigError, changed_fields, load_config, override_config
+from ..config.stages import STAGES as TRAINED
+from ..config.stages import stage_info
 from ..data.manifest import Case, read_manifest, select
 from ..errors import InputError, PresetChangeError
-from ..runs import STAGES, RunDir
+from ..runs import RunDir
 from . import distributed
 from .loop import FitResult, console
-
-STAGE_ALIASES = {"first_stage": "first_stage", "first-stage": "first_stage", "ldm": "ldm", "transformer": "transformer"}
 
 
 @dataclass
@@ -91,7 +93,7 @@ def trained_anything(run: RunDir) -> bool:
     if run.finished_artifacts():
         return True
     views = (run, run.staged())
-    return any(p.exists() for r in views for s in STAGES for p in (r.model_path(s), r.state_path(s), r.done_path(s)))
+    return any(p.exists() for r in views for s in TRAINED for p in (r.model_path(s), r.state_path(s), r.done_path(s)))
 
 
 def _stale_warnings(run: RunDir, stale: dict[str, list[str]], stage: str | None, resume: bool) -> list[str]:
@@ -145,56 +147,51 @@ def train(
     resume: bool = False,
 ) -> TrainResult:
     """Train one stage of the run at ``run_dir``; returns where the model is and how training ended."""
-    if stage not in STAGE_ALIASES:
-        raise ConfigError(f"unknown stage {stage!r}; choose first-stage, ldm or transformer")
-    stage = STAGE_ALIASES[stage]
+    stage = stage_info(stage).name
     run = RunDir(run_dir)
     ctx = distributed.init_distributed()
     started_group = ctx.distributed
     try:
-        payload: Config | Exception | None = None
-        if ctx.is_main:  # rank 0 reads/writes config.yaml; a config error reaches every rank
-            try:
-                payload, warnings = resolve_config(run, config_path, preset, stage, resume)
-                for line in warnings:
-                    console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
-            except ConfigError as err:
-                payload = err
-        payload = distributed.broadcast_object(payload, ctx)
-        if isinstance(payload, Exception):
-            raise payload
-        config = payload
-        if manifest is None:
-            manifest = config.data.manifest
-        if manifest is None:
-            raise ConfigError("no training data: pass --data MANIFEST or set data.manifest in the config")
-        if stage != "first_stage" and not run.model_path("first_stage").exists():
-            raise ConfigError(
-                f"{run.model_path('first_stage')}: stage {stage} needs a trained first stage; "
-                f"run `ldm-ood train first-stage --run {run.root}` first"
-            )
-        train_ds, val_ds = build_datasets(config, manifest)
-        if config.data.manifest is None and ctx.is_main:  # read: later stages of the run reuse it
-            config.data.manifest = Path(manifest).resolve()
-            run.save_config(config)
-        result = _fit(stage, run, config, train_ds, val_ds, resume, ctx)
-        return TrainResult(stage, run.root, run.model_path(stage), result.epochs, result.best_val_loss,
-                           result.best_epoch, result.reason, result.seconds, ctx.world_size)
+        with run_lock(run.root, f"train {stage}") if ctx.is_main else contextlib.nullcontext():
+            return _train(run, stage, config_path, preset, manifest, resume, ctx)
     finally:
         if started_group:
             distributed.shutdown()
 
 
+def _train(run: RunDir, stage: str, config_path: str | Path | None, preset: str | None, manifest: str | Path | None,
+           resume: bool, ctx: distributed.DistContext) -> TrainResult:
+    """:func:`train` once the process group is up and rank 0 holds the run's lock."""
+    payload: Config | Exception | None = None
+    if ctx.is_main:  # rank 0 reads/writes config.yaml; a config error reaches every rank
+        try:
+            payload, warnings = resolve_config(run, config_path, preset, stage, resume)
+            for line in warnings:
+                console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        except ConfigError as err:
+            payload = err
+    payload = distributed.broadcast_object(payload, ctx)
+    if isinstance(payload, Exception):
+        raise payload
+    config = payload
+    if manifest is None:
+        manifest = config.data.manifest
+    if manifest is None:
+        raise ConfigError("no training data: pass --data MANIFEST or set data.manifest in the config")
+    for need in TRAINED[stage].needs:
+        if not run.model_path(need).exists():
+            raise ConfigError(f"{run.model_path(need)}: stage {stage} needs a trained {need.replace('_', ' ')}; "
+                              f"run `ldm-ood train {TRAINED[need].command} --run {run.root}` first")
+    train_ds, val_ds = build_datasets(config, manifest)
+    if config.data.manifest is None and ctx.is_main:  # read: later stages of the run reuse it
+        config.data.manifest = Path(manifest).resolve()
+        run.save_config(config)
+    result = _fit(stage, run, config, train_ds, val_ds, resume, ctx)
+    return TrainResult(stage, run.root, run.model_path(stage), result.epochs, result.best_val_loss,
+                       result.best_epoch, result.reason, result.seconds, ctx.world_size)
+
+
 def _fit(stage: str, run: RunDir, config: Config, train_ds, val_ds, resume: bool,
          ctx: distributed.DistContext) -> FitResult:
-    if stage == "first_stage":
-        from .first_stage import fit_first_stage
-
-        return fit_first_stage(run, config, train_ds, val_ds, resume, ctx)
-    if stage == "ldm":
-        from .ldm import fit_ldm
-
-        return fit_ldm(run, config, train_ds, val_ds, resume, ctx)
-    from .transformer import fit_transformer
-
-    return fit_transformer(run, config, train_ds, val_ds, resume, ctx)
+    """The stage's fit function (``config.stages.STAGES[stage].fit``) on the datasets."""
+    return TRAINED[stage].fit_fn()(run, config, train_ds, val_ds, resume, ctx)
