@@ -12,8 +12,19 @@ from ..errors import ConfigError
 from .changes import ARTIFACTS, SECTION_ARTIFACTS, changed_fields, invalidated_artifacts
 from .io import build_config, load_config, override_config, read_yaml, save_config
 from .presets import PAPER_CODEBOOK_SIZE, PRESETS, deep_merge, preset_dict
-from .schema import (Config, DataConfig, DiffusionConfig, FirstStageConfig, OptimConfig, Precision, ScoreConfig,
-                     SegmentConfig, SynthConfig, TransformerConfig, Variant)
+from .schema import (
+                     Config,
+                     DataConfig,
+                     DiffusionConfig,
+                     FirstStageConfig,
+                     OptimConfig,
+                     Precision,
+                     ScoreConfig,
+                     SegmentConfig,
+                     SynthConfig,
+                     TransformerConfig,
+                     Variant,
+)
 
 __all__ = [
     "ARTIFACTS", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "FirstStageConfig", "OptimConfig",
