@@ -211,7 +211,9 @@ def score(
 @_friendly
 def segment(
     run: Path = RunOpt,
-    variant: Variant = typer.Option(Variant.c, help="a: reverse steps, no mask; b: a + masked residual; c: full (DDPM); d: DDIM."),
+    method: Method = typer.Option(Method.segment, help=_methods_help("segmentation")),
+    variant: Variant = typer.Option(Variant.c, help="segment: a: reverse steps, no mask; b: a + masked residual; "
+                                    "c: full (DDPM); d: DDIM."),
     data: Optional[Path] = DataOpt,
     sets: Optional[list[str]] = SetsOpt,
     input_dir: Optional[Path] = InputOpt,
@@ -220,13 +222,15 @@ def segment(
     ),
     force: bool = ForceOpt,
 ) -> None:
-    """Paper 001 anomaly segmentation: healed image, anomaly map, binary mask, image-level KL score."""
+    """Anomaly segmentation (paper 001 and its baselines): healed image, anomaly map, binary mask, image score."""
+    info = METHODS[method.value]
+    if info.task != "segmentation":
+        raise typer.BadParameter(f"{info.name} is a detection method: use `ldm-ood score`", param_hint="--method")
     if (input_dir is None) != (output_dir is None):
         raise typer.BadParameter("--input and --output go together")
-    from .methods.segment.pipeline import segment as run_segment
-
-    console.print(run_segment(run, manifest=data, sets=sets, variant=variant.value, input_dir=input_dir,
-                              output_dir=output_dir, force=force))
+    options = {"variant": variant.value} if "variant" in info.score_options else {}
+    console.print(info.score()(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
+                               **options))
 
 
 # ----------------------------------------------------------------------------- evaluation

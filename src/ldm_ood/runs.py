@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ARTIFACTS, Config, changed_fields, invalidated_artifacts, load_config, save_config
+from .config.stages import CALIBRATIONS
 from .config.stages import STAGES as STAGE_INFO
 
 STAGES: tuple[str, ...] = tuple(STAGE_INFO)  # config.stages: every trained network of a run
@@ -143,9 +144,15 @@ class RunDir:
             "ltm": (self.ltm_calibration_path,),
             "segment": (self.segment_calibration_path, self.segment_thresholds_path),
         }
-        if method not in paths:
-            raise ValueError(f"unknown calibration {method!r}; one of {tuple(paths)}")
-        return (*paths[method], self.input_domain_path(method), self.calibration_record_path(method))
+        if method not in CALIBRATIONS:
+            raise ValueError(f"unknown calibration {method!r}; one of {tuple(CALIBRATIONS)}")
+        own = paths.get(method, (self.calibration_json_path(method),))
+        return (*own, self.input_domain_path(method), self.calibration_record_path(method))
+
+    def calibration_json_path(self, method: str) -> Path:
+        """The statistics a calibration wrote: ``ood.json`` (ldm), ``ltm.json``, ``segment.json``, else
+        ``<method>.json`` (the paper 001 baselines: ``{"residual_threshold": ..., ...}``)."""
+        return {"ldm": self.ood_calibration_path}.get(method, self.calibration_dir / f"{method}.json")
 
     # ---- artifacts made from the configuration (``config.ARTIFACTS``)
     def artifact_paths(self, artifact: str) -> tuple[Path, ...]:

@@ -39,6 +39,7 @@ from .inputs import (
     run_precision,
     score_sets,
     segment_variants,
+    segmentation_calibration,
 )
 from .metrics import Pooling, auroc, average_precision, best_dice, dice_at_threshold, fpr_at_tpr, pixel_auprc
 from .stats import bootstrap_ci, delong_test, significance_marker
@@ -130,9 +131,10 @@ def _evaluate_segmentation(name: str, run: RunDir, cases: list[Case] | None, sum
     masks = {(c.set, c.case_id): c.mask for c in cases or [] if c.mask is not None}
     for variant in segment_variants(run):
         sets = sorted(p.stem for p in (run.root / "segment" / variant).glob("*.csv"))
-        threshold = read_threshold(run.segment_calibration_path, "residual_threshold", variant)
+        calibration = segmentation_calibration(run, variant)
+        threshold = read_threshold(calibration, "residual_threshold", variant)
         if threshold is None:
-            summary.notes.append(f"{name}/{variant}: no 'residual_threshold' in {run.segment_calibration_path}; "
+            summary.notes.append(f"{name}/{variant}: no 'residual_threshold' in {calibration}; "
                                  "Dice at the validation threshold skipped")
         image_scores = {s: read_score_column(run.segment_scores_path(variant, s), "pred_score") for s in sets}
         summary.warnings += segmentation_warnings(name, variant, image_scores)

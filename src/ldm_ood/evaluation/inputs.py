@@ -12,8 +12,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, get_args
 
+from ..config import Variant
 from ..data.manifest import Case, read_manifest
 from ..methods.records import read_records
 from ..runs import RunDir
@@ -38,8 +39,16 @@ def score_sets(run: RunDir, method: str) -> list[str]:
 
 
 def segment_variants(run: RunDir) -> list[str]:
+    """The segmentation systems with score files in ``segment/<system>/``: the paper 001 variants (a-d)
+    and the baselines (``ae``, ``vae``, ...)."""
     folder = run.root / "segment"
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.csv"))) if folder.is_dir() else []
+
+
+def segmentation_calibration(run: RunDir, system: str) -> Path:
+    """The calibration JSON holding ``system``'s ``residual_threshold``: ``segment.json`` for a paper 001
+    variant, ``calibration/<system>.json`` for a baseline."""
+    return run.segment_calibration_path if system in get_args(Variant) else run.calibration_json_path(system)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from ..evaluation.inputs import (
     run_manifest,
     score_sets,
     segment_variants,
+    segmentation_calibration,
 )
 from ..evaluation.summary import DETECTION_METHODS, ID_SET, METHOD_LABELS, Summary, order_sets
 from ..evaluation.tables import MARK_TEXT, Grid, detail_grid, segmentation_grid, table1_grid
@@ -290,7 +291,7 @@ def _segmentation_examples(runs: Mapping[str, RunDir], manifests: Mapping[str, l
     for name, run in runs.items():
         lookup = _case_lookup(manifests.get(name))
         for variant in segment_variants(run):
-            thr = read_threshold(run.segment_calibration_path, "residual_threshold", variant)
+            thr = read_threshold(segmentation_calibration(run, variant), "residual_threshold", variant)
             rows = []
             for s in order_sets(p.stem for p in (run.root / "segment" / variant).glob("*.csv")):
                 shown = 0
