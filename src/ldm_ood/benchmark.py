@@ -26,8 +26,10 @@ from typing import Any, Iterator, Mapping, Sequence, get_args
 from rich.console import Console
 
 from .config import PAPER_CODEBOOK_SIZE, Config, Variant, deep_merge, load_config
+from .config.stages import CALIBRATIONS
 from .errors import IncompleteResultsError
 from .evaluation.summary import ID_SET, METHOD_LABELS, Summary
+from .methods.registry import METHODS
 from .runs import RunDir
 
 console = Console(stderr=True)
@@ -44,6 +46,8 @@ class BenchmarkPlan:
     overrides_2d: dict[str, Any] = field(default_factory=dict)
     ltm: bool = True
     segmentation: bool = True
+    #: paper 001's comparison systems run beside the variants (every registered segmentation method but ``segment``)
+    baselines: list[str] = field(default_factory=lambda: segmentation_baselines())
 
 
 DEFAULT_LEVELS = {"tiny": [2], "demo": [2], "cpu": [2], "paper": [2, 3, 4]}
@@ -109,6 +113,11 @@ def _ood_run(run: RunDir, plan: BenchmarkPlan, timings: Timings, tag: str) -> No
             score_ltm(run.root)
 
 
+def segmentation_baselines() -> list[str]:
+    """Paper 001's comparison systems: the registered segmentation methods other than its own."""
+    return [m.name for m in METHODS.values() if m.task == "segmentation" and m.name != "segment"]
+
+
 def _segmentation_run(run: RunDir, plan: BenchmarkPlan, timings: Timings) -> None:
     from .methods.segment.pipeline import calibrate_segment, segment
 
@@ -119,6 +128,13 @@ def _segmentation_run(run: RunDir, plan: BenchmarkPlan, timings: Timings) -> Non
     for variant in plan.variants:
         with timings.stage(f"seg2d/segment_{variant}"):
             segment(run.root, variant=variant)
+    for name in plan.baselines:  # paper 001 Table 1's other rows, on the same run and slices
+        _train_all(run, list(CALIBRATIONS[name].stages), timings, "seg2d")  # trained stages are skipped
+        if not run.calibration_json_path(name).exists():
+            with timings.stage(f"seg2d/calibrate_{name}"):
+                METHODS[name].calibrate()(run.root)
+        with timings.stage(f"seg2d/segment_{name}"):
+            METHODS[name].score()(run.root)
 
 
 def result_problems(
@@ -177,7 +193,7 @@ def check_results(
 def expected_results(plan: BenchmarkPlan) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """``(detection, segmentation)`` of :func:`result_problems` for the runs of ``plan``."""
     detection = {f"l{level}": ["ldm"] + (["ltm"] if plan.ltm else []) for level in plan.levels}
-    return detection, ({"seg2d": list(plan.variants)} if plan.segmentation else {})
+    return detection, ({"seg2d": [*plan.variants, *plan.baselines]} if plan.segmentation else {})
 
 
 def run_plan(plan: BenchmarkPlan, out: str | Path) -> dict[str, Any]:

@@ -41,7 +41,8 @@ from .inputs import (
     segment_variants,
     segmentation_calibration,
 )
-from .metrics import Pooling, auroc, average_precision, best_dice, dice_at_threshold, fpr_at_tpr, pixel_auprc
+from .metrics import Pooling, auroc, average_precision, fpr_at_tpr
+from .segmentation import pixel_metrics, seconds_per_100
 from .stats import bootstrap_ci, delong_test, significance_marker
 from .summary import (
     DETECTION_METHODS,
@@ -127,7 +128,33 @@ def _evaluate_detection(name: str, run: RunDir, not_test: set[str], summary: Sum
                 summary.delong.append(row)
 
 
-def _evaluate_segmentation(name: str, run: RunDir, cases: list[Case] | None, summary: Summary, pooling: Pooling) -> None:
+def _maps_and_masks(name: str, variant: str, set_name: str, rows: list[dict[str, str]], masks: dict, run: RunDir,
+                    notes: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The anomaly maps of ``rows`` that have a ground-truth mask, with their boolean masks."""
+    maps, gts = [], []
+    for row in rows:
+        mask_path = masks.get((set_name, row["case_id"]))
+        map_path = resolve_path(row.get("map_path", ""), run)
+        if mask_path is None or map_path is None:
+            continue
+        try:
+            amap = read_image(map_path, allow_constant=True).array
+            gt = read_image(mask_path, allow_constant=True).array > 0.5
+            if amap.shape != gt.shape:
+                raise ValueError(f"map shape {amap.shape} differs from mask shape {gt.shape} ({mask_path})")
+        except Exception as err:
+            notes.append(f"{name}/{variant}/{set_name}/{row['case_id']}: {err}; case skipped")
+            continue
+        maps.append(amap)
+        gts.append(gt)
+    if not maps:
+        notes.append(f"{name}/{variant}/{set_name}: no case with both an anomaly map and a ground-truth mask; "
+                     "pixel metrics skipped")
+    return maps, gts
+
+
+def _evaluate_segmentation(name: str, run: RunDir, cases: list[Case] | None, summary: Summary, pooling: Pooling,
+                           seed: int = 0) -> None:
     masks = {(c.set, c.case_id): c.mask for c in cases or [] if c.mask is not None}
     for variant in segment_variants(run):
         sets = sorted(p.stem for p in (run.root / "segment" / variant).glob("*.csv"))
@@ -140,41 +167,24 @@ def _evaluate_segmentation(name: str, run: RunDir, cases: list[Case] | None, sum
         summary.warnings += segmentation_warnings(name, variant, image_scores)
         id_scores = image_scores[ID_SET].scores if ID_SET in sets else {}
         for set_name in order_sets(sets):
-            path = run.segment_scores_path(variant, set_name)
-            rows = read_records(path)
+            rows = read_records(run.segment_scores_path(variant, set_name))
             img = finite_scores(image_scores[set_name], summary.notes)
             auc = ap = None
             if id_scores and img:
                 y = np.r_[np.zeros(len(id_scores)), np.ones(len(img))]
                 s = np.r_[list(id_scores.values()), list(img.values())]
                 auc, ap = _f(auroc(y, s)), _f(average_precision(y, s))
-            maps, gts = [], []
-            for row in rows:
-                mask_path = masks.get((set_name, row["case_id"]))
-                map_path = resolve_path(row.get("map_path", ""), run)
-                if mask_path is None or map_path is None:
-                    continue
-                try:
-                    amap = read_image(map_path, allow_constant=True).array
-                    gt = read_image(mask_path, allow_constant=True).array > 0.5
-                    if amap.shape != gt.shape:
-                        raise ValueError(f"map shape {amap.shape} differs from mask shape {gt.shape} ({mask_path})")
-                except Exception as err:
-                    summary.notes.append(f"{name}/{variant}/{set_name}/{row['case_id']}: {err}; case skipped")
-                    continue
-                maps.append(amap)
-                gts.append(gt)
-            if not maps:
-                summary.notes.append(f"{name}/{variant}/{set_name}: no case with both an anomaly map and a "
-                                     "ground-truth mask; pixel metrics skipped")
-            bd = best_dice(maps, gts, pooling=pooling) if maps else None
+            maps, gts = _maps_and_masks(name, variant, set_name, rows, masks, run, summary.notes)
+            px = pixel_metrics(maps, gts, threshold, pooling, seed=seed) if maps else None
+            dice_ci, auprc_ci = (px.best_dice_ci, px.pixel_auprc_ci) if px else (None, None)
             summary.segmentation.append(SegmentationResult(
                 run=name, variant=variant, set=set_name, n_cases=len(rows), n_masks=len(maps), pooling=pooling,
-                best_dice=_f(bd.dice) if bd else None, best_dice_threshold=_f(bd.threshold) if bd else None,
-                threshold=threshold,
-                dice_at_threshold=_f(dice_at_threshold(maps, gts, threshold, pooling)) if maps and threshold is not None else None,
-                pixel_auprc=_f(pixel_auprc(maps, gts, pooling)) if maps else None,
-                image_auroc=auc, image_auprc=ap,
+                best_dice=_f(px.best_dice) if px else None, best_dice_threshold=_f(px.best_dice_threshold) if px else None,
+                threshold=threshold, dice_at_threshold=_f(px.dice_at_threshold) if px else None,
+                pixel_auprc=_f(px.pixel_auprc) if px else None, image_auroc=auc, image_auprc=ap,
+                best_dice_low=_f(dice_ci[0]) if dice_ci else None, best_dice_high=_f(dice_ci[1]) if dice_ci else None,
+                pixel_auprc_low=_f(auprc_ci[0]) if auprc_ci else None, pixel_auprc_high=_f(auprc_ci[1]) if auprc_ci else None,
+                seconds_per_100=seconds_per_100(rows),
             ))
 
 
@@ -215,7 +225,7 @@ def evaluate(
         # sets the manifest has only outside the test split (e.g. a scored validation set) are not OOD sets
         not_test = ({c.set for c in cases if c.split != "test"} - {c.set for c in cases if c.split == "test"}) if cases else set()
         _evaluate_detection(name, run, not_test, summary, n_boot, seed)
-        _evaluate_segmentation(name, run, cases, summary, pooling)
+        _evaluate_segmentation(name, run, cases, summary, pooling, seed)
         summary.precision[name] = run_precision(run)
     summary.save(Path(out) if out is not None else RunDir(next(iter(runs.values()))).summary_path)
     if print_tables:

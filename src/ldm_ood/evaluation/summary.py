@@ -105,6 +105,11 @@ class SegmentationResult:
     pixel_auprc: float | None
     image_auroc: float | None
     image_auprc: float | None
+    best_dice_low: float | None = None  # 95 % case-bootstrap interval (evaluation.segmentation)
+    best_dice_high: float | None = None
+    pixel_auprc_low: float | None = None
+    pixel_auprc_high: float | None = None
+    seconds_per_100: float | None = None  # mean score-row seconds × 100 (paper 001 Table 3)
 
 
 @dataclass

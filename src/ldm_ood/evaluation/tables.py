@@ -4,7 +4,8 @@
   method × run (VQ-GAN level), AUC × 100. Where the DeLong test of LDM vs LTM on the same run is
   significant, the better of the two cells is marked: ``strong`` (p < 0.001; bold in the paper,
   ``**`` in text) or ``weak`` (p < 0.05; underlined in the paper, ``*`` in text).
-- :func:`segmentation_grid` — paper 001 Table 1 style: ⌈DICE⌉, Dice at the validation threshold,
+- :func:`paper001_table1_grid` — paper 001 Table 1 beside the paper's numbers, with CIs and time;
+- :func:`segmentation_grid` — every segmentation row: ⌈DICE⌉, Dice at the validation threshold,
   pixel AUPRC, image-level AUROC / AUPRC per run × variant × set.
 - :func:`detail_grid` — every detection result with its bootstrap CI, AUPRC, FPR@95TPR, DeLong p.
 
@@ -116,6 +117,44 @@ def segmentation_grid(summary: Summary) -> Grid:
     return grid
 
 
+#: paper 001 Table 1 (synthetic lesions): system -> (label, ⌈DICE⌉, AUPRC); (d) is in its Table 3 only
+PAPER_001_TABLE1: dict[str, tuple[str, float | None, float | None]] = {
+    "ae": ("AE (spatial)", 0.165, 0.093), "vae": ("VAE (dense)", 0.533, 0.464), "fanogan": ("f-AnoGAN", 0.492, 0.432),
+    "transformer": ("Transformer", 0.768, 0.808), "ensemble": ("Ensemble", 0.895, 0.956),
+    "a": ("DDPM (a)", 0.777, 0.810), "b": ("DDPM (b)", 0.908, 0.950), "c": ("DDPM (c)", 0.920, 0.955),
+    "d": ("DDIM (d)", None, None),
+}
+
+
+def _with_ci(v: float | None, lo: float | None, hi: float | None) -> str:
+    return fmt(v) + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
+
+
+def paper001_table1_grid(summary: Summary) -> Grid:
+    """Paper 001 Table 1 beside the paper: every system on each set with masks, in the paper's row
+    order, ⌈DICE⌉ and pixel AUPRC with 95 % case-bootstrap CIs, and the time per 100 slices (Table 3)."""
+    grid = Grid(
+        title="Paper 001 Table 1: anomaly segmentation of the lesion set, beside the paper",
+        columns=["Run / set", "System", "⌈DICE⌉ [95% CI]", "paper", "AUPRC [95% CI]", "paper", "Dice @ val thr",
+                 "image AUROC", "s / 100 slices"],
+        caption="CIs resample scans. Paper: Pinaya et al. 2022 Table 1 (its Table 3 orders time per 100 slices: "
+                "VAE, f-AnoGAN < 1 s < DDIM (d) 46 s < DDPM (c) 324 s on a GPU; the transformers slower still). "
+                "Here: CPU seconds, one run side by side.",
+    )
+    order = list(PAPER_001_TABLE1)
+    rows = [r for r in summary.segmentation if r.n_masks > 0]
+    rows.sort(key=lambda r: (r.run, r.set, order.index(r.variant) if r.variant in order else len(order), r.variant))
+    for r in rows:
+        label, p_dice, p_auprc = PAPER_001_TABLE1.get(r.variant, (r.variant, None, None))
+        grid.rows.append((None, [
+            Cell(f"{r.run} / {r.set}"), Cell(label), Cell(_with_ci(r.best_dice, r.best_dice_low, r.best_dice_high)),
+            Cell(fmt(p_dice)), Cell(_with_ci(r.pixel_auprc, r.pixel_auprc_low, r.pixel_auprc_high)), Cell(fmt(p_auprc)),
+            Cell(fmt(r.dice_at_threshold)), Cell(fmt(r.image_auroc)),
+            Cell("n/a" if r.seconds_per_100 is None else f"{r.seconds_per_100:.1f}"),
+        ]))
+    return grid
+
+
 def detail_grid(summary: Summary) -> Grid:
     """Every detection result: AUROC [bootstrap 95% CI], AUPRC, FPR@95TPR, DeLong p (LDM rows)."""
     grid = Grid(
@@ -196,6 +235,8 @@ def print_summary(summary: Summary, console: Console | None = None, warn_console
         console.print(to_rich(table1_grid(summary)))
     if summary.segmentation:
         console.print(to_rich(segmentation_grid(summary)))
+        if any(r.n_masks for r in summary.segmentation):
+            console.print(to_rich(paper001_table1_grid(summary)))
     if not summary.detection and not summary.segmentation and not summary.warnings:
         console.print("[yellow]no score files found: nothing to evaluate[/yellow]")
     for note in summary.notes:
