@@ -38,6 +38,14 @@ def _csv_differences(a: Path, b: Path) -> tuple[int, list[str]]:
     return n, out
 
 
+def _json_differences(a, b, path: str = "") -> list[str]:
+    """Dotted key paths whose values differ (``only in a`` / ``only in b`` for a key present on one side)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}{k} only in a" for k in a if k not in b] + [f"{path}{k} only in b" for k in b if k not in a]
+        return out + [d for k in a if k in b for d in _json_differences(a[k], b[k], f"{path}{k}.")]
+    return [] if a == b else [f"{path.rstrip('.')} differs"]
+
+
 def compare(root_a: Path, root_b: Path) -> dict:
     """Counts and differences of everything :mod:`compare_runs` compares (module docstring)."""
     diffs: list[str] = []
@@ -54,8 +62,11 @@ def compare(root_a: Path, root_b: Path) -> dict:
     for fa in sorted(root_a.rglob("calibration/*.json")):
         n_json += 1
         fb = root_b / fa.relative_to(root_a)
-        if not fb.exists() or json.loads(fa.read_text()) != json.loads(fb.read_text()):
-            diffs.append(f"{fa.relative_to(root_a)}: differs")
+        if not fb.exists():
+            diffs.append(f"{fb}: missing")
+            continue
+        diffs += [f"{fa.relative_to(root_a)}: {k}" for k in _json_differences(json.loads(fa.read_text()),
+                                                                               json.loads(fb.read_text()))]
     for fa in sorted(root_a.rglob("*.nii.gz")):
         fb = root_b / fa.relative_to(root_a)
         n_images += 1

@@ -128,7 +128,11 @@ class OODCalibration:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no OOD calibration; run `ldm-ood calibrate --method ldm` first")
-        return cls(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        settings = data.get("settings", {})
+        if "mode" in settings and "execution" not in settings:  # written before the PLMS execution was renamed
+            settings["execution"] = settings.pop("mode")
+        return cls(**data)
 
 
 def fit_calibration(

@@ -1,5 +1,8 @@
 """Paper 000 §2.2 scoring: calibration statistics, z-scores, final score, operating point, similarity."""
 
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +152,12 @@ def test_measure_values_equal_metrics_of_decoded_reconstructions():
     assert held == [1, 1, 1, 1]  # measure_batch=1: one reconstruction per call, same values
     torch.testing.assert_close(met1.values["fake"], met.values["fake"])
     assert met.values["mse"].shape == (2, 2) and met.mae_maps.shape == (2, 2, 16, 16, 16)
+
+
+def test_a_calibration_written_before_the_execution_rename_reads_with_the_new_key(tmp_path):
+    cal = fit_calibration(["a", "b", "c"], {"mse": np.array([[1.0], [2.0], [3.0]])}, [100], [100], 0.05,
+                          {"execution": "batched"})
+    data = {**asdict(cal), "settings": {"mode": "batched"}}  # the key of older versions
+    (tmp_path / "ood.json").write_text(json.dumps(data))
+    old = OODCalibration.load(tmp_path / "ood.json")
+    assert old.settings == {"execution": "batched"} and old.threshold == cal.threshold
