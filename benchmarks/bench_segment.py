@@ -52,7 +52,8 @@ def _models(run: str | None, bf16: bool) -> tuple[SegmentModels, object]:
         from ldm_ood.runs import RunDir
 
         cfg = RunDir(run).load_config()
-        return SegmentModels.from_run(RunDir(run), torch.device("cpu"), bf16), cfg
+        return SegmentModels.from_run(RunDir(run), torch.device("cpu"), "bf16" if bf16 else "fp32", cfg.data.grid,
+                                      cfg.segment.batch_size), cfg
     cfg = load_config(preset="cpu-2d")
     torch.manual_seed(0)
     fs = prepare_for_inference(build_first_stage(cfg.first_stage, 2), 2, bf16)
