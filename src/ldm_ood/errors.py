@@ -33,22 +33,21 @@ class PresetChangeError(ConfigError):
     Its own class so that a run that has trained nothing yet can accept the new preset instead."""
 
 
-class InputError(ValueError):
+class _PathProblem(ValueError):
+    """``str(err)`` is ``"<path>: <problem>"``."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+class InputError(_PathProblem):
     """A user input (image, mask, manifest row) is unusable. ``str(err)`` is ``"<path>: <problem>"``."""
 
-    def __init__(self, path: str | Path | None, problem: str):
-        self.path = None if path is None else Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}" if path is not None else problem)
 
-
-class NonFiniteError(ValueError):
+class NonFiniteError(_PathProblem):
     """Numbers that must be finite are not. ``str(err)`` is ``"<path>: <problem>"`` (``path`` may be None)."""
-
-    def __init__(self, path: str | Path | None, problem: str):
-        self.path = None if path is None else Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}" if path is not None else problem)
 
 
 class NonFiniteModelError(NonFiniteError):
@@ -94,15 +93,6 @@ class NonFiniteTrainingError(NonFiniteError):
             "(e.g. precision: fp32, a lower lr or optim.grad_clip_norm in a --config YAML) and continue "
             "with --resume." + (f" {detail}" if detail else "")
         )
-
-
-class _PathProblem(ValueError):
-    """``str(err)`` is ``"<path>: <problem>"``."""
-
-    def __init__(self, path: str | Path | None, problem: str):
-        self.path = None if path is None else Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}" if path is not None else problem)
 
 
 class OutputError(_PathProblem):

@@ -44,11 +44,15 @@ def test_rows_carry_the_calibration_id_and_another_calibration_is_not_mixed_in(r
     path = run.scores_path("ldm", "id")
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))  # a partial run: one row left
     cal = json.loads(run.ood_calibration_path.read_text())
-    cal["threshold"] += 1.0  # recalibrated (on other data, say): another calibration
+    cal["threshold"] += 1.0  # edited by hand
     run.ood_calibration_path.write_text(json.dumps(cal))
     with pytest.raises(IntegrityError, match="ood.json: sha256 .* differs from .* recorded in .*ldm_record.json"):
         score_ldm(run.root, progress=False)  # edited by hand: refused, not used
+    cfg = run.load_config()
+    cfg.score.fpr = 0.2  # recalibrated at another operating point: another calibration
+    run.save_config(cfg)
     second = calibrate_ldm(run.root, progress=False)
+    assert second.id != first.id
     with pytest.raises(StaleArtifactError, match=f"holds scores made under calibration {first.id}, but the run is "
                                                  f"now calibrated as {second.id}"):
         score_ldm(run.root, progress=False)

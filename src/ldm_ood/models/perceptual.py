@@ -26,7 +26,6 @@ for its two max-pools to leave at least one position at the last three taps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -309,20 +308,3 @@ def lpips_loss(
         sx_hat, sx = _plane_slices(x_hat, plane, index), _plane_slices(x, plane, index)
         vals.append(lpips(model, sx_hat, sx, bf16=bf16))
     return torch.cat(vals).mean()
-
-
-@dataclass
-class PerceptualLoss:
-    """``loss(x, x_hat) -> scalar``: ``lpips_loss`` with a bound model and options.
-
-    A plain callable (not an ``nn.Module``) so LPIPS weights never enter a trained model's
-    ``state_dict``.
-    """
-
-    model: LPIPS
-    slices_per_plane: int | None = 4
-    bf16: bool = False
-    generator: torch.Generator | None = field(default=None, repr=False)
-
-    def __call__(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        return lpips_loss(self.model, x, x_hat, self.slices_per_plane, self.generator, self.bf16)

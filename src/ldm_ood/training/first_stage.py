@@ -32,6 +32,7 @@ from monai.networks.nets import VQVAE
 from ..artifacts.stage_meta import FirstStageMeta
 from ..config import Config
 from ..models.first_stage import build_discriminator, build_first_stage, vq_forward
+from ..models.perceptual import lpips_loss
 from ..precision import autocast, guard_small_convolutions, set_layout, to_channels_last
 from ..runs import RunDir
 from ..viz.preview import save_row_preview
@@ -118,7 +119,7 @@ class FirstStageTask:
 
     def _perceptual(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         assert self.lpips_model is not None
-        return losses.perceptual_loss(self.lpips_model, x, x_hat, generator=self.generator, bf16=self.bf16)
+        return lpips_loss(self.lpips_model, x.float(), x_hat.float(), generator=self.generator, bf16=self.bf16)
 
     def _random_patch(self, x: torch.Tensor) -> torch.Tensor:
         """A random crop ``(B, C, *train_patch)`` of ``x (B, C, *S)``, one location per step (seeded)."""

@@ -67,24 +67,6 @@ def discriminator_loss(
     return 0.5 * (real + fake)
 
 
-def perceptual_loss(
-    lpips_model: torch.nn.Module,
-    x: torch.Tensor,
-    x_hat: torch.Tensor,
-    slices_per_plane: int | None = 4,
-    generator: torch.Generator | None = None,
-    bf16: bool = False,
-) -> torch.Tensor:
-    """Mean differentiable LPIPS: 2D directly, 3D on random slices of the three planes (2.5D).
-
-    Delegates to ``ldm_ood.models.perceptual.lpips_loss``. ``x, x_hat``: ``(B, 1, *S)`` in [0, 1];
-    slice indices are drawn from ``generator``.
-    """
-    from ..models.perceptual import lpips_loss
-
-    return lpips_loss(lpips_model, x.float(), x_hat.float(), slices_per_plane, generator, bf16)
-
-
 def diffusion_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """L_simple (paper 000 eq. after (2)): mean over all elements of (ε − ε_θ)²."""
     return F.mse_loss(eps_pred.float(), eps.float())

@@ -15,15 +15,7 @@ import torch.nn.functional as F
 import ldm_ood.models.lpips_weights as W
 import ldm_ood.models.perceptual as P
 from ldm_ood.errors import LPIPSWeightsError
-from ldm_ood.models.perceptual import (
-    PerceptualLoss,
-    load_lpips,
-    lpips,
-    lpips_loss,
-    lpips_many,
-    lpips_volume,
-    lpips_volume_many,
-)
+from ldm_ood.models.perceptual import load_lpips, lpips, lpips_loss, lpips_many, lpips_volume, lpips_volume_many
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small nets and images
 
@@ -269,7 +261,7 @@ def test_loss_3d_random_slices_and_all_slices(model):
     assert float(full) == pytest.approx(float(lpips_volume(model, x, x_hat)), abs=1e-6)
 
     x_hat.requires_grad_(True)
-    loss = PerceptualLoss(model, slices_per_plane=3, generator=torch.Generator().manual_seed(1))(x, x_hat)
+    loss = lpips_loss(model, x, x_hat, slices_per_plane=3, generator=torch.Generator().manual_seed(1))
     loss.backward()
     assert torch.isfinite(x_hat.grad).all() and float(x_hat.grad.abs().sum()) > 0
 
