@@ -14,10 +14,11 @@ from ldm_ood.artifacts.atomic import atomic_output, atomic_write_text
 from ldm_ood.config import load_config
 from ldm_ood.data.io import write_image
 from ldm_ood.data.manifest import Case
-from ldm_ood.errors import InputError, OutputError
+from ldm_ood.errors import BatchError, ConfigError, InputError, OutputError
 from ldm_ood.methods.base import DetectionFiles
 from ldm_ood.methods.context import load_context
 from ldm_ood.methods.outputs import check_output_folder, write_image_atomic
+from ldm_ood.methods.records import read_records
 from ldm_ood.methods.runner import run_method
 from ldm_ood.runs import RunDir
 
@@ -108,3 +109,24 @@ def test_scores_and_maps_are_written_for_good_cases(tmp_path):
     res = run_method(MeanMethod(), ctx, manifest=manifest, progress=False)
     maps = ctx.run.maps_dir("ldm", "id")
     assert res.scored == 3 and sorted(p.name for p in maps.iterdir()) == [f"s{i}.nii.gz" for i in range(3)]
+
+
+def test_a_missing_file_fails_as_its_own_case_and_the_others_are_scored(tmp_path):
+    scans = [_scan(tmp_path / "data" / f"s{i}.nii.gz") for i in range(2)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"case_id,path,set,split\ns0,{scans[0]},id,test\ngone,{tmp_path}/gone.nii.gz,id,test\n"
+                        f"s1,{scans[1]},id,test\n")
+    ctx = load_context(tmp_path / "run", CFG, device="cpu")
+    with pytest.raises(BatchError, match="gone: .*gone.nii.gz: file not found") as err:
+        run_method(MeanMethod(), ctx, manifest=manifest, progress=False)
+    assert [cid for cid, _ in err.value.failures.items] == ["gone"]
+    assert sorted(r["case_id"] for r in read_records(ctx.run.scores_path("ldm", "id"))) == ["s0", "s1"]
+
+
+def test_a_manifest_without_test_rows_is_an_error_not_an_empty_success(tmp_path):
+    scan = _scan(tmp_path / "data" / "a.nii.gz")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"case_id,path,set,split\na,{scan},id,train\nb,{scan},id,val\n")
+    ctx = load_context(tmp_path / "run", CFG, device="cpu")
+    with pytest.raises(ConfigError, match="no split=test rows to score \\(splits found: train, val\\)"):
+        run_method(MeanMethod(), ctx, manifest=manifest, progress=False)

@@ -80,11 +80,12 @@ def load_context(
 
 
 def manifest_cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
-    """All cases of ``manifest`` (a CSV or a folder), else of the config's ``data.manifest``."""
+    """All cases of ``manifest`` (a CSV or a folder), else of the config's ``data.manifest``. A row
+    naming a missing file is kept: it fails as its own case when it is read, and the others run."""
     source = manifest if manifest is not None else cfg.data.manifest
     if source is None:
         raise ConfigError("no manifest: pass --data or set data.manifest in the run's config")
-    return read_manifest(source)
+    return read_manifest(source, check_files=False)
 
 
 def validation_cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
@@ -97,10 +98,15 @@ def validation_cases(cfg: Config, manifest: str | Path | None) -> list[Case]:
 
 def test_cases(cfg: Config, manifest: str | Path | None, sets: Sequence[str] | None = None) -> dict[str, list[Case]]:
     """``{set name: its split=test cases}`` for ``sets`` (default: every test set of the manifest,
-    in manifest order); ``ConfigError`` for a requested set without test cases."""
+    in manifest order); ``ConfigError`` for a requested set without test cases, or a manifest without any."""
     cases = manifest_cases(cfg, manifest)
     out: dict[str, list[Case]] = {}
-    for name in sets or set_names(cases, split="test"):
+    names = sets or set_names(cases, split="test")
+    if not names:
+        source = manifest if manifest is not None else cfg.data.manifest
+        raise ConfigError(f"{source}: no split=test rows to score (splits found: "
+                          f"{', '.join(sorted({c.split for c in cases}))}); mark the scans to score with split=test")
+    for name in names:
         todo = select(cases, split="test", set_name=name)
         if not todo:
             raise ConfigError(f"no test cases in set {name!r}")

@@ -52,6 +52,11 @@ def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, Any]:
                 f"{path}: no trained {stage.replace('_', ' ')} model; "
                 f"train it with `ldm-ood train {_COMMAND[stage]} --run {run.root}`"
             )
+    if not run.done_path(stage).exists():
+        Console(stderr=True).print(
+            f"[yellow]warning: {escape(str(run.stage_dir(stage)))}: its training has not finished (no DONE: stopped or "
+            f"killed?); using its best checkpoint so far. Finish it with `ldm-ood train {_COMMAND[stage]} --run "
+            f"{escape(str(run.root))} --resume`")
     return run, _META[stage].read(run.stage_dir(stage))
 
 
