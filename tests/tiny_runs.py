@@ -1,7 +1,7 @@
 """A tiny 2D run saved as a trained run would be (random networks): what method tests score with.
 
-``build_tiny_2d_run(root)``: a first stage, an LDM and an LTM of the ``tiny-2d`` preset with random
-weights, a manifest of 3 ``val`` and 3 ``test`` slices of set ``id`` plus one unreadable ``bad``
+``build_tiny_2d_run(root)``: a first stage, an LDM, an LTM and an f-AnoGAN of the ``tiny-2d`` preset
+with random weights, a manifest of 3 ``val`` and 3 ``test`` slices of set ``id`` plus one unreadable ``bad``
 case, and a folder of 2 good slices and one broken file. Imported by tests (``tests/`` is on the path).
 """
 
@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 from ldm_ood.artifacts.checkpoint import save_model
+from ldm_ood.artifacts.stage_meta import FanoganMeta
 from ldm_ood.config import load_config
 from ldm_ood.data.io import write_image
 from ldm_ood.data.manifest import Case, write_manifest
 from ldm_ood.models.diffusion import build_unet, latent_multiple
+from ldm_ood.models.fanogan import build_fanogan
 from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.models.loading import upstream_hashes
 from ldm_ood.models.transformer import build_transformer
@@ -62,4 +64,6 @@ def build_tiny_2d_run(root):
         "stage": "transformer", "spatial_dims": 2, "num_tokens": tokens, "seq_len": 16,
         "latent_spatial_shape": [4, 4], "ordering": cfg.transformer.ordering, "ordering_seed": 0, "config": dump,
         "inputs": inputs})
+    save_model(run.stage_dir("fanogan"), build_fanogan(cfg.fanogan, cfg.data.grid), FanoganMeta(
+        spatial_dims=2, config=dump, grid=tuple(cfg.data.grid), gan_epochs=cfg.fanogan.gan_epochs).to_json())
     return run, folder

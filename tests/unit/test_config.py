@@ -99,7 +99,9 @@ def test_every_section_lists_the_artifacts_it_invalidates():
         "calibration/segment": ["ldm.optim.max_epochs"]}
     assert invalidated_artifacts(["transformer.dim", "segment.percentile"]) == {
         "transformer": ["transformer.dim"], "calibration/ltm": ["transformer.dim"],
-        "calibration/segment": ["segment.percentile"]}
+        "calibration/segment": ["segment.percentile"], "calibration/fanogan": ["segment.percentile"]}
+    assert invalidated_artifacts(["fanogan.kappa"]) == {"fanogan": ["fanogan.kappa"],
+                                                        "calibration/fanogan": ["fanogan.kappa"]}
 
 
 def test_every_preset_is_a_yaml_file_shipped_in_the_package_and_validates():

@@ -144,3 +144,13 @@ class TransformerMeta(StageMeta):
     latent_spatial_shape: tuple[int, ...]
     ordering: str
     ordering_seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FanoganMeta(StageMeta):
+    """The f-AnoGAN baseline (generator, critic and encoder in one file): trained on ``grid`` images,
+    ``gan_epochs`` epochs of WGAN-GP before the encoder epochs."""
+
+    stage: ClassVar[str] = "fanogan"
+    grid: tuple[int, ...]
+    gan_epochs: int

@@ -229,6 +229,37 @@ class SynthConfig(_Strict):
     seed: int = 0
 
 
+class FanoganConfig(_Strict):
+    """f-AnoGAN baseline of paper 001 Table 1 (Schlegl et al. 2019, §2): a WGAN-GP, then an izi_f encoder.
+
+    One stage (``ldm-ood train fanogan``) trains ``gan_epochs`` epochs of the WGAN-GP (``n_critic`` critic
+    updates per generator update, gradient penalty ``gp_weight``, Adam ``optim.lr`` with ``betas``), then
+    ``encoder_epochs`` epochs of the encoder with G and the critic frozen (izi_f loss, feature weight
+    ``kappa``; ``encoder_optimizer`` with ``encoder_lr``). ``optim`` holds the batch size, seed, precision,
+    validation and early-stopping settings of both phases; its ``max_epochs`` is not read (the stage runs
+    ``gan_epochs + encoder_epochs`` epochs) and early stopping (``optim.patience``) acts in the encoder phase
+    only. Networks (2D only): DCGAN-style, ``channels`` wide at full resolution, doubled per halving up to
+    8x, halving until the smaller side is 4 to 7 pixels.
+    """
+
+    latent_dim: int = Field(default=128, ge=1, description="z ~ N(0, I) of this dimension")
+    channels: int = Field(default=64, ge=1, description="width of the first (full-resolution) convolution")
+    n_critic: int = Field(default=5, ge=1, description="critic updates per generator update")
+    gp_weight: float = Field(default=10.0, ge=0, description="lambda of the WGAN-GP gradient penalty")
+    kappa: float = Field(default=1.0, ge=0, description="weight of the critic-feature residual (izi_f)")
+    gan_epochs: int = Field(default=200, ge=1)
+    encoder_epochs: int = Field(default=350, ge=1)
+    betas: tuple[float, float] = Field(default=(0.0, 0.9), description="Adam betas of G and the critic (WGAN-GP)")
+    encoder_optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    encoder_lr: float = Field(default=5e-5, gt=0)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, batch_size=64))
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of the whole stage: the GAN phase, then the encoder phase."""
+        return self.gan_epochs + self.encoder_epochs
+
+
 class Config(_Strict):
     """All stages of one run."""
 
@@ -240,6 +271,7 @@ class Config(_Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    fanogan: FanoganConfig = Field(default_factory=FanoganConfig)
 
     @model_validator(mode="after")
     def _first_stage_fits_grid(self) -> "Config":

@@ -57,12 +57,15 @@ STAGES: dict[str, StageInfo] = {s.name: s for s in (
               "Train the latent DDPM on the frozen first stage's latents.", needs=("first_stage",)),
     StageInfo("transformer", "transformer", "transformer", "ldm_ood.training.transformer:fit_transformer",
               "Train the Latent Transformer Model baseline on the first stage's token indices.", needs=("first_stage",)),
+    StageInfo("fanogan", "fanogan", "fanogan", "ldm_ood.training.fanogan:fit_fanogan",
+              "Train the f-AnoGAN baseline (paper 001 Table 1): a WGAN-GP, then its izi_f encoder."),
 )}
 
 CALIBRATIONS: dict[str, CalibrationInfo] = {c.method: c for c in (
     CalibrationInfo("ldm", ("score",), ("first_stage", "ldm")),
     CalibrationInfo("ltm", ("score",), ("first_stage", "transformer")),
     CalibrationInfo("segment", ("segment",), ("first_stage", "ldm")),
+    CalibrationInfo("fanogan", ("segment",), ("fanogan",)),
 )}
 
 

@@ -59,6 +59,8 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                columns={"ltm": ("pred_score", "LTM")}),
     MethodInfo("segment", "segmentation", "001", "KL-masked latent healing (Pinaya et al. 2022), variants a-d",
                "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",)),
+    MethodInfo("fanogan", "segmentation", "001", "f-AnoGAN baseline: WGAN-GP + izi_f encoder, residual |x - G(E(x))| "
+               "(Schlegl et al. 2019)", "ldm_ood.methods.fanogan.pipeline", "calibrate_fanogan", "segment_fanogan"),
 )}
 
 

@@ -25,12 +25,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..artifacts.checkpoint import load_weights
-from ..artifacts.stage_meta import FirstStageMeta, LDMMeta, StageMeta, TransformerMeta
+from ..artifacts.stage_meta import FanoganMeta, FirstStageMeta, LDMMeta, StageMeta, TransformerMeta
 from ..config import Config, DiffusionConfig, build_config
 from ..config.stages import STAGES
 from ..errors import ModelNotTrainedError, NonFiniteModelError, StaleArtifactError
 from ..runs import RunDir
 from .diffusion import build_ddpm_scheduler, build_inference_scheduler, build_unet
+from .fanogan import FAnoGAN, build_fanogan
 from .first_stage import build_first_stage
 from .transformer import LatentOrdering, build_ordering, build_transformer
 
@@ -39,7 +40,8 @@ _COMMAND = {name: s.command for name, s in STAGES.items()}
 SHOWN_TENSORS = 5
 
 
-_META: dict[str, type[StageMeta]] = {"first_stage": FirstStageMeta, "ldm": LDMMeta, "transformer": TransformerMeta}
+_META: dict[str, type[StageMeta]] = {"first_stage": FirstStageMeta, "ldm": LDMMeta, "transformer": TransformerMeta,
+                                     "fanogan": FanoganMeta}
 
 
 def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, Any]:
@@ -209,3 +211,11 @@ def load_transformer(run: RunDir | str | Path, device: torch.device | str = "cpu
     model = _load_checked(build_transformer(cfg.transformer, meta.num_tokens, meta.seq_len), run, "transformer", meta)
     ordering = build_ordering(meta.ordering, meta.latent_spatial_shape, seed=meta.ordering_seed)
     return LatentTransformer(_frozen(model, device), ordering, cfg)
+
+
+def load_fanogan(run: RunDir | str | Path, device: torch.device | str = "cpu") -> FAnoGAN:
+    """The trained f-AnoGAN (generator, critic and encoder in one module), eval mode, on ``device``."""
+    run, meta = _stage_files(run, "fanogan")
+    cfg = build_config(meta.config, source=str(run.model_config_path("fanogan")))
+    model = build_fanogan(cfg.fanogan, meta.grid)
+    return _frozen(_load_checked(model, run, "fanogan", meta), device)

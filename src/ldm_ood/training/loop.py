@@ -7,7 +7,10 @@ batch, a preview); :func:`fit` does everything else, identically for every stage
 * rich progress bars with running losses and ETA (rank 0 only);
 * validation every ``optim.val_every`` epochs; the best model on the **validation** loss is saved
   with ``checkpoint.save_model`` (``model.safetensors`` + ``config.json``, atomically); early stop
-  after ``optim.patience`` epochs without improvement (paper 000 §3.2);
+  after ``optim.patience`` epochs without improvement (paper 000 §3.2); a task of several phases
+  (f-AnoGAN: GAN, then encoder) names the first epoch whose validation loss may select the best
+  model and count for early stopping (``task.first_selected_epoch``, default 1): earlier epochs are
+  validated and recorded only;
 * ``metrics.csv`` appended every epoch (epoch, train losses, val_loss, seconds, lr), TensorBoard
   scalars when ``torch.utils.tensorboard`` imports;
 * ``state.pt`` (current weights, optimizers, epoch, best val loss, patience counter, RNG states)
@@ -300,7 +303,7 @@ def fit(
     val_loader = DataLoader(Subset(val_ds, shard(len(val_ds), ctx)), batch_size=optim.batch_size, shuffle=False,
                             num_workers=optim.num_workers)
     preview_batch = default_collate([val_ds[i] for i in range(min(N_PREVIEW, len(val_ds)))])
-    main_opt = next(iter(task.optimizers().values()))
+    first_selected = getattr(task, "first_selected_epoch", 1)
     history: list[dict[str, float]] = []
     reason, epoch = "max_epochs", progress.epoch
 
@@ -316,12 +319,12 @@ def fit(
                 if not math.isfinite(val):
                     raise NonFiniteTrainingError(task.stage, epoch, "validation", "val_loss", val,
                                                  f"Precision was {precision.dtype}.")
-                if progress.validated(val, epoch) and ctx.is_main:
+                if epoch >= first_selected and progress.validated(val, epoch) and ctx.is_main:
                     save_model(stage_dir, task.model(), task.model_config().to_json())
             if ctx.is_main and epoch % optim.preview_every == 0:
                 _preview(task, preview_batch, out.previews_dir(task.stage) / f"epoch_{epoch:04d}.png")
             row = {"epoch": epoch, **train, "val_loss": val, "seconds": round(time.time() - t0, 3),
-                   "lr": main_opt.param_groups[0]["lr"], "bf16": int(task.bf16)}
+                   "lr": _main_lr(task), "bf16": int(task.bf16)}
             history.append({k: (math.nan if v is None else float(v)) for k, v in row.items()})
             if ctx.is_main:
                 _record_epoch(task, out, row, progress, writer)
@@ -347,6 +350,11 @@ def _stop_if_non_finite(stage: str, epoch: int, step: int, losses: dict[str, flo
             bad = ("loss term on another rank", math.nan)
     if bad is not None:
         raise NonFiniteTrainingError(stage, epoch, step, bad[0], bad[1], f"Precision was {precision.dtype}.")
+
+
+def _main_lr(task: StageTask) -> float:
+    """The learning rate of the task's first optimizer (of this epoch's phase, for a task of several)."""
+    return next(iter(task.optimizers().values())).param_groups[0]["lr"]
 
 
 def _batch_len(batch: Any) -> int:

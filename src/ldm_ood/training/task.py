@@ -17,6 +17,8 @@ class StageTask(Protocol):
     loss_names: tuple[str, ...]  # train-loss columns of metrics.csv, first one shown as "loss"
     generator: torch.Generator  # noise / timestep draws of train_step
     bf16: bool  # current precision (set through use_bf16)
+    # optional ``first_selected_epoch: int``: the first epoch whose validation loss may select the best model
+    # and count for early stopping (default 1; f-AnoGAN: its first encoder epoch, after the GAN phase)
 
     def use_bf16(self, flag: bool) -> None: ...  # precision (and matching layout) of the next steps
 

@@ -15,6 +15,7 @@ from tiny_runs import build_tiny_2d_run
 from ldm_ood.errors import BatchError
 from ldm_ood.methods.base import CalibrationResult, RunResult
 from ldm_ood.methods.context import read_folder_score
+from ldm_ood.methods.fanogan.pipeline import calibrate_fanogan, segment_fanogan
 from ldm_ood.methods.ldm.pipeline import calibrate_ldm, score_ldm
 from ldm_ood.methods.ltm.pipeline import calibrate_ltm, score_ltm
 from ldm_ood.methods.records import read_records
@@ -36,6 +37,9 @@ METHODS = {
     "segment": (lambda r: calibrate_segment(r, variants=["c"], device="cpu"),
                 lambda r, **kw: segment(r, variant="c", progress=False, **kw),
                 lambda run: run.segment_scores_path("c", "id")),
+    "fanogan": (lambda r: calibrate_fanogan(r, progress=False, device="cpu"),
+                lambda r, **kw: segment_fanogan(r, progress=False, device="cpu", **kw),
+                lambda run: run.segment_scores_path("fanogan", "id")),
 }
 
 

@@ -168,3 +168,14 @@ def test_a_term_not_computed_in_an_epoch_is_blank_not_nan(tmp_path):
     header = lines[0].split(",")
     extra = [line.split(",")[header.index("extra")] for line in lines[1:]]
     assert extra == ["", "4.0", "6.0"]
+
+
+def test_epochs_before_the_first_selected_epoch_are_validated_but_never_best_nor_counted_for_early_stopping(tmp_path):
+    run = RunDir(tmp_path)
+    task = ScriptedTask([0.1, 0.2, 0.3, 5.0, 4.0, 4.5, 4.6, 1.0])  # a first phase (epochs 1-3), then a second
+    task.first_selected_epoch = 4
+    res = fit(task, _ds(4), _ds(2), _optim(max_epochs=8, patience=2), run)
+    # counted from epoch 1, epoch 1 (0.1) would be best and patience would stop training after epoch 3
+    assert (res.epochs, res.best_epoch, res.best_val_loss, res.reason) == (7, 5, 4.0, "early_stopping")
+    assert load_file(str(run.model_path("ldm")))["weight"].item() == 5.0
+    assert [r["val_loss"] for r in read_metrics(run.metrics_path("ldm"))] == pytest.approx([0.1, 0.2, 0.3, 5.0, 4.0, 4.5, 4.6])
