@@ -66,4 +66,7 @@ def build_tiny_2d_run(root):
         "inputs": inputs})
     save_model(run.stage_dir("fanogan"), build_fanogan(cfg.fanogan, cfg.data.grid), FanoganMeta(
         spatial_dims=2, config=dump, grid=tuple(cfg.data.grid), gan_epochs=cfg.fanogan.gan_epochs).to_json())
+    for stage in run.root.iterdir():  # finished, as training leaves them
+        if (stage / "model.safetensors").exists():
+            (stage / "DONE").write_text('{"reason": "max_epochs"}')
     return run, folder

@@ -41,6 +41,8 @@ def run(tmp_path) -> RunDir:
     save_model(run.stage_dir("transformer"), build_transformer(cfg.transformer, v + 1, 16), {
         "stage": "transformer", "spatial_dims": 2, "num_tokens": v + 1, "seq_len": 16, "latent_spatial_shape": [4, 4],
         "ordering": "raster_scan", "ordering_seed": 0, "config": dump})
+    for stage in ("first_stage", "ldm", "transformer"):  # finished, as training leaves them
+        run.done_path(stage).write_text('{"reason": "max_epochs"}')
     return run
 
 
@@ -144,3 +146,10 @@ def test_cli_prints_one_message_and_exits_1(run):
     text = "".join(result.output.split())  # rich wraps long lines, even inside words
     assert text.startswith("error:") and "ldm/model.safetensors:1of" in text and "retrainthestage" in text
     assert "Traceback" not in result.output
+
+
+def test_an_unfinished_stage_is_used_with_a_warning_saying_how_to_finish_it(run, capsys):
+    run.done_path("ldm").unlink()
+    assert load_ldm(run).scale_factor == pytest.approx(0.8)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "its training has not finished (no DONE" in err and "ldm-ood train ldm --run" in err and "--resume" in err
