@@ -48,7 +48,10 @@ def test_rows_carry_the_calibration_id_and_another_calibration_is_not_mixed_in(r
     run.ood_calibration_path.write_text(json.dumps(cal))
     with pytest.raises(IntegrityError, match="ood.json: sha256 .* differs from .* recorded in .*ldm_record.json"):
         score_ldm(run.root, progress=False)  # edited by hand: refused, not used
-    second = calibrate_ldm(run.root, progress=False)
+    other = run.load_config()
+    other.score.fpr = 0.2  # recalibrated at another operating point: a calibration that differs for certain
+    second = calibrate_ldm(run.root, config=other, progress=False)
+    assert second.id != first.id
     with pytest.raises(StaleArtifactError, match=f"holds scores made under calibration {first.id}, but the run is "
                                                  f"now calibrated as {second.id}"):
         score_ldm(run.root, progress=False)
