@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from ldm_ood.benchmark import BenchmarkPlan, check_results, expected_results, result_problems
+from ldm_ood.benchmark import BenchmarkPlan, check_results, expected_results, result_problems, segmentation_baselines
 from ldm_ood.errors import IncompleteResultsError
 from ldm_ood.evaluation.summary import DetectionResult, ScoreWarning, SegmentationResult, Summary
 
@@ -63,7 +63,10 @@ def test_segmentation_metrics_must_be_finite():
 
 
 def test_expected_results_follow_the_plan():
-    assert expected_results(BenchmarkPlan("demo", [2])) == ({"l2": ["ldm", "ltm"]}, {"seg2d": ["a", "b", "c", "d"]})
+    assert expected_results(BenchmarkPlan("demo", [2], baselines=[])) == ({"l2": ["ldm", "ltm"]}, {"seg2d": ["a", "b", "c", "d"]})
+    # paper 001's comparison systems run beside the variants: every registered segmentation baseline
+    assert expected_results(BenchmarkPlan("demo", [2]))[1]["seg2d"] == ["a", "b", "c", "d", *segmentation_baselines()]
+    assert "fanogan" in segmentation_baselines() and "segment" not in segmentation_baselines()
     assert expected_results(BenchmarkPlan("cpu", [3, 4], ltm=False, segmentation=False)) == ({"l3": ["ldm"], "l4": ["ldm"]}, {})
 
 
