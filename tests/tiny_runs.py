@@ -1,8 +1,9 @@
 """A tiny 2D run saved as a trained run would be (random networks): what method tests score with.
 
-``build_tiny_2d_run(root)``: a first stage, an LDM and an LTM of the ``tiny-2d`` preset with random
-weights, a manifest of 3 ``val`` and 3 ``test`` slices of set ``id`` plus one unreadable ``bad``
-case, and a folder of 2 good slices and one broken file. Imported by tests (``tests/`` is on the path).
+``build_tiny_2d_run(root)``: a first stage, an LDM, an LTM and paper 001's AE / VAE baselines of the
+``tiny-2d`` preset with random weights, a manifest of 3 ``val`` and 3 ``test`` slices of set ``id``
+plus one unreadable ``bad`` case, and a folder of 2 good slices and one broken file. Imported by
+tests (``tests/`` is on the path).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ldm_ood.artifacts.checkpoint import save_model
 from ldm_ood.config import load_config
 from ldm_ood.data.io import write_image
 from ldm_ood.data.manifest import Case, write_manifest
+from ldm_ood.methods.autoencoder.model import build_autoencoder
 from ldm_ood.models.diffusion import build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.models.loading import upstream_hashes
@@ -62,4 +64,7 @@ def build_tiny_2d_run(root):
         "stage": "transformer", "spatial_dims": 2, "num_tokens": tokens, "seq_len": 16,
         "latent_spatial_shape": [4, 4], "ordering": cfg.transformer.ordering, "ordering_seed": 0, "config": dump,
         "inputs": inputs})
+    for kind in ("ae", "vae"):  # paper 001's AE / VAE baselines
+        net = build_autoencoder(kind, getattr(cfg, kind), cfg.data.grid)
+        save_model(run.stage_dir(kind), net, {"stage": kind, "spatial_dims": 2, "config": dump})
     return run, folder

@@ -144,3 +144,17 @@ class TransformerMeta(StageMeta):
     latent_spatial_shape: tuple[int, ...]
     ordering: str
     ordering_seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class AEMeta(StageMeta):
+    """Paper 001's AE (spatial) baseline: rebuilt from ``config["ae"]`` and the grid ``config["data"]["grid"]``."""
+
+    stage: ClassVar[str] = "ae"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEMeta(StageMeta):
+    """Paper 001's VAE (dense) baseline: rebuilt from ``config["vae"]`` and the grid (its dense layer depends on it)."""
+
+    stage: ClassVar[str] = "vae"

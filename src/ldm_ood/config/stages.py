@@ -57,12 +57,18 @@ STAGES: dict[str, StageInfo] = {s.name: s for s in (
               "Train the latent DDPM on the frozen first stage's latents.", needs=("first_stage",)),
     StageInfo("transformer", "transformer", "transformer", "ldm_ood.training.transformer:fit_transformer",
               "Train the Latent Transformer Model baseline on the first stage's token indices.", needs=("first_stage",)),
+    StageInfo("ae", "ae", "ae", "ldm_ood.methods.autoencoder.training:fit_ae",
+              "Train the AE (spatial bottleneck) baseline of paper 001 (Baur et al. 2021) on the training slices."),
+    StageInfo("vae", "vae", "vae", "ldm_ood.methods.autoencoder.training:fit_vae",
+              "Train the VAE (dense latent) baseline of paper 001 (Baur et al. 2021) on the training slices."),
 )}
 
 CALIBRATIONS: dict[str, CalibrationInfo] = {c.method: c for c in (
     CalibrationInfo("ldm", ("score",), ("first_stage", "ldm")),
     CalibrationInfo("ltm", ("score",), ("first_stage", "transformer")),
     CalibrationInfo("segment", ("segment",), ("first_stage", "ldm")),
+    CalibrationInfo("ae", ("ae", "segment"), ("ae",)),
+    CalibrationInfo("vae", ("vae", "segment"), ("vae",)),
 )}
 
 

@@ -59,6 +59,12 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                columns={"ltm": ("pred_score", "LTM")}),
     MethodInfo("segment", "segmentation", "001", "KL-masked latent healing (Pinaya et al. 2022), variants a-d",
                "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",)),
+    MethodInfo("ae", "segmentation", "001",
+               "AE (spatial bottleneck) baseline: median-filtered |x - x̂|, mean of its top-k values (Baur et al. 2021)",
+               "ldm_ood.methods.autoencoder.pipeline", "calibrate_ae", "segment_ae"),
+    MethodInfo("vae", "segmentation", "001",
+               "VAE (dense latent) baseline: as ae, decoding the posterior mean (Baur et al. 2021)",
+               "ldm_ood.methods.autoencoder.pipeline", "calibrate_vae", "segment_vae"),
 )}
 
 

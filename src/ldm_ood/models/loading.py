@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from monai.networks.nets import VQVAE, DecoderOnlyTransformer, DiffusionModelUNet
@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..artifacts.checkpoint import load_weights
-from ..artifacts.stage_meta import FirstStageMeta, LDMMeta, StageMeta, TransformerMeta
+from ..artifacts.stage_meta import AEMeta, FirstStageMeta, LDMMeta, StageMeta, TransformerMeta, VAEMeta
 from ..config import Config, DiffusionConfig, build_config
 from ..config.stages import STAGES
 from ..errors import ModelNotTrainedError, NonFiniteModelError, StaleArtifactError
@@ -39,7 +39,8 @@ _COMMAND = {name: s.command for name, s in STAGES.items()}
 SHOWN_TENSORS = 5
 
 
-_META: dict[str, type[StageMeta]] = {"first_stage": FirstStageMeta, "ldm": LDMMeta, "transformer": TransformerMeta}
+_META: dict[str, type[StageMeta]] = {"first_stage": FirstStageMeta, "ldm": LDMMeta, "transformer": TransformerMeta,
+                                     "ae": AEMeta, "vae": VAEMeta}
 
 
 def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, Any]:
@@ -204,3 +205,14 @@ def load_transformer(run: RunDir | str | Path, device: torch.device | str = "cpu
     model = _load_checked(build_transformer(cfg.transformer, meta.num_tokens, meta.seq_len), run, "transformer", meta)
     ordering = build_ordering(meta.ordering, meta.latent_spatial_shape, seed=meta.ordering_seed)
     return LatentTransformer(_frozen(model, device), ordering, cfg)
+
+
+def load_stage(run: RunDir | str | Path, stage: str, build: Callable[[Config], torch.nn.Module],
+               device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Config]:
+    """``(network, saved config)`` of a trained stage without stage facts of its own (the paper 001
+    baselines ``ae`` and ``vae``): ``build(config)`` rebuilds it from the run configuration saved with
+    its weights, which are checked (sha256, finite) and loaded; eval mode, gradients off, on ``device``.
+    ``ModelNotTrainedError`` naming the training command when the stage has no model."""
+    run, meta = _stage_files(run, stage)
+    cfg = build_config(meta.config, source=str(run.model_config_path(stage)))
+    return _frozen(_load_checked(build(cfg), run, stage, meta), device), cfg

@@ -13,6 +13,7 @@ import pytest
 from tiny_runs import build_tiny_2d_run
 
 from ldm_ood.errors import BatchError
+from ldm_ood.methods.autoencoder.pipeline import calibrate_ae, calibrate_vae, segment_ae, segment_vae
 from ldm_ood.methods.base import CalibrationResult, RunResult
 from ldm_ood.methods.context import read_folder_score
 from ldm_ood.methods.ldm.pipeline import calibrate_ldm, score_ldm
@@ -36,6 +37,10 @@ METHODS = {
     "segment": (lambda r: calibrate_segment(r, variants=["c"], device="cpu"),
                 lambda r, **kw: segment(r, variant="c", progress=False, **kw),
                 lambda run: run.segment_scores_path("c", "id")),
+    "ae": (lambda r: calibrate_ae(r, progress=False, device="cpu"), lambda r, **kw: segment_ae(r, progress=False, **kw),
+           lambda run: run.segment_scores_path("ae", "id")),
+    "vae": (lambda r: calibrate_vae(r, progress=False, device="cpu"),
+            lambda r, **kw: segment_vae(r, progress=False, **kw), lambda run: run.segment_scores_path("vae", "id")),
 }
 
 
