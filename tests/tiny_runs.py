@@ -1,8 +1,9 @@
 """A tiny 2D run saved as a trained run would be (random networks): what method tests score with.
 
-``build_tiny_2d_run(root)``: a first stage, an LDM, an LTM and an f-AnoGAN of the ``tiny-2d`` preset
-with random weights, a manifest of 3 ``val`` and 3 ``test`` slices of set ``id`` plus one unreadable ``bad``
-case, and a folder of 2 good slices and one broken file. Imported by tests (``tests/`` is on the path).
+``build_tiny_2d_run(root)``: a first stage, an LDM, an LTM, an f-AnoGAN and paper 001's AE / VAE baselines
+of the ``tiny-2d`` preset with random weights, a manifest of 3 ``val`` and 3 ``test`` slices of set ``id``
+plus one unreadable ``bad`` case, and a folder of 2 good slices and one broken file. Imported by tests
+(``tests/`` is on the path).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ldm_ood.artifacts.stage_meta import FanoganMeta
 from ldm_ood.config import load_config
 from ldm_ood.data.io import write_image
 from ldm_ood.data.manifest import Case, write_manifest
+from ldm_ood.methods.autoencoder.model import build_autoencoder
 from ldm_ood.models.diffusion import build_unet, latent_multiple
 from ldm_ood.models.fanogan import build_fanogan
 from ldm_ood.models.first_stage import build_first_stage
@@ -69,4 +71,7 @@ def build_tiny_2d_run(root):
     for stage in run.root.iterdir():  # finished, as training leaves them
         if (stage / "model.safetensors").exists():
             (stage / "DONE").write_text('{"reason": "max_epochs"}')
+    for kind in ("ae", "vae"):  # paper 001's AE / VAE baselines
+        net = build_autoencoder(kind, getattr(cfg, kind), cfg.data.grid)
+        save_model(run.stage_dir(kind), net, {"stage": kind, "spatial_dims": 2, "config": dump})
     return run, folder

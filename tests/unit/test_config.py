@@ -90,6 +90,7 @@ def test_override_config_replaces_exactly_the_named_fields(tmp_path):
 
 def test_every_section_lists_the_artifacts_it_invalidates():
     from ldm_ood.config import ARTIFACTS, SECTION_ARTIFACTS, Config, invalidated_artifacts
+    from ldm_ood.config.stages import CALIBRATIONS
 
     assert set(SECTION_ARTIFACTS) == set(Config.model_fields)
     assert invalidated_artifacts(["synth.n_train", "preset"]) == {}
@@ -97,11 +98,16 @@ def test_every_section_lists_the_artifacts_it_invalidates():
     assert invalidated_artifacts(["ldm.optim.max_epochs"]) == {
         "ldm": ["ldm.optim.max_epochs"], "calibration/ldm": ["ldm.optim.max_epochs"],
         "calibration/segment": ["ldm.optim.max_epochs"]}
+    # every calibration made from the segment section (paper 001's and its baselines', which use segment.fpr)
+    from_segment = {c.artifact: ["segment.percentile"] for c in CALIBRATIONS.values() if "segment" in c.sections}
+    assert "calibration/segment" in from_segment
     assert invalidated_artifacts(["transformer.dim", "segment.percentile"]) == {
-        "transformer": ["transformer.dim"], "calibration/ltm": ["transformer.dim"],
-        "calibration/segment": ["segment.percentile"], "calibration/fanogan": ["segment.percentile"]}
+        "transformer": ["transformer.dim"], "calibration/ltm": ["transformer.dim"], **from_segment}
+    assert set(from_segment) >= {"calibration/fanogan", "calibration/ae", "calibration/vae"}
     assert invalidated_artifacts(["fanogan.kappa"]) == {"fanogan": ["fanogan.kappa"],
                                                         "calibration/fanogan": ["fanogan.kappa"]}
+    assert invalidated_artifacts(["ae.top_k_fraction"]) == {
+        "ae": ["ae.top_k_fraction"], "calibration/ae": ["ae.top_k_fraction"]}
 
 
 def test_every_preset_is_a_yaml_file_shipped_in_the_package_and_validates():

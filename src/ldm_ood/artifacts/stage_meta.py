@@ -154,3 +154,14 @@ class FanoganMeta(StageMeta):
     stage: ClassVar[str] = "fanogan"
     grid: tuple[int, ...]
     gan_epochs: int
+class AEMeta(StageMeta):
+    """Paper 001's AE (spatial) baseline: rebuilt from ``config["ae"]`` and the grid ``config["data"]["grid"]``."""
+
+    stage: ClassVar[str] = "ae"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEMeta(StageMeta):
+    """Paper 001's VAE (dense) baseline: rebuilt from ``config["vae"]`` and the grid (its dense layer depends on it)."""
+
+    stage: ClassVar[str] = "vae"

@@ -258,6 +258,63 @@ class FanoganConfig(_Strict):
     def epochs(self) -> int:
         """Epochs of the whole stage: the GAN phase, then the encoder phase."""
         return self.gan_epochs + self.encoder_epochs
+class AutoencoderConfig(_Strict):
+    """Paper 001 Table 1's reconstruction baselines (Baur et al. 2021), MONAI ``AutoEncoder`` / ``VarAutoEncoder``.
+
+    What the AE and the VAE share. The default network is Baur et al.'s unified architecture: four
+    5×5 stride-2 convolutions with 32, 64, 128, 128 filters (batch norm), mirrored by transposed
+    convolutions; L1 reconstruction; Adam with β1 = 0.5, lr 1e-4, batch 8, early stopping after 5
+    epochs without improvement (their reference code). Anomaly map: ``|x - x̂|`` median-filtered
+    (``median_size``, 1 = off); image score: mean of its ``top_k_fraction`` largest values.
+    """
+
+    channels: tuple[int, ...] = Field(default=(32, 64, 128, 128), description="encoder filters, top level first")
+    strides: tuple[int, ...] = Field(default=(2, 2, 2, 2), description="one stride per entry of channels")
+    kernel_size: int = Field(default=5, ge=1, description="odd; also the transposed convolutions' kernel")
+    num_res_units: int = Field(default=0, ge=0, description="MONAI residual units per level (0: plain convolutions)")
+    norm: Literal["batch", "instance"] = "batch"
+    reconstruction_loss: Literal["l1", "l2"] = "l1"
+    adam_betas: tuple[float, float] = (0.5, 0.999)
+    top_k_fraction: float = Field(default=0.01, gt=0, le=1, description="image score: mean of this fraction of the "
+                                  "largest map values (at least one)")
+    median_size: int = Field(default=5, ge=1, description="median filter of the residual map, voxels per axis (1: off)")
+    batch_size: int = Field(default=16, ge=1, description="images per batch when calibrating and segmenting")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, batch_size=8, max_epochs=200, patience=5))
+
+    @property
+    def downsampling_factor(self) -> int:
+        out = 1
+        for s in self.strides:
+            out *= s
+        return out
+
+    @model_validator(mode="after")
+    def _levels_consistent(self) -> "AutoencoderConfig":
+        if not self.channels or len(self.channels) != len(self.strides):
+            raise ValueError(f"strides {self.strides} must have one entry per level of channels {self.channels}")
+        if any(c < 1 for c in self.channels) or any(s < 1 for s in self.strides):
+            raise ValueError("channels and strides must be positive")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        if not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must lie in [0, 1), got {self.adam_betas}")
+        return self
+
+
+class AEConfig(AutoencoderConfig):
+    """AE (spatial): the bottleneck is the encoder's last feature map, ``channels[-1]`` × grid /
+    ``prod(strides)`` (Baur et al. 2021's spatial bottleneck, no dense layer)."""
+
+
+class VAEConfig(AutoencoderConfig):
+    """VAE (dense): the last feature map is flattened to a dense Gaussian latent of ``latent_size``
+    (Baur et al. 2021: a 1×1 convolution to 16 channels, then 128 dims; here the last level of
+    ``channels`` is that reduction). Loss: reconstruction + ``kl_weight`` · KL per voxel."""
+
+    channels: tuple[int, ...] = Field(default=(32, 64, 128, 128, 16), description="encoder filters, top level first")
+    strides: tuple[int, ...] = Field(default=(2, 2, 2, 2, 1), description="one stride per entry of channels")
+    latent_size: int = Field(default=128, ge=1)
+    kl_weight: float = Field(default=1.0, ge=0, description="β of the KL term (1: Baur et al.'s L1 ELBO)")
 
 
 class Config(_Strict):
@@ -272,6 +329,8 @@ class Config(_Strict):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     fanogan: FanoganConfig = Field(default_factory=FanoganConfig)
+    ae: AEConfig = Field(default_factory=AEConfig)
+    vae: VAEConfig = Field(default_factory=VAEConfig)
 
     @model_validator(mode="after")
     def _first_stage_fits_grid(self) -> "Config":

@@ -59,6 +59,10 @@ STAGES: dict[str, StageInfo] = {s.name: s for s in (
               "Train the Latent Transformer Model baseline on the first stage's token indices.", needs=("first_stage",)),
     StageInfo("fanogan", "fanogan", "fanogan", "ldm_ood.training.fanogan:fit_fanogan",
               "Train the f-AnoGAN baseline (paper 001 Table 1): a WGAN-GP, then its izi_f encoder."),
+    StageInfo("ae", "ae", "ae", "ldm_ood.methods.autoencoder.training:fit_ae",
+              "Train the AE (spatial bottleneck) baseline of paper 001 (Baur et al. 2021) on the training slices."),
+    StageInfo("vae", "vae", "vae", "ldm_ood.methods.autoencoder.training:fit_vae",
+              "Train the VAE (dense latent) baseline of paper 001 (Baur et al. 2021) on the training slices."),
 )}
 
 CALIBRATIONS: dict[str, CalibrationInfo] = {c.method: c for c in (
@@ -66,6 +70,8 @@ CALIBRATIONS: dict[str, CalibrationInfo] = {c.method: c for c in (
     CalibrationInfo("ltm", ("score",), ("first_stage", "transformer")),
     CalibrationInfo("segment", ("segment",), ("first_stage", "ldm")),
     CalibrationInfo("fanogan", ("segment",), ("fanogan",)),
+    CalibrationInfo("ae", ("ae", "segment"), ("ae",)),
+    CalibrationInfo("vae", ("vae", "segment"), ("vae",)),
 )}
 
 

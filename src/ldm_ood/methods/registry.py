@@ -61,6 +61,12 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",)),
     MethodInfo("fanogan", "segmentation", "001", "f-AnoGAN baseline: WGAN-GP + izi_f encoder, residual |x - G(E(x))| "
                "(Schlegl et al. 2019)", "ldm_ood.methods.fanogan.pipeline", "calibrate_fanogan", "segment_fanogan"),
+    MethodInfo("ae", "segmentation", "001",
+               "AE (spatial bottleneck) baseline: median-filtered |x - x̂|, mean of its top-k values (Baur et al. 2021)",
+               "ldm_ood.methods.autoencoder.pipeline", "calibrate_ae", "segment_ae"),
+    MethodInfo("vae", "segmentation", "001",
+               "VAE (dense latent) baseline: as ae, decoding the posterior mean (Baur et al. 2021)",
+               "ldm_ood.methods.autoencoder.pipeline", "calibrate_vae", "segment_vae"),
 )}
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from monai.networks.nets import VQVAE, DecoderOnlyTransformer, DiffusionModelUNet
@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..artifacts.checkpoint import load_weights
-from ..artifacts.stage_meta import FanoganMeta, FirstStageMeta, LDMMeta, StageMeta, TransformerMeta
+from ..artifacts.stage_meta import AEMeta, FanoganMeta, FirstStageMeta, LDMMeta, StageMeta, TransformerMeta, VAEMeta
 from ..config import Config, DiffusionConfig, build_config
 from ..config.stages import STAGES
 from ..errors import ModelNotTrainedError, NonFiniteModelError, StaleArtifactError
@@ -41,7 +41,7 @@ SHOWN_TENSORS = 5
 
 
 _META: dict[str, type[StageMeta]] = {"first_stage": FirstStageMeta, "ldm": LDMMeta, "transformer": TransformerMeta,
-                                     "fanogan": FanoganMeta}
+                                     "fanogan": FanoganMeta, "ae": AEMeta, "vae": VAEMeta}
 
 
 def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, Any]:
@@ -219,3 +219,12 @@ def load_fanogan(run: RunDir | str | Path, device: torch.device | str = "cpu") -
     cfg = build_config(meta.config, source=str(run.model_config_path("fanogan")))
     model = build_fanogan(cfg.fanogan, meta.grid)
     return _frozen(_load_checked(model, run, "fanogan", meta), device)
+def load_stage(run: RunDir | str | Path, stage: str, build: Callable[[Config], torch.nn.Module],
+               device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Config]:
+    """``(network, saved config)`` of a trained stage without stage facts of its own (the paper 001
+    baselines ``ae`` and ``vae``): ``build(config)`` rebuilds it from the run configuration saved with
+    its weights, which are checked (sha256, finite) and loaded; eval mode, gradients off, on ``device``.
+    ``ModelNotTrainedError`` naming the training command when the stage has no model."""
+    run, meta = _stage_files(run, stage)
+    cfg = build_config(meta.config, source=str(run.model_config_path(stage)))
+    return _frozen(_load_checked(build(cfg), run, stage, meta), device), cfg

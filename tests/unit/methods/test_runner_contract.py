@@ -13,6 +13,7 @@ import pytest
 from tiny_runs import build_tiny_2d_run
 
 from ldm_ood.errors import BatchError
+from ldm_ood.methods.autoencoder.pipeline import calibrate_ae, calibrate_vae, segment_ae, segment_vae
 from ldm_ood.methods.base import CalibrationResult, RunResult
 from ldm_ood.methods.context import read_folder_score
 from ldm_ood.methods.fanogan.pipeline import calibrate_fanogan, segment_fanogan
@@ -40,6 +41,10 @@ METHODS = {
     "fanogan": (lambda r: calibrate_fanogan(r, progress=False, device="cpu"),
                 lambda r, **kw: segment_fanogan(r, progress=False, device="cpu", **kw),
                 lambda run: run.segment_scores_path("fanogan", "id")),
+    "ae": (lambda r: calibrate_ae(r, progress=False, device="cpu"), lambda r, **kw: segment_ae(r, progress=False, **kw),
+           lambda run: run.segment_scores_path("ae", "id")),
+    "vae": (lambda r: calibrate_vae(r, progress=False, device="cpu"),
+            lambda r, **kw: segment_vae(r, progress=False, **kw), lambda run: run.segment_scores_path("vae", "id")),
 }
 
 

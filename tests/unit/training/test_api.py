@@ -40,7 +40,7 @@ def test_train_first_stage_then_ldm_from_manifest(tmp_path, cohort):
 
 def test_train_errors_are_clear(tmp_path, cohort):
     with pytest.raises(ConfigError, match="unknown stage"):
-        train(tmp_path / "r0", "vae", preset="tiny")
+        train(tmp_path / "r0", "nope", preset="tiny")
     with pytest.raises(ConfigError, match="pass --config or --preset"):
         train(tmp_path / "r1", "first-stage", manifest=cohort)
     with pytest.raises(ConfigError, match="no training data"):
