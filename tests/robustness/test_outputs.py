@@ -130,3 +130,22 @@ def test_a_manifest_without_test_rows_is_an_error_not_an_empty_success(tmp_path)
     ctx = load_context(tmp_path / "run", CFG, device="cpu")
     with pytest.raises(ConfigError, match="no split=test rows to score \\(splits found: train, val\\)"):
         run_method(MeanMethod(), ctx, manifest=manifest, progress=False)
+
+
+def test_folder_mode_names_a_missing_input_folder_and_an_output_that_is_a_file(tmp_path):
+    ctx = load_context(tmp_path / "run", CFG, device="cpu")
+    with pytest.raises(InputError, match="nope: the input folder does not exist"):
+        run_method(MeanMethod(), ctx, input_dir=tmp_path / "nope", output_dir=tmp_path / "out", progress=False)
+    _scan(tmp_path / "in" / "a.nii.gz")
+    (tmp_path / "results.txt").write_text("x")
+    with pytest.raises(OutputError, match="results.txt: is a file, not a folder"):
+        run_method(MeanMethod(), ctx, input_dir=tmp_path / "in", output_dir=tmp_path / "results.txt", progress=False)
+
+
+def test_a_symlink_loop_in_the_input_folder_fails_as_its_own_case(tmp_path):
+    _scan(tmp_path / "in" / "a.nii.gz")
+    (tmp_path / "in" / "loop.nii.gz").symlink_to(tmp_path / "in" / "loop.nii.gz")
+    ctx = load_context(tmp_path / "run", CFG, device="cpu")
+    with pytest.raises(BatchError, match="loop") as err:
+        run_method(MeanMethod(), ctx, input_dir=tmp_path / "in", output_dir=tmp_path / "out", progress=False)
+    assert [cid for cid, _ in err.value.failures.items] == ["loop"] and (tmp_path / "out" / "a.txt").exists()

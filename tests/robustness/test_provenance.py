@@ -100,3 +100,15 @@ def test_a_second_writer_on_a_run_is_refused_and_the_lock_dies_with_its_holder(t
     with run_lock(tmp_path, "calibrate ldm"):
         with run_lock(tmp_path, "nested"):  # re-entrant in one process
             pass
+
+
+@pytest.mark.parametrize("name", ["ood.json", "ood_voxel_stats.safetensors"])
+def test_a_torn_calibration_file_is_named_with_the_command_that_remakes_it(run, name):
+    calibrate_ldm(run.root, progress=False)
+    path = run.calibration_dir / name
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(IntegrityError, match=f"{name}: sha256 .* differs"):
+        score_ldm(run.root, progress=False)
+    run.calibration_record_path("ldm").unlink()  # an older calibration without a record: parsed, still named
+    with pytest.raises(IntegrityError, match=f"{name}: not a readable calibration file .*ldm-ood calibrate --method ldm"):
+        score_ldm(run.root, progress=False)

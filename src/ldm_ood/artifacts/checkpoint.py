@@ -52,11 +52,13 @@ def load_weights(model: torch.nn.Module, directory: str | Path, device: str | to
     path = Path(directory) / "model.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no trained model here (train it first)")
-    verify_sha256(path, sha256, Path(directory) / "config.json", redo)
     try:
         state = load_file(str(path), device=str(device))
     except Exception as err:  # safetensors raises its own error types for a torn header / body
         raise IntegrityError(path, f"not a readable safetensors file ({err}); {redo}") from None
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    nonfinite = f"; {len(bad)} of its {len(state)} tensors hold NaN/Inf (non-finite) values" if bad else ""
+    verify_sha256(path, sha256, Path(directory) / "config.json", redo + nonfinite)
     try:
         _unwrap(model).load_state_dict(state)
     except RuntimeError as err:
@@ -81,5 +83,6 @@ def load_state(path: str | Path) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         first = (str(err).splitlines() or [type(err).__name__])[0]
-        raise IntegrityError(path, f"not a resume state this version can read safely ({first}); "
-                                   "start the stage afresh (without --resume)") from None
+        raise IntegrityError(path, f"refused: not plain tensors, or torn (torch.load weights_only=True: {first}); "
+                                   "a pickle that could run code is never executed; start the stage afresh "
+                                   "(without --resume)") from None

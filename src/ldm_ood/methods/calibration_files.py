@@ -18,6 +18,7 @@ are reported, never divided by.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -153,6 +154,20 @@ def write_calibration_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
     return path
+
+
+@contextlib.contextmanager
+def readable(path: str | Path, method: str, run_root: str | Path) -> Iterator[None]:
+    """Reading a calibration file inside the block: a torn or unparsable file (JSON, safetensors) is an
+    :class:`IntegrityError` naming it and the command that remakes it, never a parser traceback."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise IntegrityError(path, f"not a readable calibration file ({type(err).__name__}: {first}); re-run "
+                                   f"`ldm-ood calibrate --method {method} --run {run_root}`") from None
 
 
 def record_calibration(run: RunDir, method: str, stats: Iterable[InputStats | None] | None) -> str:

@@ -32,6 +32,7 @@ from ..artifacts.lock import run_lock
 from ..config import Config, ConfigError
 from ..data.io import Image
 from ..data.manifest import Case, read_manifest, select, set_names
+from ..errors import InputError, OutputError
 from ..precision import default_device
 from ..runs import RunDir
 
@@ -132,9 +133,17 @@ def folder_score_path(output_dir: str | Path, case_id: str) -> Path:
 def folder_cases(input_dir: str | Path, output_dir: str | Path) -> tuple[Path, list[Case], int]:
     """Folder (MOOD) mode: ``(output folder, created, cases of input_dir without a <case>.txt in it,
     how many were skipped because they have one)``."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cases = read_manifest(input_dir)
+    out, source = Path(output_dir), Path(input_dir)
+    if not source.is_dir():
+        raise InputError(source, "the input folder does not exist" if not source.exists() else
+                         "is not a folder; --input takes a folder of scans (or pass a manifest with --data)")
+    if out.exists() and not out.is_dir():
+        raise OutputError(out, "is a file, not a folder; --output takes a folder (created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(out, f"cannot create the output folder: {err.strerror or err}") from None
+    cases = read_manifest(source)
     todo = [c for c in cases if not folder_score_path(out, c.case_id).exists()]
     return out, todo, len(cases) - len(todo)
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,8 +23,13 @@ from ..data.manifest import Case, plain_name
 from ..errors import InputError, OutputError
 
 
+def _real(path: Path) -> Path:
+    """The path with every symbolic link resolved (a link loop is left as it is, never an exception)."""
+    return Path(os.path.realpath(path))
+
+
 def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
+    return _real(path).is_relative_to(_real(root))
 
 
 def check_output_folder(out_dir: str | Path, root: str | Path, cases: Sequence[Case]) -> None:
@@ -35,7 +41,7 @@ def check_output_folder(out_dir: str | Path, root: str | Path, cases: Sequence[C
         problem = plain_name(case.case_id)
         if problem is not None:
             raise InputError(case.path, f"case_id {case.case_id!r} {problem}; it names output files")
-        if case.path.resolve().parent == out_dir.resolve():
+        if _real(case.path).parent == _real(out_dir):
             raise OutputError(out_dir, f"holds the input scan {case.path}: outputs would overwrite inputs; "
                                        "choose an output folder that is not the input folder")
 

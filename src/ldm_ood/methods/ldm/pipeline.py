@@ -40,6 +40,7 @@ from .. import inference_precision
 from ..base import RUNNER_COLUMNS, CalibrationResult, DetectionFiles, RunResult
 from ..calibration_files import (
     check_calibration,
+    readable,
     record_calibration,
     require_finite_calibration,
     require_finite_file,
@@ -280,10 +281,12 @@ def calibrate_ldm(
 def load_ldm_calibration(run: RunDir) -> tuple[OODCalibration, VoxelStats]:
     """The run's OOD calibration and voxel statistics; ``FileNotFoundError`` when missing,
     ``NonFiniteCalibrationError`` when a file holds NaN/Inf (written by an older version)."""
-    cal = OODCalibration.load(run.ood_calibration_path)
+    with readable(run.ood_calibration_path, "ldm", run.root):
+        cal = OODCalibration.load(run.ood_calibration_path)
     if not run.ood_voxel_stats_path.exists():
         raise FileNotFoundError(f"{run.ood_voxel_stats_path}: no voxel statistics; run `ldm-ood calibrate --method ldm`")
-    voxel = VoxelStats.load(run.ood_voxel_stats_path)
+    with readable(run.ood_voxel_stats_path, "ldm", run.root):
+        voxel = VoxelStats.load(run.ood_voxel_stats_path)
     command = f"ldm-ood calibrate --method ldm --run {run.root}"
     require_finite_file(run.ood_calibration_path, asdict(cal), command)
     require_finite_file(run.ood_voxel_stats_path, {"mean": voxel.mean, "std": voxel.std}, command)
@@ -337,8 +340,8 @@ def score_ldm(
         raise ValueError("input_dir and output_dir go together")
     run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device,
                                                     sequential, force)
+    calibrated = check_calibration(run, "ldm", force)  # first: a torn file is named by its hash
     cal, voxel = load_ldm_calibration(run)
-    calibrated = check_calibration(run, "ldm", force)
     cal.check_compatible(scorer.t_values, scorer.map_t_values, scorer.settings)
     method = LDMScoring(scorer, cal, voxel, preprocessor)
     result = ScoreResult()

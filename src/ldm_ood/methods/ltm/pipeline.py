@@ -35,6 +35,7 @@ from .. import inference_precision
 from ..base import RUNNER_COLUMNS, Calibrated, CalibrationResult, DetectionFiles, RunResult
 from ..calibration_files import (
     check_calibration,
+    readable,
     record_calibration,
     require_finite_calibration,
     require_finite_file,
@@ -141,7 +142,8 @@ def load_ltm_calibration(run: RunDir) -> LTMCalibration | None:
     file holds NaN/Inf (written by an older version)."""
     if not run.ltm_calibration_path.exists():
         return None
-    calib = LTMCalibration.load(run.ltm_calibration_path)
+    with readable(run.ltm_calibration_path, "ltm", run.root):
+        calib = LTMCalibration.load(run.ltm_calibration_path)
     require_finite_file(run.ltm_calibration_path, asdict(calib), f"ldm-ood calibrate --method ltm --run {run.root}")
     return calib
 

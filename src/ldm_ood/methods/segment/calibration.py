@@ -28,6 +28,7 @@ from ...errors import BatchFailures
 from ...runs import RunDir
 from ..base import CalibrationResult
 from ..calibration_files import (
+    readable,
     record_calibration,
     require_finite_calibration,
     require_finite_file,
@@ -45,8 +46,10 @@ def load_calibration(run: RunDir) -> tuple[dict[str, Any], dict[str, torch.Tenso
     ``NonFiniteCalibrationError`` when a file holds NaN/Inf (written by an older version)."""
     from safetensors.torch import load_file
 
-    calib = json.loads(run.segment_calibration_path.read_text()) if run.segment_calibration_path.exists() else {}
-    thr = load_file(str(run.segment_thresholds_path)) if run.segment_thresholds_path.exists() else {}
+    with readable(run.segment_calibration_path, "segment", run.root):
+        calib = json.loads(run.segment_calibration_path.read_text()) if run.segment_calibration_path.exists() else {}
+    with readable(run.segment_thresholds_path, "segment", run.root):
+        thr = load_file(str(run.segment_thresholds_path)) if run.segment_thresholds_path.exists() else {}
     command = f"ldm-ood calibrate --method segment --run {run.root}"
     require_finite_file(run.segment_calibration_path, calib, command)
     require_finite_file(run.segment_thresholds_path, thr, command)
