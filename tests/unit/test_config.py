@@ -99,7 +99,12 @@ def test_every_section_lists_the_artifacts_it_invalidates():
         "calibration/segment": ["ldm.optim.max_epochs"]}
     assert invalidated_artifacts(["transformer.dim", "segment.percentile"]) == {
         "transformer": ["transformer.dim"], "calibration/ltm": ["transformer.dim"],
-        "calibration/segment": ["segment.percentile"]}
+        "calibration/segment": ["segment.percentile"],
+        "calibration/transformer": ["transformer.dim", "segment.percentile"],
+        "calibration/ensemble": ["segment.percentile"]}
+    assert invalidated_artifacts(["ensemble.optim.lr", "token_healing.percentile"]) == {
+        "ensemble": ["ensemble.optim.lr"], "calibration/transformer": ["token_healing.percentile"],
+        "calibration/ensemble": ["ensemble.optim.lr", "token_healing.percentile"]}
 
 
 def test_every_preset_is_a_yaml_file_shipped_in_the_package_and_validates():

@@ -57,12 +57,17 @@ STAGES: dict[str, StageInfo] = {s.name: s for s in (
               "Train the latent DDPM on the frozen first stage's latents.", needs=("first_stage",)),
     StageInfo("transformer", "transformer", "transformer", "ldm_ood.training.transformer:fit_transformer",
               "Train the Latent Transformer Model baseline on the first stage's token indices.", needs=("first_stage",)),
+    StageInfo("ensemble", "ensemble", "ensemble", "ldm_ood.training.ensemble:fit_ensemble",
+              "Train the ensemble of latent transformers (one per ordering of ensemble.orderings, one after another; "
+              "paper 001 Table 1 baseline).", needs=("first_stage",)),
 )}
 
 CALIBRATIONS: dict[str, CalibrationInfo] = {c.method: c for c in (
     CalibrationInfo("ldm", ("score",), ("first_stage", "ldm")),
     CalibrationInfo("ltm", ("score",), ("first_stage", "transformer")),
     CalibrationInfo("segment", ("segment",), ("first_stage", "ldm")),
+    CalibrationInfo("transformer", ("segment", "token_healing"), ("first_stage", "transformer")),
+    CalibrationInfo("ensemble", ("segment", "token_healing"), ("first_stage", "ensemble")),
 )}
 
 

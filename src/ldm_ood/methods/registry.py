@@ -59,6 +59,11 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                columns={"ltm": ("pred_score", "LTM")}),
     MethodInfo("segment", "segmentation", "001", "KL-masked latent healing (Pinaya et al. 2022), variants a-d",
                "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",)),
+    MethodInfo("transformer", "segmentation", "001", "unlikely tokens resampled by the latent transformer (Pinaya et al. 2021)",
+               "ldm_ood.methods.transformer_heal.pipeline", "calibrate_transformer", "segment_transformer"),
+    MethodInfo("ensemble", "segmentation", "001", "tokens resampled by an ensemble of 8 latent transformers "
+               "(Pinaya et al. 2021)", "ldm_ood.methods.transformer_heal.pipeline", "calibrate_ensemble",
+               "segment_ensemble"),
 )}
 
 

@@ -19,6 +19,12 @@ from ldm_ood.methods.ldm.pipeline import calibrate_ldm, score_ldm
 from ldm_ood.methods.ltm.pipeline import calibrate_ltm, score_ltm
 from ldm_ood.methods.records import read_records
 from ldm_ood.methods.segment.pipeline import calibrate_segment, segment
+from ldm_ood.methods.transformer_heal.pipeline import (
+    calibrate_ensemble,
+    calibrate_transformer,
+    segment_ensemble,
+    segment_transformer,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,6 +42,12 @@ METHODS = {
     "segment": (lambda r: calibrate_segment(r, variants=["c"], device="cpu"),
                 lambda r, **kw: segment(r, variant="c", progress=False, **kw),
                 lambda run: run.segment_scores_path("c", "id")),
+    "transformer": (lambda r: calibrate_transformer(r, progress=False),
+                    lambda r, **kw: segment_transformer(r, progress=False, **kw),
+                    lambda run: run.segment_scores_path("transformer", "id")),
+    "ensemble": (lambda r: calibrate_ensemble(r, progress=False),
+                 lambda r, **kw: segment_ensemble(r, progress=False, **kw),
+                 lambda run: run.segment_scores_path("ensemble", "id")),
 }
 
 
