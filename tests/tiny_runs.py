@@ -1,9 +1,9 @@
 """A tiny 2D run saved as a trained run would be (random networks): what method tests score with.
 
-``build_tiny_2d_run(root)``: a first stage, an LDM, an LTM, an f-AnoGAN and paper 001's AE / VAE baselines
-of the ``tiny-2d`` preset with random weights, a manifest of 3 ``val`` and 3 ``test`` slices of set ``id``
-plus one unreadable ``bad`` case, and a folder of 2 good slices and one broken file. Imported by tests
-(``tests/`` is on the path).
+``build_tiny_2d_run(root)``: a first stage, an LDM, an LTM, an ensemble of LTMs (one per
+``ensemble.orderings``), an f-AnoGAN and paper 001's AE / VAE baselines of the ``tiny-2d`` preset with
+random weights, a manifest of 3 ``val`` and 3 ``test`` slices of set ``id`` plus one unreadable ``bad``
+case, and a folder of 2 good slices and one broken file. Imported by tests (``tests/`` is on the path).
 """
 
 from __future__ import annotations
@@ -74,4 +74,28 @@ def build_tiny_2d_run(root):
     for kind in ("ae", "vae"):  # paper 001's AE / VAE baselines
         net = build_autoencoder(kind, getattr(cfg, kind), cfg.data.grid)
         save_model(run.stage_dir(kind), net, {"stage": kind, "spatial_dims": 2, "config": dump})
+    _save_ensemble(run, cfg, inputs, tokens)
     return run, folder
+
+
+def _save_ensemble(run, cfg, inputs, tokens):
+    """The ensemble stage as ``training.ensemble.fit_ensemble`` leaves it: one LTM per ordering, then its record."""
+    import json
+
+    from ldm_ood.artifacts.stage_meta import EnsembleMeta
+    from ldm_ood.models.loading import members_sha256, stage_sha256
+    from ldm_ood.training.ensemble import member_config, member_folder
+
+    members = {member_folder(k, o): o for k, o in enumerate(cfg.ensemble.orderings)}
+    for folder, ordering in members.items():
+        member = member_config(cfg, ordering)
+        save_model(RunDir(run.stage_dir("ensemble") / folder).stage_dir("transformer"),
+                   build_transformer(member.transformer, tokens, 16), {
+                       "stage": "transformer", "spatial_dims": 2, "num_tokens": tokens, "seq_len": 16,
+                       "latent_spatial_shape": [4, 4], "ordering": ordering, "ordering_seed": 0,
+                       "config": member.model_dump(mode="json"), "inputs": inputs})
+    hashes = [stage_sha256(RunDir(run.stage_dir("ensemble") / f), "transformer") for f in members]
+    meta = EnsembleMeta(spatial_dims=2, config=cfg.model_dump(mode="json"), inputs=inputs,
+                        weights_sha256=members_sha256(hashes), members=members)
+    run.model_config_path("ensemble").write_text(json.dumps(meta.to_json()))
+    run.done_path("ensemble").write_text("{}")

@@ -53,8 +53,13 @@ class BenchmarkPlan:
 DEFAULT_LEVELS = {"tiny": [2], "demo": [2], "cpu": [2], "paper": [2, 3, 4]}
 
 
+#: baselines left out of a preset's plan: the demo skips the 8-member ensemble (minutes of training on CPU)
+SKIPPED_BASELINES = {"demo": ("ensemble",)}
+
+
 def default_plan(preset: str, levels: list[int] | None = None) -> BenchmarkPlan:
-    return BenchmarkPlan(preset=preset, levels=list(levels or DEFAULT_LEVELS.get(preset, [2])))
+    baselines = [b for b in segmentation_baselines() if b not in SKIPPED_BASELINES.get(preset, ())]
+    return BenchmarkPlan(preset=preset, levels=list(levels or DEFAULT_LEVELS.get(preset, [2])), baselines=baselines)
 
 
 class Timings:

@@ -102,12 +102,17 @@ def test_every_section_lists_the_artifacts_it_invalidates():
     from_segment = {c.artifact: ["segment.percentile"] for c in CALIBRATIONS.values() if "segment" in c.sections}
     assert "calibration/segment" in from_segment
     assert invalidated_artifacts(["transformer.dim", "segment.percentile"]) == {
-        "transformer": ["transformer.dim"], "calibration/ltm": ["transformer.dim"], **from_segment}
+        "transformer": ["transformer.dim"], "calibration/ltm": ["transformer.dim"], **from_segment,
+        "calibration/transformer": ["transformer.dim", "segment.percentile"]}
     assert set(from_segment) >= {"calibration/fanogan", "calibration/ae", "calibration/vae"}
     assert invalidated_artifacts(["fanogan.kappa"]) == {"fanogan": ["fanogan.kappa"],
                                                         "calibration/fanogan": ["fanogan.kappa"]}
     assert invalidated_artifacts(["ae.top_k_fraction"]) == {
         "ae": ["ae.top_k_fraction"], "calibration/ae": ["ae.top_k_fraction"]}
+    assert invalidated_artifacts(["transformer.dim"])["calibration/transformer"] == ["transformer.dim"]
+    assert invalidated_artifacts(["ensemble.optim.lr", "token_healing.percentile"]) == {
+        "ensemble": ["ensemble.optim.lr"], "calibration/transformer": ["token_healing.percentile"],
+        "calibration/ensemble": ["ensemble.optim.lr", "token_healing.percentile"]}
 
 
 def test_every_preset_is_a_yaml_file_shipped_in_the_package_and_validates():

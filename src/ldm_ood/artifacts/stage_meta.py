@@ -165,3 +165,12 @@ class VAEMeta(StageMeta):
     """Paper 001's VAE (dense) baseline: rebuilt from ``config["vae"]`` and the grid (its dense layer depends on it)."""
 
     stage: ClassVar[str] = "vae"
+class EnsembleMeta(StageMeta):
+    """The ensemble of latent transformers (``<run>/ensemble/config.json``, written once every member
+    has finished): ``members`` maps each member's folder under ``ensemble/`` to its ordering, in
+    ``ensemble.orderings`` order; each member is an LTM with its own :class:`TransformerMeta` in
+    ``ensemble/<folder>/transformer/``. ``weights_sha256`` is the sha256 of the members' weight hashes
+    (one per line, in order), so a calibration records and checks the whole ensemble as one network."""
+
+    stage: ClassVar[str] = "ensemble"
+    members: dict[str, str]

@@ -315,6 +315,50 @@ class VAEConfig(AutoencoderConfig):
     strides: tuple[int, ...] = Field(default=(2, 2, 2, 2, 1), description="one stride per entry of channels")
     latent_size: int = Field(default=128, ge=1)
     kl_weight: float = Field(default=1.0, ge=0, description="β of the KL term (1: Baur et al.'s L1 ELBO)")
+#: paper 001 Table 1 "Ensemble" (Pinaya et al. 2021): eight views of one latent, raster and S-curve
+#: each plain, transposed, reflected, transposed and reflected (``models.transformer.parse_ordering``)
+ENSEMBLE_ORDERINGS: tuple[str, ...] = tuple(
+    f"{k}{t}{r}" for k in ("raster_scan", "s_curve") for t in ("", "_transposed") for r in ("", "_reflected"))
+
+
+class EnsembleConfig(_Strict):
+    """Ensemble of latent transformers (paper 001 Table 1, after its reference 16): one decoder-only
+    transformer per ordering of the first stage's tokens, trained one after another by
+    ``ldm-ood train ensemble``. Its own architecture and optimisation (so the stage is self-contained:
+    changing ``transformer`` does not touch it); the presets give it the ``transformer`` architecture."""
+
+    orderings: tuple[str, ...] = ENSEMBLE_ORDERINGS
+    num_layers: int = Field(default=22, ge=1)
+    dim: int = Field(default=256, ge=8)
+    heads: int = Field(default=8, ge=1)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4))
+
+    @model_validator(mode="after")
+    def _members(self) -> "EnsembleConfig":
+        if not self.orderings:
+            raise ValueError("orderings must name at least one ordering")
+        if len(set(self.orderings)) != len(self.orderings):
+            raise ValueError(f"orderings must be distinct, got {self.orderings}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        return self
+
+
+class TokenHealingConfig(_HasPrecision):
+    """Paper 001 Table 1 "Transformer" / "Ensemble" segmentation (Pinaya et al. 2021): tokens less
+    likely than a threshold are resampled from the transformer and the healed latent decoded.
+
+    The threshold is on the per-position log-likelihood (summed over the members of an ensemble):
+    ``probability`` set: ``log(probability)`` per member (a fixed probability, as the reference);
+    else the ``percentile`` of every validation position's value (the healthy validation split)."""
+
+    percentile: float = Field(default=2.5, gt=0, lt=100, description="validation percentile of token log-likelihoods")
+    probability: float | None = Field(default=None, gt=0, lt=1, description="fixed probability threshold instead")
+    sampling: Literal["sample", "argmax"] = Field(default="sample", description="resampled token: a draw or the mode")
+    heal_member: int = Field(default=0, ge=0, description="the ensemble member (index into ensemble.orderings) that heals")
+    batch_size: int = Field(default=16, ge=1)
+    precision: Precision = Field(default="auto", description="inference precision: auto | fp32 | bf16")
+    seed: int = 0
 
 
 class Config(_Strict):
@@ -331,6 +375,8 @@ class Config(_Strict):
     fanogan: FanoganConfig = Field(default_factory=FanoganConfig)
     ae: AEConfig = Field(default_factory=AEConfig)
     vae: VAEConfig = Field(default_factory=VAEConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    token_healing: TokenHealingConfig = Field(default_factory=TokenHealingConfig)
 
     @model_validator(mode="after")
     def _first_stage_fits_grid(self) -> "Config":

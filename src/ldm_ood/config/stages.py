@@ -63,6 +63,9 @@ STAGES: dict[str, StageInfo] = {s.name: s for s in (
               "Train the AE (spatial bottleneck) baseline of paper 001 (Baur et al. 2021) on the training slices."),
     StageInfo("vae", "vae", "vae", "ldm_ood.methods.autoencoder.training:fit_vae",
               "Train the VAE (dense latent) baseline of paper 001 (Baur et al. 2021) on the training slices."),
+    StageInfo("ensemble", "ensemble", "ensemble", "ldm_ood.training.ensemble:fit_ensemble",
+              "Train the ensemble of latent transformers (one per ordering of ensemble.orderings, one after another; "
+              "paper 001 Table 1 baseline).", needs=("first_stage",)),
 )}
 
 CALIBRATIONS: dict[str, CalibrationInfo] = {c.method: c for c in (
@@ -72,6 +75,8 @@ CALIBRATIONS: dict[str, CalibrationInfo] = {c.method: c for c in (
     CalibrationInfo("fanogan", ("segment",), ("fanogan",)),
     CalibrationInfo("ae", ("ae", "segment"), ("ae",)),
     CalibrationInfo("vae", ("vae", "segment"), ("vae",)),
+    CalibrationInfo("transformer", ("segment", "token_healing"), ("first_stage", "transformer")),
+    CalibrationInfo("ensemble", ("segment", "token_healing"), ("first_stage", "ensemble")),
 )}
 
 

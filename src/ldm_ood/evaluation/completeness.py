@@ -57,7 +57,9 @@ def expected_methods(run: RunDir, columns: Mapping[str, Mapping[str, ScoreColumn
             both = all(any(c.n_rows > c.n_missing for c in columns.get(m, {}).values()) for m in SUB_SCORES)
         if both:
             out.update({m: f"score.metrics has MSE and LPIPS ({metric} sub-score)" for m, metric in SUB_SCORES.items()})
-    if run.model_path("transformer").exists():
+    # a transformer the paper 001 "transformer" segmentation baseline uses is no promise of LTM detection scores
+    seg_transformer = run.segment_dir("transformer", "x").parent.is_dir() or run.calibration_json_path("transformer").exists()
+    if run.model_path("transformer").exists() and not seg_transformer:
         out["ltm"] = f"a transformer was trained ({run.model_path('transformer')})"
     elif columns.get("ltm"):
         out["ltm"] = "the run has LTM score files"

@@ -67,6 +67,11 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("vae", "segmentation", "001",
                "VAE (dense latent) baseline: as ae, decoding the posterior mean (Baur et al. 2021)",
                "ldm_ood.methods.autoencoder.pipeline", "calibrate_vae", "segment_vae"),
+    MethodInfo("transformer", "segmentation", "001", "unlikely tokens resampled by the latent transformer (Pinaya et al. 2021)",
+               "ldm_ood.methods.transformer_heal.pipeline", "calibrate_transformer", "segment_transformer"),
+    MethodInfo("ensemble", "segmentation", "001", "tokens resampled by an ensemble of 8 latent transformers "
+               "(Pinaya et al. 2021)", "ldm_ood.methods.transformer_heal.pipeline", "calibrate_ensemble",
+               "segment_ensemble"),
 )}
 
 

@@ -115,3 +115,11 @@ def decode(model: VQVAE, z: torch.Tensor, requantize: bool, bf16: bool = False) 
     """
     q = quantize_fp32(model, z)[0] if requantize else z
     return _decoder(model, q, bf16).contiguous()
+
+
+@torch.no_grad()
+def decode_indices(model: VQVAE, indices: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """Image ``(B, C, *s·f)`` float32 of codebook indices ``(B, *s)``: their codebook vectors decoded
+    (MONAI ``decode_samples``); the inverse of :func:`encode_indices` up to the autoencoder's error."""
+    q = model.quantizer.embed(indices.long()).float()
+    return _decoder(model, q, bf16).contiguous()

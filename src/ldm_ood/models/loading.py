@@ -25,7 +25,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..artifacts.checkpoint import load_weights
-from ..artifacts.stage_meta import AEMeta, FanoganMeta, FirstStageMeta, LDMMeta, StageMeta, TransformerMeta, VAEMeta
+from ..artifacts.stage_meta import (
+    AEMeta,
+    EnsembleMeta,
+    FanoganMeta,
+    FirstStageMeta,
+    LDMMeta,
+    StageMeta,
+    TransformerMeta,
+    VAEMeta,
+)
 from ..config import Config, DiffusionConfig, build_config
 from ..config.stages import STAGES
 from ..errors import ModelNotTrainedError, NonFiniteModelError, StaleArtifactError
@@ -41,7 +50,7 @@ SHOWN_TENSORS = 5
 
 
 _META: dict[str, type[StageMeta]] = {"first_stage": FirstStageMeta, "ldm": LDMMeta, "transformer": TransformerMeta,
-                                     "fanogan": FanoganMeta, "ae": AEMeta, "vae": VAEMeta}
+                                     "fanogan": FanoganMeta, "ae": AEMeta, "vae": VAEMeta, "ensemble": EnsembleMeta}
 
 
 def _stage_files(run: RunDir | str | Path, stage: str) -> tuple[RunDir, Any]:
@@ -228,3 +237,35 @@ def load_stage(run: RunDir | str | Path, stage: str, build: Callable[[Config], t
     run, meta = _stage_files(run, stage)
     cfg = build_config(meta.config, source=str(run.model_config_path(stage)))
     return _frozen(_load_checked(build(cfg), run, stage, meta), device), cfg
+def members_sha256(hashes: Sequence[str | None]) -> str:
+    """The ensemble's ``weights_sha256``: sha256 of its members' weight hashes, one per line, in order."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(h or "" for h in hashes).encode()).hexdigest()
+
+
+def load_ensemble(run: RunDir | str | Path, device: torch.device | str = "cpu", force: bool = False) -> list[LatentTransformer]:
+    """The trained ensemble's members (``<run>/ensemble/<folder>/transformer/``, in ``ensemble.orderings``
+    order), each as :func:`load_transformer` gives it; refused when the ensemble was trained on another
+    first stage than the run's (:func:`check_upstream`, ``force``) or a member is not the one recorded
+    in ``ensemble/config.json`` (:class:`~ldm_ood.errors.IntegrityError`)."""
+    from ..errors import IntegrityError
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    path = run.model_config_path("ensemble")
+    if not path.exists():
+        raise ModelNotTrainedError(f"{path}: no trained ensemble; train it with `ldm-ood train ensemble --run {run.root}`")
+    meta = EnsembleMeta.read(run.stage_dir("ensemble"))
+    check_upstream(run, "ensemble", meta, force)
+    members = []
+    for folder, ordering in meta.members.items():
+        member = load_transformer(RunDir(run.stage_dir("ensemble") / folder), device)
+        if member.ordering.kind != ordering:
+            raise IntegrityError(path, f"member {folder} reads its tokens in {member.ordering.kind!r}, recorded as "
+                                       f"{ordering!r}; {_retrain_hint(run, 'ensemble')}")
+        members.append(member)
+    hashes = [stage_sha256(RunDir(run.stage_dir("ensemble") / f), "transformer") for f in meta.members]
+    if meta.weights_sha256 is not None and members_sha256(hashes) != meta.weights_sha256:
+        raise IntegrityError(path, f"its members are not the ones recorded when the ensemble finished; "
+                                   f"{_retrain_hint(run, 'ensemble')}")
+    return members

@@ -24,7 +24,13 @@ checkpoints (``state_dict``) contain them. Memory figures of this project exclud
 
 Orderings (:func:`build_ordering`): MONAI's ``Ordering`` (``raster_scan``, ``s_curve``, ``random``)
 plus ``hilbert_curve``, which MONAI 1.6.1 does not have. ``random`` is seeded (MONAI's uses the
-global NumPy RNG, which would give training and scoring different orders).
+global NumPy RNG, which would give training and scoring different orders). Each kind also comes
+``_transposed`` (the grid's axes reversed before it is scanned: raster becomes column-major),
+``_reflected`` (every axis flipped: raster read backwards) or ``_transposed_reflected``, through
+MONAI's ``transpositions_axes`` / ``reflected_spatial_dims`` (transpose first, then reflect):
+the differently ordered views of one latent that the ensemble of Pinaya et al. 2021 (paper 001
+§1 and Table 1, its reference 16) trains one transformer each on
+(``ensemble.orderings``, :class:`~ldm_ood.config.schema.EnsembleConfig`).
 """
 
 from __future__ import annotations
@@ -43,14 +49,19 @@ from ..config import TransformerConfig
 from ..precision import autocast
 
 ORDERING_KINDS: tuple[str, ...] = ("raster_scan", "s_curve", "random", "hilbert_curve")
+#: suffixes of an ordering name, in this order: ``<kind>[_transposed][_reflected]``
+ORDERING_TRANSFORMS: tuple[str, ...] = ("transposed", "reflected")
 
 __all__ = [
     "ORDERING_KINDS",
+    "ORDERING_TRANSFORMS",
     "LatentOrdering",
     "bos_index",
     "build_ordering",
     "build_transformer",
     "causal_mask_bytes",
+    "ordering_names",
+    "parse_ordering",
     "sequence_log_likelihood",
     "sequence_to_latent",
     "tokens_to_sequence",
@@ -138,25 +149,48 @@ def _hilbert_keys(coords: np.ndarray, bits: int) -> np.ndarray:
     return key
 
 
+def parse_ordering(name: str) -> tuple[str, bool, bool]:
+    """``(kind, transposed, reflected)`` of an ordering name ``<kind>[_transposed][_reflected]``.
+
+    ``ValueError`` naming the valid names for anything else.
+    """
+    kind, flags = name, {}
+    for suffix in reversed(ORDERING_TRANSFORMS):
+        flags[suffix] = kind.endswith(f"_{suffix}")
+        kind = kind.removesuffix(f"_{suffix}") if flags[suffix] else kind
+    if kind not in ORDERING_KINDS:
+        raise ValueError(f"unknown ordering {name!r}; choose one of {', '.join(ordering_names())}")
+    return kind, flags["transposed"], flags["reflected"]
+
+
+def ordering_names() -> list[str]:
+    """Every valid ordering name: each kind plain, ``_transposed``, ``_reflected``, ``_transposed_reflected``."""
+    return [f"{k}{t}{r}" for k in ORDERING_KINDS for t in ("", "_transposed") for r in ("", "_reflected")]
+
+
 class LatentOrdering(Ordering):
-    """MONAI ``Ordering`` of a latent grid, plus ``hilbert_curve`` and a seeded ``random``.
+    """MONAI ``Ordering`` of a latent grid, plus ``hilbert_curve``, a seeded ``random`` and the
+    ``_transposed`` / ``_reflected`` variants of each (:func:`parse_ordering`).
 
     ``sequence[k]`` is the C-order flat latent index of the k-th token; ``inverse`` undoes it
     (``flat[:, sequence][:, inverse] == flat``). MONAI's ``get_sequence_ordering()`` /
-    ``get_revert_sequence_ordering()`` return the same as NumPy arrays.
+    ``get_revert_sequence_ordering()`` return the same as NumPy arrays. ``kind`` is the full name.
     """
 
     def __init__(self, kind: str, spatial_shape: tuple[int, ...], seed: int = 0):
-        if kind not in ORDERING_KINDS:
-            raise ValueError(f"unknown ordering {kind!r}; choose one of {', '.join(ORDERING_KINDS)}")
+        base, transposed, reflected = parse_ordering(kind)
         if len(spatial_shape) not in (2, 3) or any(s < 1 for s in spatial_shape):
             raise ValueError(f"latent spatial shape must be 2D or 3D with positive sizes, got {spatial_shape}")
         self.seed = seed
+        self.name = kind
         self.spatial_shape = tuple(int(s) for s in spatial_shape)
-        monai_kind = kind if kind in {o.value for o in OrderingType} else OrderingType.RASTER_SCAN.value
-        super().__init__(monai_kind, len(spatial_shape), (1, *self.spatial_shape))
-        if kind != monai_kind:  # hilbert_curve: MONAI's constructor rejects it; rebuild with it
-            self.ordering_type = kind
+        dims = len(spatial_shape)
+        monai_kind = base if base in {o.value for o in OrderingType} else OrderingType.RASTER_SCAN.value
+        super().__init__(monai_kind, dims, (1, *self.spatial_shape),
+                         reflected_spatial_dims=(True,) * dims if reflected else None,
+                         transpositions_axes=(tuple(range(dims - 1, -1, -1)),) if transposed else None)
+        if base != monai_kind:  # hilbert_curve: MONAI's constructor rejects it; rebuild with it
+            self.ordering_type = base
             self.template = self._create_template()
             self._sequence_ordering = self._create_ordering()
             self._revert_sequence_ordering = np.argsort(self._sequence_ordering)
@@ -165,7 +199,8 @@ class LatentOrdering(Ordering):
 
     @property
     def kind(self) -> str:
-        return self.ordering_type
+        """The ordering's full name (``s_curve_transposed``); MONAI's ``ordering_type`` is its kind (``s_curve``)."""
+        return self.name
 
     def __len__(self) -> int:
         return int(self.sequence.numel())
@@ -187,7 +222,8 @@ class LatentOrdering(Ordering):
 
 
 def build_ordering(kind: str, latent_spatial_shape: tuple[int, ...], seed: int = 0) -> LatentOrdering:
-    """Ordering ``kind`` (``raster_scan`` | ``s_curve`` | ``random`` | ``hilbert_curve``) of a 2D/3D latent."""
+    """Ordering ``kind`` (``raster_scan`` | ``s_curve`` | ``random`` | ``hilbert_curve``, optionally
+    ``_transposed`` and/or ``_reflected``: :func:`parse_ordering`) of a 2D/3D latent."""
     return LatentOrdering(kind, tuple(latent_spatial_shape), seed=seed)
 
 

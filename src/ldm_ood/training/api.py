@@ -8,8 +8,8 @@
 * data: ``manifest`` argument, else ``config.data.manifest``; train = rows with ``split == "train"``,
   validation = ``split == "val"`` and ``set == "id"``; the manifest is remembered in the run's config
   only once it was read;
-* ``stage``: ``first_stage`` (also ``first-stage``), ``ldm`` or ``transformer``; the last two need a
-  trained first stage in the run;
+* ``stage``: ``first_stage`` (also ``first-stage``), ``ldm``, ``transformer`` or ``ensemble``; the others
+  need a trained first stage in the run;
 * ``resume=True`` continues after the last completed epoch (see :mod:`ldm_ood.training.loop`);
   without it a finished stage is retrained in ``<stage>.staging/`` and replaces the old model only
   when it finishes (:mod:`ldm_ood.training.staging`);

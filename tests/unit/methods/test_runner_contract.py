@@ -21,6 +21,12 @@ from ldm_ood.methods.ldm.pipeline import calibrate_ldm, score_ldm
 from ldm_ood.methods.ltm.pipeline import calibrate_ltm, score_ltm
 from ldm_ood.methods.records import read_records
 from ldm_ood.methods.segment.pipeline import calibrate_segment, segment
+from ldm_ood.methods.transformer_heal.pipeline import (
+    calibrate_ensemble,
+    calibrate_transformer,
+    segment_ensemble,
+    segment_transformer,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,6 +51,12 @@ METHODS = {
            lambda run: run.segment_scores_path("ae", "id")),
     "vae": (lambda r: calibrate_vae(r, progress=False, device="cpu"),
             lambda r, **kw: segment_vae(r, progress=False, **kw), lambda run: run.segment_scores_path("vae", "id")),
+    "transformer": (lambda r: calibrate_transformer(r, progress=False),
+                    lambda r, **kw: segment_transformer(r, progress=False, **kw),
+                    lambda run: run.segment_scores_path("transformer", "id")),
+    "ensemble": (lambda r: calibrate_ensemble(r, progress=False),
+                 lambda r, **kw: segment_ensemble(r, progress=False, **kw),
+                 lambda run: run.segment_scores_path("ensemble", "id")),
 }
 
 

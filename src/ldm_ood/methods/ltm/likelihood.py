@@ -11,6 +11,10 @@ Score definitions (nats):
 * Ensemble over orderings (``transformer.ensemble_orderings``; needs one trained Transformer per
   ordering, each with its own ordering): every per-token NLL map is mapped back to the latent
   layout, and score and map are the mean over the members.
+* Per-position log-likelihood of an ensemble (:func:`position_log_likelihood`; paper 001 Table 1
+  "Ensemble", after Pinaya et al. 2021): each member's per-token log p mapped back to the latent
+  grid and **summed** over the members (one member: that member's). The token-healing baselines
+  (:mod:`ldm_ood.methods.transformer_heal`) choose the tokens to resample from it.
 
 Maps: the latent map ``(*s)`` is upsampled to the model grid ``(*s · 2**levels)`` with
 nearest-neighbour interpolation by default (each latent token becomes a ``2**levels`` block — the
@@ -46,6 +50,7 @@ __all__ = [
     "LTMScore",
     "check_ensemble",
     "encode_tokens",
+    "position_log_likelihood",
     "score_image",
     "score_tokens",
     "token_nll",
@@ -80,19 +85,22 @@ class LTMNetworks:
         return [o.kind for o in self.orderings]
 
 
-def check_ensemble(cfg: Config, networks: LTMNetworks) -> None:
-    """Raise ``ConfigError`` unless ``networks`` provide every ordering of ``transformer.ensemble_orderings``.
+def check_ensemble(cfg: Config, networks: LTMNetworks, wanted: Sequence[str] | None = None,
+                   field_name: str = "transformer.ensemble_orderings") -> None:
+    """Raise ``ConfigError`` unless ``networks`` provide every ordering of ``wanted`` (default
+    ``transformer.ensemble_orderings``, named ``field_name`` in the message; the ensemble stage passes
+    ``ensemble.orderings``), in any order.
 
-    With an empty ``ensemble_orderings`` any networks are accepted (normally one model, ``ordering``).
+    With an empty ``wanted`` any networks are accepted (normally one model, ``ordering``).
     """
-    wanted = list(cfg.transformer.ensemble_orderings)
+    wanted = list(cfg.transformer.ensemble_orderings if wanted is None else wanted)
     if not wanted:
         return
     if sorted(wanted) != sorted(networks.kinds):
         raise ConfigError(
-            f"transformer.ensemble_orderings={tuple(wanted)} needs one trained Transformer per ordering, "
+            f"{field_name}={tuple(wanted)} needs one trained Transformer per ordering, "
             f"but {len(networks.kinds)} model(s) with ordering(s) {tuple(networks.kinds)} are available; "
-            "train one Transformer per ordering or set transformer.ensemble_orderings to []"
+            f"train one Transformer per ordering or set {field_name} to the trained ones"
         )
 
 
@@ -130,6 +138,21 @@ def token_nll(
     seq = tokens_to_sequence(indices, ordering, bos)
     nll = -sequence_log_likelihood(model, seq, bf16=bf16)
     return sequence_to_latent(nll, ordering)
+
+
+@torch.no_grad()
+def position_log_likelihood(networks: LTMNetworks, indices: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """Σ over members of log p(token | the member's previous tokens), per latent position: ``(B, *s)`` float32.
+
+    Each member reads ``indices (B, *s)`` in its own ordering; its per-token log-likelihoods are put
+    back on the latent grid (:func:`token_nll`) before they are summed (in member order), so entry
+    ``[b, *j]`` is about the same token for every member.
+    """
+    total = None
+    for model, ordering in zip(networks.transformers, networks.orderings):
+        ll = -token_nll(model, ordering, indices, networks.bos, bf16)
+        total = ll if total is None else total + ll
+    return total
 
 
 def score_tokens(networks: LTMNetworks, indices: torch.Tensor, bf16: bool = False) -> list[LTMScore]:
