@@ -154,6 +154,9 @@ class FanoganMeta(StageMeta):
     stage: ClassVar[str] = "fanogan"
     grid: tuple[int, ...]
     gan_epochs: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class AEMeta(StageMeta):
     """Paper 001's AE (spatial) baseline: rebuilt from ``config["ae"]`` and the grid ``config["data"]["grid"]``."""
 
@@ -165,6 +168,9 @@ class VAEMeta(StageMeta):
     """Paper 001's VAE (dense) baseline: rebuilt from ``config["vae"]`` and the grid (its dense layer depends on it)."""
 
     stage: ClassVar[str] = "vae"
+
+
+@dataclass(frozen=True, kw_only=True)
 class EnsembleMeta(StageMeta):
     """The ensemble of latent transformers (``<run>/ensemble/config.json``, written once every member
     has finished): ``members`` maps each member's folder under ``ensemble/`` to its ordering, in
