@@ -258,6 +258,8 @@ class FanoganConfig(_Strict):
     def epochs(self) -> int:
         """Epochs of the whole stage: the GAN phase, then the encoder phase."""
         return self.gan_epochs + self.encoder_epochs
+
+
 class AutoencoderConfig(_Strict):
     """Paper 001 Table 1's reconstruction baselines (Baur et al. 2021), MONAI ``AutoEncoder`` / ``VarAutoEncoder``.
 

@@ -228,6 +228,8 @@ def load_fanogan(run: RunDir | str | Path, device: torch.device | str = "cpu") -
     cfg = build_config(meta.config, source=str(run.model_config_path("fanogan")))
     model = build_fanogan(cfg.fanogan, meta.grid)
     return _frozen(_load_checked(model, run, "fanogan", meta), device)
+
+
 def load_stage(run: RunDir | str | Path, stage: str, build: Callable[[Config], torch.nn.Module],
                device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Config]:
     """``(network, saved config)`` of a trained stage without stage facts of its own (the paper 001
@@ -237,6 +239,8 @@ def load_stage(run: RunDir | str | Path, stage: str, build: Callable[[Config], t
     run, meta = _stage_files(run, stage)
     cfg = build_config(meta.config, source=str(run.model_config_path(stage)))
     return _frozen(_load_checked(build(cfg), run, stage, meta), device), cfg
+
+
 def members_sha256(hashes: Sequence[str | None]) -> str:
     """The ensemble's ``weights_sha256``: sha256 of its members' weight hashes, one per line, in order."""
     import hashlib
