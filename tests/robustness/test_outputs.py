@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ldm_ood.artifacts.atomic import atomic_output, atomic_write_text
+from ldm_ood.artifacts.checkpoint import save_model
 from ldm_ood.config import load_config
 from ldm_ood.data.io import write_image
 from ldm_ood.data.manifest import Case
@@ -81,10 +83,12 @@ def test_atomic_files_follow_the_umask(tmp_path):
     try:
         atomic_write_text(tmp_path / "a.json", "{}")
         write_image_atomic(tmp_path / "m.nii.gz", np.zeros((4, 4), np.float32))
+        save_model(tmp_path / "stage", torch.nn.Linear(2, 2), {"stage": "ldm"})  # safetensors writes a file of its own
     finally:
         os.umask(old)
     assert oct((tmp_path / "a.json").stat().st_mode & 0o777) == "0o644"
     assert oct((tmp_path / "m.nii.gz").stat().st_mode & 0o777) == "0o644"
+    assert oct((tmp_path / "stage" / "model.safetensors").stat().st_mode & 0o777) == "0o644"
 
 
 def test_a_full_disk_leaves_the_previous_file_and_no_temporary_one(tmp_path):

@@ -53,6 +53,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise OutputError(path, f"cannot write here: {err.strerror or err}") from err
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # again: a writer may have replaced the file (safetensors does)
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
