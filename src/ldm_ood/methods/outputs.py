@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifacts.atomic import atomic_write
-from ..data.io import write_image
+from ..data.io import suffix_of, write_image
 from ..data.manifest import Case, plain_name
 from ..errors import InputError, OutputError
 
@@ -55,3 +55,19 @@ def write_on_input_grid(preprocessor: Any, array: Any, meta: Any, path: str | Pa
     """Write ``array (*grid)`` on the input's native grid and affine (``Preprocessor.invert``), atomically."""
     native = preprocessor.invert(array, meta)
     return write_image_atomic(path, native.array, native.affine)
+
+
+def write_segmentation(preprocessor: Any, meta: Any, case: Case, out_dir: Path, healed: Any, amap: Any,
+                       threshold: float) -> dict[str, str]:
+    """``<case>_healed``, ``<case>_map`` and ``<case>_mask`` (= map ≥ ``threshold``) from ``(*grid)``
+    tensors, on the input's native grid (PNG for PNG inputs, else NIfTI), written atomically; their
+    paths by score-file column (``healed_path``, ``map_path``, ``mask_path``). Every segmentation method's outputs."""
+    ext = ".png" if suffix_of(case.path) == ".png" else ".nii.gz"
+    h = preprocessor.invert(healed.cpu().numpy(), meta)
+    m = preprocessor.invert(amap.cpu().numpy(), meta)
+    binary = (m.array >= threshold).astype(np.float32 if ext == ".png" else np.uint8)
+    paths = {k: Path(out_dir) / f"{case.case_id}_{k}{ext}" for k in ("healed", "map", "mask")}
+    write_image_atomic(paths["healed"], h.array, h.affine)
+    write_image_atomic(paths["map"], m.array, m.affine)
+    write_image_atomic(paths["mask"], binary, m.affine)
+    return {f"{k}_path": str(p) for k, p in paths.items()}

@@ -29,7 +29,6 @@ import torch
 
 from ...config import Config
 from ...config.schema import AutoencoderConfig
-from ...data.io import suffix_of
 from ...data.manifest import Case
 from ...errors import BatchFailures
 from ...runs import RunDir
@@ -43,7 +42,7 @@ from ..calibration_files import (
     write_calibration_json,
 )
 from ..context import Context, Preprocessing, load_context, progress_bar, validation_cases, writes_run
-from ..outputs import write_image_atomic
+from ..outputs import write_segmentation
 from ..runner import each_case, run_method
 from ..segment.pipeline import FIELDS
 from ..segment.variants import FOREGROUND_FRACTION, foreground, fpr_threshold
@@ -144,21 +143,6 @@ def load_calibration(run: RunDir, kind: str) -> dict[str, Any] | None:
     calib = json.loads(path.read_text())
     require_finite_file(path, calib, f"ldm-ood calibrate --method {kind} --run {run.root}")
     return calib
-
-
-def write_segmentation(preprocessor: Preprocessing, meta: Any, case: Case, out_dir: Path, healed: torch.Tensor,
-                       amap: torch.Tensor, threshold: float) -> dict[str, str]:
-    """``<case>_healed``, ``<case>_map`` and ``<case>_mask`` (= map ≥ ``threshold``) from ``(*grid)``
-    arrays, on the input's native grid (PNG for PNG inputs, else NIfTI); their paths by column."""
-    ext = ".png" if suffix_of(case.path) == ".png" else ".nii.gz"
-    h = preprocessor.invert(healed.cpu().numpy(), meta)
-    m = preprocessor.invert(amap.cpu().numpy(), meta)
-    binary = (m.array >= threshold).astype(np.float32 if ext == ".png" else np.uint8)
-    paths = {k: out_dir / f"{case.case_id}_{k}{ext}" for k in ("healed", "map", "mask")}
-    write_image_atomic(paths["healed"], h.array, h.affine)
-    write_image_atomic(paths["map"], m.array, m.affine)
-    write_image_atomic(paths["mask"], binary, m.affine)
-    return {f"{k}_path": str(p) for k, p in paths.items()}
 
 
 @dataclass

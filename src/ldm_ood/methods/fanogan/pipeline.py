@@ -27,9 +27,9 @@ from ...runs import RunDir
 from ..base import RunResult
 from ..calibration_files import check_calibration
 from ..context import Preprocessing, writes_run
+from ..outputs import write_segmentation
 from ..runner import run_method
 from ..segment.pipeline import FIELDS
-from ..segment.pipeline import _write_outputs as write_outputs
 from .batch import fanogan_batch, fanogan_context
 from .calibration import METHOD, calibrate_fanogan, load_calibration
 
@@ -61,7 +61,7 @@ class FanoganScoring:
     def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list, out_dir: Path) -> list[dict]:
         out = fanogan_batch(self.model, x, self.cfg.fanogan.kappa)
         return [{"pred_score": float(out.score[i]),
-                 **write_outputs(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
+                 **write_segmentation(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
                                  self.residual_threshold)}
                 for i, (case, meta) in enumerate(zip(cases, metas))]
 

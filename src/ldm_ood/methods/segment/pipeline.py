@@ -20,17 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ...config import Config
-from ...data.io import suffix_of
 from ...data.manifest import Case
 from ...runs import RunDir
 from ..base import RUNNER_COLUMNS, RunResult
 from ..calibration_files import check_calibration
 from ..context import Preprocessing, writes_run
-from ..outputs import write_image_atomic
+from ..outputs import write_segmentation
 from ..runner import run_method
 from .batch import SegmentModels, case_seeds, segment_batch, segment_context
 from .calibration import calibrate_segment, load_calibration
@@ -49,19 +47,6 @@ class SegmentResult(RunResult):
     def segmented(self) -> int:
         """Cases segmented by this call (``scored``)."""
         return self.scored
-
-
-def _write_outputs(preprocessor, meta, case: Case, out_dir: Path, healed, amap, threshold: float) -> dict[str, str]:
-    """Healed image, map and ``map >= threshold`` mask (each ``(*grid)``) on the input's native grid."""
-    ext = ".png" if suffix_of(case.path) == ".png" else ".nii.gz"
-    h = preprocessor.invert(healed.cpu().numpy(), meta)
-    m = preprocessor.invert(amap.cpu().numpy(), meta)
-    binary = (m.array >= threshold).astype(np.float32 if ext == ".png" else np.uint8)
-    paths = {k: out_dir / f"{case.case_id}_{k}{ext}" for k in ("healed", "map", "mask")}
-    write_image_atomic(paths["healed"], h.array, h.affine)
-    write_image_atomic(paths["map"], m.array, m.affine)
-    write_image_atomic(paths["mask"], binary, m.affine)
-    return {f"{k}_path": str(p) for k, p in paths.items()}
 
 
 @dataclass
@@ -99,7 +84,7 @@ class SegmentScoring:
         out = segment_batch(self.models, x, self.spec, scfg, self.kl_thresholds,
                             case_seeds([c.case_id for c in cases], scfg.seed))
         return [{"pred_score": float(out.pred_score[i]),
-                 **_write_outputs(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
+                 **write_segmentation(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
                                   self.residual_threshold)}
                 for i, (case, meta) in enumerate(zip(cases, metas))]
 

@@ -28,8 +28,9 @@ from ...runs import RunDir
 from ..base import CalibrationResult, RunResult
 from ..calibration_files import check_calibration
 from ..context import Preprocessing, writes_run
+from ..outputs import write_segmentation
 from ..runner import run_method
-from ..segment.pipeline import FIELDS, _write_outputs
+from ..segment.pipeline import FIELDS
 from .batch import HealModels, case_seeds, heal_batch, heal_context
 from .calibration import calibrate_heal, load_heal_calibration
 
@@ -68,7 +69,7 @@ class TokenHealScoring:
         seeds = case_seeds([c.case_id for c in cases], self.cfg.token_healing.seed)
         out = heal_batch(self.models, x, self.token_threshold, self.cfg, seeds)
         return [{"pred_score": float(out.pred_score[i]),
-                 **_write_outputs(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
+                 **write_segmentation(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
                                   self.residual_threshold)}
                 for i, (case, meta) in enumerate(zip(cases, metas))]
 
