@@ -57,7 +57,7 @@ def _friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except expected as err:
-            console.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
 
     return wrapper
