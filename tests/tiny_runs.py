@@ -36,7 +36,8 @@ def build_tiny_2d_run(root):
     rng = np.random.default_rng(0)
     cfg = load_config(preset="tiny-2d", overrides={
         "score": {"num_inference_steps": 5, "num_t_values": 2, "map_t_values": [250, 500]},
-        "segment": {"start_t": 8, "ddim_steps": 3, "kl_num_t": 3, "score_num_t": 4, "batch_size": 2}})
+        "segment": {"start_t": 8, "ddim_steps": 3, "kl_num_t": 3, "score_num_t": 4, "score_subsample_num_t": 2,
+                    "batch_size": 2}})
     cases = [Case(f"v{i}", write_image(root / "data" / f"v{i}.nii.gz", _slice(rng)), set="id", split="val")
              for i in range(3)]
     cases += [Case(f"t{i}", write_image(root / "data" / f"t{i}.nii.gz", _slice(rng)), set="id", split="test")

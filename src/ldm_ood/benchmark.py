@@ -48,9 +48,18 @@ class BenchmarkPlan:
     segmentation: bool = True
     #: paper 001's comparison systems run beside the variants (every registered segmentation method but ``segment``)
     baselines: list[str] = field(default_factory=lambda: segmentation_baselines())
+    #: paper 001 Table 3: first-stage levels of further 2D runs (``seg2d_f<2**level>``) that segment with variants
+    #: c and d only, beside the ``seg2d`` run (f = 2**levels of the 2D preset, 4)
+    table3_levels: list[int] = field(default_factory=list)
 
 
 DEFAULT_LEVELS = {"tiny": [2], "demo": [2], "cpu": [2], "paper": [2, 3, 4]}
+
+#: paper 001 Table 3's second downsampling factor (f = 8: levels 3) where the benchmark trains it; the demo skips it
+TABLE3_LEVELS = {"cpu": [3], "paper": [3]}
+
+#: the variants paper 001 Table 3 compares across downsampling factors
+TABLE3_VARIANTS = ["c", "d"]
 
 
 #: baselines left out of a preset's plan: the demo skips the 8-member ensemble (minutes of training on CPU)
@@ -59,7 +68,8 @@ SKIPPED_BASELINES = {"demo": ("ensemble",)}
 
 def default_plan(preset: str, levels: list[int] | None = None) -> BenchmarkPlan:
     baselines = [b for b in segmentation_baselines() if b not in SKIPPED_BASELINES.get(preset, ())]
-    return BenchmarkPlan(preset=preset, levels=list(levels or DEFAULT_LEVELS.get(preset, [2])), baselines=baselines)
+    return BenchmarkPlan(preset=preset, levels=list(levels or DEFAULT_LEVELS.get(preset, [2])), baselines=baselines,
+                         table3_levels=list(TABLE3_LEVELS.get(preset, [])))
 
 
 class Timings:
@@ -123,22 +133,22 @@ def segmentation_baselines() -> list[str]:
     return [m.name for m in METHODS.values() if m.task == "segmentation" and m.name != "segment"]
 
 
-def _segmentation_run(run: RunDir, plan: BenchmarkPlan, timings: Timings) -> None:
+def _segmentation_run(run: RunDir, variants: Sequence[str], baselines: Sequence[str], timings: Timings, tag: str) -> None:
     from .methods.segment.pipeline import calibrate_segment, segment
 
-    _train_all(run, ["first_stage", "ldm"], timings, "seg2d")
+    _train_all(run, ["first_stage", "ldm"], timings, tag)
     if not run.segment_calibration_path.exists():
-        with timings.stage("seg2d/calibrate_segment"):
+        with timings.stage(f"{tag}/calibrate_segment"):
             calibrate_segment(run.root)
-    for variant in plan.variants:
-        with timings.stage(f"seg2d/segment_{variant}"):
+    for variant in variants:
+        with timings.stage(f"{tag}/segment_{variant}"):
             segment(run.root, variant=variant)
-    for name in plan.baselines:  # paper 001 Table 1's other rows, on the same run and slices
-        _train_all(run, list(CALIBRATIONS[name].stages), timings, "seg2d")  # trained stages are skipped
+    for name in baselines:  # paper 001 Table 1's other rows, on the same run and slices
+        _train_all(run, list(CALIBRATIONS[name].stages), timings, tag)  # trained stages are skipped
         if not run.calibration_json_path(name).exists():
-            with timings.stage(f"seg2d/calibrate_{name}"):
+            with timings.stage(f"{tag}/calibrate_{name}"):
                 METHODS[name].calibrate()(run.root)
-        with timings.stage(f"seg2d/segment_{name}"):
+        with timings.stage(f"{tag}/segment_{name}"):
             METHODS[name].score()(run.root)
 
 
@@ -198,7 +208,14 @@ def check_results(
 def expected_results(plan: BenchmarkPlan) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """``(detection, segmentation)`` of :func:`result_problems` for the runs of ``plan``."""
     detection = {f"l{level}": ["ldm"] + (["ltm"] if plan.ltm else []) for level in plan.levels}
-    return detection, ({"seg2d": [*plan.variants, *plan.baselines]} if plan.segmentation else {})
+    segmentation = {"seg2d": [*plan.variants, *plan.baselines]}
+    segmentation.update({table3_run_name(level): list(TABLE3_VARIANTS) for level in plan.table3_levels})
+    return detection, (segmentation if plan.segmentation else {})
+
+
+def table3_run_name(level: int) -> str:
+    """The 2D run of paper 001 Table 3 at first-stage ``level``: ``seg2d_f8`` for level 3."""
+    return f"seg2d_f{2 ** level}"
 
 
 def run_plan(plan: BenchmarkPlan, out: str | Path) -> dict[str, Any]:
@@ -225,8 +242,15 @@ def run_plan(plan: BenchmarkPlan, out: str | Path) -> dict[str, Any]:
     if plan.segmentation:
         run = RunDir(out / "runs" / "seg2d")
         run.config_or(_run_config(plan, f"{plan.preset}-2d", manifest_2d, plan.overrides_2d, None))
-        _segmentation_run(run, plan, timings)
+        _segmentation_run(run, plan.variants, plan.baselines, timings, "seg2d")
         runs["seg2d"] = run.root
+        for level in plan.table3_levels:  # paper 001 Table 3: the same with another downsampling factor
+            name = table3_run_name(level)
+            run = RunDir(out / "runs" / name)
+            over = deep_merge(plan.overrides_2d, {"first_stage": {"levels": level}})
+            run.config_or(_run_config(plan, f"{plan.preset}-2d", manifest_2d, over, None))
+            _segmentation_run(run, TABLE3_VARIANTS, [], timings, name)
+            runs[name] = run.root
 
     with timings.stage("evaluate"):
         summary = evaluate(runs, out=out / "summary.json")
@@ -237,9 +261,20 @@ def run_plan(plan: BenchmarkPlan, out: str | Path) -> dict[str, Any]:
     return summary
 
 
-def run_benchmark(preset: str, out: str | Path, levels: list[int] | None = None) -> dict[str, Any]:
-    """``ldm-ood benchmark``: the papers' tables on the built-in benchmark at ``preset`` sizes."""
-    return run_plan(default_plan(preset, levels), out)
+#: ``ldm-ood benchmark --part``: both papers, paper 000's detection runs only, or paper 001's 2D runs only
+PARTS = ("all", "detection", "segmentation")
+
+
+def run_benchmark(preset: str, out: str | Path, levels: list[int] | None = None, part: str = "all") -> dict[str, Any]:
+    """``ldm-ood benchmark``: the papers' tables on the built-in benchmark at ``preset`` sizes (``part``: :data:`PARTS`)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
+    plan = default_plan(preset, levels)
+    if part == "segmentation":
+        plan.levels, plan.ltm = [], False
+    elif part == "detection":
+        plan.segmentation = False
+    return run_plan(plan, out)
 
 
 def run_demo(out: str | Path) -> dict[str, Any]:

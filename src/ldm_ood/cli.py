@@ -38,6 +38,10 @@ console = Console(stderr=True)
 Method = Enum("Method", {name: name for name in METHODS}, type=str)
 
 
+#: ``ldm-ood benchmark --part`` choices (``benchmark.PARTS``)
+BenchmarkPart = Enum("BenchmarkPart", {p: p for p in ("all", "detection", "segmentation")}, type=str)
+
+
 #: ``--variant`` choices: the variants of ``config.Variant``
 Variant = Enum("Variant", {v: v for v in get_args(SegmentVariant)}, type=str)
 
@@ -274,11 +278,13 @@ def benchmark(
     levels: Optional[list[int]] = typer.Option(
         None, "--level", help="VQ-GAN level(s) to train, repeatable (default: tiny/demo/cpu 2; paper 2, 3, 4)."
     ),
+    part: BenchmarkPart = typer.Option(BenchmarkPart.all, help="all | detection (paper 000's 3D runs only) | "
+                                       "segmentation (paper 001's 2D runs only: Tables 1 and 3)."),
 ) -> None:
     """Generate the built-in benchmark, train, calibrate, score every set with every method, evaluate, report."""
     from .benchmark import run_benchmark
 
-    run_benchmark(preset, out, levels=levels)
+    run_benchmark(preset, out, levels=levels, part=part.value)
 
 
 @app.command()

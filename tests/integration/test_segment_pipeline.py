@@ -38,7 +38,8 @@ def run_and_manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     rng = np.random.default_rng(0)
     cfg = load_config(preset="tiny-2d", overrides={"segment": {
-        "start_t": 8, "ddim_steps": 3, "kl_t_range": (400, 600), "kl_num_t": 3, "score_num_t": 4, "batch_size": 2,
+        "start_t": 8, "ddim_steps": 3, "kl_t_range": (400, 600), "kl_num_t": 3, "score_num_t": 4, "score_subsample_num_t": 2,
+        "batch_size": 2,
         "bf16": False}})
     cases = []
     for i in range(3):  # healthy validation, NIfTI slices of a native grid other than the model grid
@@ -98,6 +99,16 @@ def test_calibrate_then_segment_writes_maps_on_the_input_grid_and_resumes(run_an
     path.write_text("\n".join(lines[:-1]) + "\n")
     redo = segment(run.root, variant="c", sets=["sprites"], device="cpu")
     assert redo.segmented == 1 and [r["case_id"] for r in read_records(path)] == ["s0", "s1", "s2"]
+    c_rows = read_records(path)
+    for r in c_rows:  # the whole-chain score (every t) and its subsample of the same draws, timed
+        assert float(r["pred_score_subsample"]) > 0 and 0 < float(r["score_seconds"]) <= float(r["seconds"])
+
+    # variant d reads the image-level score back from c's rows: same values, its time not counted again
+    segment(run.root, variant="d", device="cpu")
+    d_rows = read_records(run.segment_scores_path("d", "sprites"))
+    assert [(r["pred_score"], r["pred_score_subsample"]) for r in d_rows] == \
+        [(r["pred_score"], r["pred_score_subsample"]) for r in c_rows]
+    assert all(r["score_seconds"] == "" for r in d_rows)
 
 
 def test_segment_variant_a_calibrates_itself_and_reports_bad_files(run_and_manifest, tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from ldm_ood.benchmark import BenchmarkPlan, check_results, expected_results, result_problems, segmentation_baselines
+from ldm_ood.benchmark import (
+    BenchmarkPlan, check_results, default_plan, expected_results, result_problems, segmentation_baselines,
+)
 from ldm_ood.errors import IncompleteResultsError
 from ldm_ood.evaluation.summary import DetectionResult, ScoreWarning, SegmentationResult, Summary
 
@@ -68,6 +70,10 @@ def test_expected_results_follow_the_plan():
     assert expected_results(BenchmarkPlan("demo", [2]))[1]["seg2d"] == ["a", "b", "c", "d", *segmentation_baselines()]
     assert "fanogan" in segmentation_baselines() and "segment" not in segmentation_baselines()
     assert expected_results(BenchmarkPlan("cpu", [3, 4], ltm=False, segmentation=False)) == ({"l3": ["ldm"], "l4": ["ldm"]}, {})
+    # paper 001 Table 3: a second 2D run at f = 8 segments with variants c and d
+    assert expected_results(BenchmarkPlan("cpu", [2], baselines=[], table3_levels=[3]))[1] == {
+        "seg2d": ["a", "b", "c", "d"], "seg2d_f8": ["c", "d"]}
+    assert default_plan("cpu").table3_levels == [3] and default_plan("demo").table3_levels == []
 
 
 def test_cli_demo_exits_1_on_incomplete_results(monkeypatch, tmp_path):
@@ -82,3 +88,19 @@ def test_cli_demo_exits_1_on_incomplete_results(monkeypatch, tmp_path):
     assert result.exit_code == 1
     text = " ".join(result.output.split())
     assert "error: demo: 1 result(s) missing or not finite" in text and "l2/ldm: no LDM result" in text
+
+
+def test_benchmark_parts_select_the_papers_runs(monkeypatch):
+    import ldm_ood.benchmark as bench
+
+    plans = []
+    monkeypatch.setattr(bench, "run_plan", lambda plan, out: plans.append(plan))
+    bench.run_benchmark("cpu", "x", part="segmentation")
+    bench.run_benchmark("cpu", "x", part="detection")
+    bench.run_benchmark("cpu", "x")
+    seg, det, both = plans
+    assert (seg.levels, seg.ltm, seg.segmentation, seg.table3_levels) == ([], False, True, [3])
+    assert (det.levels, det.segmentation) == ([2], False)
+    assert (both.levels, both.segmentation) == ([2], True)
+    with pytest.raises(ValueError, match="part must be one of"):
+        bench.run_benchmark("cpu", "x", part="everything")

@@ -96,6 +96,11 @@ class FirstStageConfig(_Strict):
     num_embeddings: int = Field(default=256, ge=2)
     commitment_cost: float = Field(default=0.25, ge=0)
     decay: float = Field(default=0.99, gt=0, lt=1, description="EMA decay of the codebook")
+    codebook_restart_every: int = Field(
+        default=0, ge=0, description="beyond the papers: every this many training steps, codes whose EMA cluster size "
+        "is below codebook_restart_threshold restart at random encoder outputs (0 = never; training/codebook_restart.py)",
+    )
+    codebook_restart_threshold: float = Field(default=0.01, gt=0)
     reconstruction_loss: Literal["l2", "l1"] = "l2"
     perceptual_weight: float = Field(default=0.001, ge=0)
     adversarial_weight: float = Field(default=0.01, ge=0)
@@ -205,7 +210,14 @@ class SegmentConfig(_HasPrecision):
     healing: Literal["paper", "repaint"] = "paper"
     gaussian_sigma: float = Field(default=1.0, ge=0, description="in latent voxels, for the upsampled mask")
     score_num_t: int | None = Field(
-        default=50, ge=1, description="image-level score (§4.1): t-values evenly spaced over [1, T-1]; None = every t"
+        default=None, ge=1,
+        description="image-level score (§4.1): None = every t of the Markov chain [1, T-1] (the paper); "
+        "else this many evenly spaced t",
+    )
+    score_subsample_num_t: int | None = Field(
+        default=50, ge=1,
+        description="also report the image-level score on this many evenly spaced t of the same draws "
+        "(pred_score_subsample; needs them among score_num_t's); None = not reported",
     )
     fpr: float = Field(default=0.05, gt=0, lt=1)
     batch_size: int = Field(default=16, ge=1)

@@ -153,9 +153,27 @@ def _maps_and_masks(name: str, variant: str, set_name: str, rows: list[dict[str,
     return maps, gts
 
 
+def _downsampling(run: RunDir) -> int | None:
+    """The run's first-stage downsampling factor ``f = 2**levels`` (None without a readable config)."""
+    try:
+        return run.load_config().first_stage.downsampling_factor
+    except Exception:
+        return None
+
+
+def _image_detection(id_scores: Mapping[str, float], ood_scores: Mapping[str, float]) -> tuple[float | None, float | None]:
+    """Image-level ``(AUROC, AUPRC)`` of OOD-set scores against the ID-test scores (None without both)."""
+    if not id_scores or not ood_scores:
+        return None, None
+    y = np.r_[np.zeros(len(id_scores)), np.ones(len(ood_scores))]
+    s = np.r_[list(id_scores.values()), list(ood_scores.values())]
+    return _f(auroc(y, s)), _f(average_precision(y, s))
+
+
 def _evaluate_segmentation(name: str, run: RunDir, cases: list[Case] | None, summary: Summary, pooling: Pooling,
                            seed: int = 0) -> None:
     masks = {(c.set, c.case_id): c.mask for c in cases or [] if c.mask is not None}
+    factor = _downsampling(run)
     for variant in segment_variants(run):
         sets = sorted(p.stem for p in (run.root / "segment" / variant).glob("*.csv"))
         calibration = segmentation_calibration(run, variant)
@@ -164,16 +182,15 @@ def _evaluate_segmentation(name: str, run: RunDir, cases: list[Case] | None, sum
             summary.notes.append(f"{name}/{variant}: no 'residual_threshold' in {calibration}; "
                                  "Dice at the validation threshold skipped")
         image_scores = {s: read_score_column(run.segment_scores_path(variant, s), "pred_score") for s in sets}
+        subsample = {s: read_score_column(run.segment_scores_path(variant, s), "pred_score_subsample").scores
+                     for s in sets}
         summary.warnings += segmentation_warnings(name, variant, image_scores)
         id_scores = image_scores[ID_SET].scores if ID_SET in sets else {}
         for set_name in order_sets(sets):
             rows = read_records(run.segment_scores_path(variant, set_name))
             img = finite_scores(image_scores[set_name], summary.notes)
-            auc = ap = None
-            if id_scores and img:
-                y = np.r_[np.zeros(len(id_scores)), np.ones(len(img))]
-                s = np.r_[list(id_scores.values()), list(img.values())]
-                auc, ap = _f(auroc(y, s)), _f(average_precision(y, s))
+            auc, ap = _image_detection(id_scores, img)
+            auc_sub, _ = _image_detection(subsample.get(ID_SET, {}), subsample[set_name])
             maps, gts = _maps_and_masks(name, variant, set_name, rows, masks, run, summary.notes)
             px = pixel_metrics(maps, gts, threshold, pooling, seed=seed) if maps else None
             dice_ci, auprc_ci = (px.best_dice_ci, px.pixel_auprc_ci) if px else (None, None)
@@ -184,7 +201,9 @@ def _evaluate_segmentation(name: str, run: RunDir, cases: list[Case] | None, sum
                 pixel_auprc=_f(px.pixel_auprc) if px else None, image_auroc=auc, image_auprc=ap,
                 best_dice_low=_f(dice_ci[0]) if dice_ci else None, best_dice_high=_f(dice_ci[1]) if dice_ci else None,
                 pixel_auprc_low=_f(auprc_ci[0]) if auprc_ci else None, pixel_auprc_high=_f(auprc_ci[1]) if auprc_ci else None,
-                seconds_per_100=seconds_per_100(rows),
+                seconds_per_100=seconds_per_100(rows, less="score_seconds"),
+                score_seconds_per_100=seconds_per_100(rows, "score_seconds"), image_auroc_subsample=auc_sub,
+                downsampling=factor,
             ))
 
 

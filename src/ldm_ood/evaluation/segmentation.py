@@ -55,12 +55,13 @@ def pixel_metrics(maps: Sequence[np.ndarray], gts: Sequence[np.ndarray], thresho
     )
 
 
-def seconds_per_100(rows: Sequence[Mapping[str, str]]) -> float | None:
-    """Mean ``seconds`` of the score rows × 100 (None without timed rows)."""
+def seconds_per_100(rows: Sequence[Mapping[str, str]], column: str = "seconds", less: str | None = None) -> float | None:
+    """Mean ``column`` of the score rows (minus their ``less`` column, where they have one) × 100; None
+    without timed rows. ``less="score_seconds"``: the segmentation's time without its image-level score."""
     secs = []
     for r in rows:
         try:
-            secs.append(float(r.get("seconds") or "nan"))
+            secs.append(float(r.get(column) or "nan") - (float(r.get(less) or 0.0) if less else 0.0))
         except ValueError:
             continue
     secs = [s for s in secs if math.isfinite(s)]

@@ -109,7 +109,10 @@ class SegmentationResult:
     best_dice_high: float | None = None
     pixel_auprc_low: float | None = None
     pixel_auprc_high: float | None = None
-    seconds_per_100: float | None = None  # mean score-row seconds × 100 (paper 001 Table 3)
+    seconds_per_100: float | None = None  # mean score-row seconds × 100, without the image-level KL score (Table 3)
+    score_seconds_per_100: float | None = None  # the image-level score's share (paper 001: the whole-chain KL)
+    image_auroc_subsample: float | None = None  # image AUROC of pred_score_subsample (fewer t of the same draws)
+    downsampling: int | None = None  # the run's first-stage factor f = 2**levels (paper 001 Table 3 compares f = 4, 8)
 
 
 @dataclass

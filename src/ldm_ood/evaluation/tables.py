@@ -5,6 +5,7 @@
   significant, the better of the two cells is marked: ``strong`` (p < 0.001; bold in the paper,
   ``**`` in text) or ``weak`` (p < 0.05; underlined in the paper, ``*`` in text).
 - :func:`paper001_table1_grid` — paper 001 Table 1 beside the paper's numbers, with CIs and time;
+- :func:`paper001_table3_grid` — paper 001 Table 3's analogue on the haemorrhage set, ordered by time;
 - :func:`segmentation_grid` — every segmentation row: ⌈DICE⌉, Dice at the validation threshold,
   pixel AUPRC, image-level AUROC / AUPRC per run × variant × set.
 - :func:`detail_grid` — every detection result with its bootstrap CI, AUPRC, FPR@95TPR, DeLong p.
@@ -18,13 +19,14 @@ Renderings: :func:`to_rich` (terminal), :func:`to_markdown`; the HTML report ren
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .summary import METHOD_LABELS, Summary, is_far, order_sets, segment_method
+from .summary import METHOD_LABELS, SegmentationResult, Summary, is_far, order_sets, segment_method
 
 MARK_TEXT = {"strong": "**", "weak": "*", "warning": "†", "": ""}
 MARK_STYLE = {"strong": "bold", "weak": "underline", "warning": "bold red", "": ""}
@@ -136,23 +138,72 @@ def paper001_table1_grid(summary: Summary) -> Grid:
     grid = Grid(
         title="Paper 001 Table 1: anomaly segmentation of the lesion set, beside the paper",
         columns=["Run / set", "System", "⌈DICE⌉ [95% CI]", "paper", "AUPRC [95% CI]", "paper", "Dice @ val thr",
-                 "image AUROC", "s / 100 slices"],
+                 "image AUROC", "s / 100 slices", "+ image score s / 100"],
         caption="CIs resample scans. Paper: Pinaya et al. 2022 Table 1 (its Table 3 orders time per 100 slices: "
                 "VAE, f-AnoGAN < 1 s < DDIM (d) 46 s < DDPM (c) 324 s on a GPU; the transformers slower still). "
-                "Here: CPU seconds, one run side by side.",
+                "Here: CPU seconds, one run side by side; the segmentation's time, and apart from it the image-level "
+                "score's (DDPM rows: mean KL over the whole Markov chain, §4.1; in brackets its AUROC on a subsample "
+                "of t of the same draws).",
     )
     order = list(PAPER_001_TABLE1)
-    rows = [r for r in summary.segmentation if r.n_masks > 0]
+    rows = [r for r in summary.segmentation if r.n_masks > 0 and r.set != TABLE3_SET]  # Table 3's set: its own grid
     rows.sort(key=lambda r: (r.run, r.set, order.index(r.variant) if r.variant in order else len(order), r.variant))
     for r in rows:
         label, p_dice, p_auprc = PAPER_001_TABLE1.get(r.variant, (r.variant, None, None))
         grid.rows.append((None, [
             Cell(f"{r.run} / {r.set}"), Cell(label), Cell(_with_ci(r.best_dice, r.best_dice_low, r.best_dice_high)),
             Cell(fmt(p_dice)), Cell(_with_ci(r.pixel_auprc, r.pixel_auprc_low, r.pixel_auprc_high)), Cell(fmt(p_auprc)),
-            Cell(fmt(r.dice_at_threshold)), Cell(fmt(r.image_auroc)),
-            Cell("n/a" if r.seconds_per_100 is None else f"{r.seconds_per_100:.1f}"),
+            Cell(fmt(r.dice_at_threshold)),
+            Cell(fmt(r.image_auroc) + ("" if r.image_auroc_subsample is None else f" ({fmt(r.image_auroc_subsample)})")),
+            Cell(_seconds(r.seconds_per_100)), Cell(_seconds(r.score_seconds_per_100)),
         ]))
     return grid
+
+
+#: paper 001 Table 3 (real 2D CT lesions, KCH column, seconds per 100 slices on a GPU): system -> (⌈DICE⌉, s)
+PAPER_001_TABLE3: dict[tuple[str, int | None], tuple[float, float]] = {
+    ("vae", None): (0.353, 1.0), ("fanogan", None): (0.292, 1.0),
+    ("d", 8): (0.483, 12.0), ("d", 4): (0.469, 46.0), ("c", 8): (0.473, 81.0), ("c", 4): (0.471, 324.0),
+    ("transformer", 8): (0.395, 589.0), ("ensemble", 8): (0.435, 4907.0),
+    ("transformer", 4): (0.482, 8047.0), ("ensemble", 4): (0.631, 8000.0),
+}
+
+#: the set of the built-in benchmark that plays paper 001 Table 3's CT lesions (synthetic/lesions.py)
+TABLE3_SET = "haemorrhage"
+
+
+def _table3_key(r: SegmentationResult) -> tuple[str, int | None]:
+    """Paper 001 Table 3 names the latent models by their downsampling factor, the image-space ones without."""
+    return (r.variant, r.downsampling if r.variant in ("c", "d", "a", "b", "transformer", "ensemble") else None)
+
+
+def paper001_table3_grid(summary: Summary) -> Grid:
+    """Paper 001 Table 3 analogue: every system on the haemorrhage set, ordered by time per 100 slices, with
+    ⌈DICE⌉ [95 % CI] beside the paper's KCH column and its GPU seconds."""
+    grid = Grid(
+        title="Paper 001 Table 3 analogue: haemorrhage-like CT lesions, systems ordered by time",
+        columns=["System", "f", "⌈DICE⌉ [95% CI]", "paper (KCH)", "AUPRC", "s / 100 slices", "paper s (GPU)"],
+        caption="Built-in head-CT slices with one hyperdense (50–90 HU) haematoma each, with mass effect "
+                "(synthetic/lesions.py). Paper: Pinaya et al. 2022 Table 3, KCH column, on an NVIDIA Titan RTX "
+                "(the ensemble at f = 4: > 8000 s). Here: CPU seconds of the segmentation, one run side by side "
+                "(the image-level score apart).",
+    )
+    rows = [r for r in summary.segmentation if r.set == TABLE3_SET and r.n_masks > 0]
+    rows.sort(key=lambda r: (math.inf if r.seconds_per_100 is None else r.seconds_per_100))
+    for r in rows:
+        label = PAPER_001_TABLE1.get(r.variant, (r.variant,))[0]
+        key = _table3_key(r)
+        paper = PAPER_001_TABLE3.get(key)
+        grid.rows.append((None, [
+            Cell(label), Cell("—" if key[1] is None else str(key[1])),
+            Cell(_with_ci(r.best_dice, r.best_dice_low, r.best_dice_high)), Cell(fmt(paper[0]) if paper else "—"),
+            Cell(fmt(r.pixel_auprc)), Cell(_seconds(r.seconds_per_100)), Cell(f"{paper[1]:g}" if paper else "—"),
+        ]))
+    return grid
+
+
+def _seconds(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
 
 
 def detail_grid(summary: Summary) -> Grid:
@@ -237,6 +288,8 @@ def print_summary(summary: Summary, console: Console | None = None, warn_console
         console.print(to_rich(segmentation_grid(summary)))
         if any(r.n_masks for r in summary.segmentation):
             console.print(to_rich(paper001_table1_grid(summary)))
+        if any(r.set == TABLE3_SET and r.n_masks for r in summary.segmentation):
+            console.print(to_rich(paper001_table3_grid(summary)))
     if not summary.detection and not summary.segmentation and not summary.warnings:
         console.print("[yellow]no score files found: nothing to evaluate[/yellow]")
     for note in summary.notes:

@@ -61,7 +61,7 @@ def latent_shape(cfg: FirstStageConfig, grid: tuple[int, ...]) -> tuple[int, ...
     return (cfg.embedding_dim, *(g // f for g in grid))
 
 
-def _encoder(model: VQVAE, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+def encoder_output(model: VQVAE, x: torch.Tensor, bf16: bool) -> torch.Tensor:
     """Unquantised encoder output ``(B, embedding_dim, *S/f)`` in float32."""
     with autocast(x.device, bf16):
         z = model.encode(to_channels_last(x, x.ndim - 2) if bf16 else x)
@@ -90,20 +90,28 @@ def indices_fp32(model: VQVAE, z: torch.Tensor) -> torch.Tensor:
 def vq_forward(model: VQVAE, x: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x̂ (B, C, *S), quantisation loss)``: MONAI ``VQVAE.forward`` with the fp32 codebook search
     (differentiable; the first stage's training step)."""
-    q, loss = quantize_fp32(model, _encoder(model, x, bf16))
+    q, loss = quantize_fp32(model, encoder_output(model, x, bf16))
     return _decoder(model, q, bf16), loss
+
+
+@torch.no_grad()
+def vq_forward_with_indices(model: VQVAE, x: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x̂ (B, C, *S), quantisation loss, codebook indices (B, *S/f))`` of one encoder pass (validation)."""
+    z = encoder_output(model, x, bf16)
+    q, loss = quantize_fp32(model, z)
+    return _decoder(model, q, bf16), loss, indices_fp32(model, z)
 
 
 @torch.no_grad()
 def encode(model: VQVAE, x: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """Quantised (de-quantised embedding) latent ``z``: ``(B, C, *S) -> (B, embedding_dim, *S/f)`` float32."""
-    return quantize_fp32(model, _encoder(model, x, bf16))[0].contiguous()
+    return quantize_fp32(model, encoder_output(model, x, bf16))[0].contiguous()
 
 
 @torch.no_grad()
 def encode_indices(model: VQVAE, x: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """Codebook indices: ``(B, C, *S) -> (B, *S/f)`` (long); the LTM's tokens."""
-    return indices_fp32(model, _encoder(model, x, bf16))
+    return indices_fp32(model, encoder_output(model, x, bf16))
 
 
 @torch.no_grad()

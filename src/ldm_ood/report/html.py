@@ -35,7 +35,9 @@ from ..evaluation.inputs import (
     segmentation_calibration,
 )
 from ..evaluation.summary import DETECTION_METHODS, ID_SET, METHOD_LABELS, Summary, order_sets
-from ..evaluation.tables import MARK_TEXT, Grid, detail_grid, paper001_table1_grid, segmentation_grid, table1_grid
+from ..evaluation.tables import (
+    MARK_TEXT, TABLE3_SET, Grid, detail_grid, paper001_table1_grid, paper001_table3_grid, segmentation_grid, table1_grid,
+)
 from ..methods.records import read_records
 from ..runs import RunDir
 from ..viz.preview import unit_intensity
@@ -375,7 +377,9 @@ def build_report(
         "<details><summary>All detection metrics (bootstrap CI, AUPRC, FPR@95TPR, DeLong p)</summary>"
         + grid_to_html(detail_grid(summary)) + "</details>" if summary.detection else "",
         f'<h2 id="segmentation">{SECTION_TITLES[1]}</h2>',
-        (grid_to_html(paper001_table1_grid(summary)) + "<details><summary>Every segmentation row</summary>"
+        (grid_to_html(paper001_table1_grid(summary))
+         + (grid_to_html(paper001_table3_grid(summary)) if any(r.set == TABLE3_SET for r in summary.segmentation) else "")
+         + "<details><summary>Every segmentation row</summary>"
          + grid_to_html(segmentation_grid(summary)) + "</details>") if summary.segmentation
         else '<p class="note">No segmentation results.</p>',
         f'<h2 id="roc">{SECTION_TITLES[2]}</h2>', _roc_section(runs, scores),

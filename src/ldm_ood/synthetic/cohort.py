@@ -7,8 +7,10 @@ It plays the roles of paper 000's datasets (§3.1) and paper 001's MedNIST sprit
 * near-OOD — the 14 corruptions of paper 000 Table 1 (:data:`.corruptions.NEAR_OOD_KINDS`) applied
   to every ID-test case, set named by the kind, split ``test``;
 * far-OOD — the classes of :data:`.far_ood.FAR_OOD_CLASSES` (``far_`` prefix), split ``test``;
-* 2D — axial ``slice_size``² slices of separate subjects for train / val / test (set ``id``) and the
-  test slices with sprite lesions (set ``sprites``, with ground-truth masks).
+* 2D — axial ``slice_size``² slices of separate subjects for train / val / test (set ``id``), the
+  test slices with sprite lesions (set ``sprites``, with ground-truth masks), and the same test slices
+  with one haemorrhage-like lesion each (set ``haemorrhage``, with masks: :mod:`.lesions`, paper 001
+  Table 3's CT task).
 
 **Intensity encoding.** Every file is CT-like in Hounsfield units so that one preprocessing
 (``data.modality = "ct"``: clamp [-15, 100] HU → [0, 1], paper 000 §3.1) serves all sets. ID scans
@@ -21,7 +23,7 @@ Layout of ``out``::
     manifest.csv  manifest_2d.csv  preview.png  README.txt
     id/{train,val,test}/<case>.nii.gz   brain_masks/<case>.nii.gz (uint8, for skull stripping)
     near/<kind>/<case>.nii.gz           far/<class>/<case>.nii.gz
-    2d/{train,val}/<case>.nii.gz        2d/test/{id,sprites,sprites_masks}/<case>.nii.gz
+    2d/{train,val}/<case>.nii.gz        2d/test/{id,sprites,sprites_masks,haemorrhage,haemorrhage_masks}/<case>.nii.gz
 
 Everything derives from ``seed`` through per-case generators: the same seed gives byte-identical
 files.
@@ -46,6 +48,7 @@ from ..data.transforms import from_unit_range_ct, to_unit_range_ct
 from ..viz.preview import Panel, save_preview_grid, slice_panel, volume_panels
 from .anatomy import draw_subject, grid_affine, head_ct, load_head_template, template_resolution
 from .far_ood import FAR_OOD_CLASSES
+from .lesions import add_haemorrhage
 
 SPLITS = ("train", "val", "test")
 #: axial slices per 2D subject, and their world z range (mm from the head centre) through the brain
@@ -143,7 +146,8 @@ def _write_2d(cfg: SynthConfig, out: Path, seed: int, progress: ProgressFn | Non
         written = 0
         for s in range(math.ceil(n / k)):
             rng = _rng(seed, "2d", split, s)
-            hu, brain = head_ct(draw_subject(rng), tpl, (size, size, k), affine3, rng)
+            subject = draw_subject(rng)
+            hu, brain = head_ct(subject, tpl, (size, size, k), affine3, rng)
             for j in range(min(k, n - written)):
                 cid = f"slice-{split}-{s:03d}-{j}"
                 a2 = affine3.copy()
@@ -158,6 +162,9 @@ def _write_2d(cfg: SynthConfig, out: Path, seed: int, progress: ProgressFn | Non
                     spath = write_image(out / "2d/test/sprites" / f"{cid}.nii.gz", from_unit_range_ct(y), a2)
                     mpath = write_image(out / "2d/test/sprites_masks" / f"{cid}.nii.gz", mask.astype(np.uint8), a2)
                     cases.append(Case(cid, spath, mask=mpath, set="sprites", split="test"))
+                    if brain[:, :, j].sum() >= 9:
+                        cases.append(_haemorrhage_case(out, cid, hu[:, :, j], brain[:, :, j], a2, spacing,
+                                                       subject.noise_hu, seed))
                     if len(examples) < 4:
                         examples.append((y, mask))
                 elif len(examples) < 2 and split == "train":
@@ -166,6 +173,15 @@ def _write_2d(cfg: SynthConfig, out: Path, seed: int, progress: ProgressFn | Non
                 done += 1
                 _tick(progress, "2d", done, total)
     return cases, examples
+
+
+def _haemorrhage_case(out: Path, cid: str, hu: np.ndarray, brain: np.ndarray, affine: np.ndarray, spacing: float,
+                      noise_hu: float, seed: int) -> Case:
+    """The slice with one haematoma (:func:`.lesions.add_haemorrhage`), set ``haemorrhage`` with its mask."""
+    lesioned, lesion = add_haemorrhage(hu, brain, spacing, case_rng(seed, "haemorrhage", cid), noise_hu=noise_hu)
+    path = write_image(out / "2d/test/haemorrhage" / f"{cid}.nii.gz", lesioned, affine)
+    mask = write_image(out / "2d/test/haemorrhage_masks" / f"{cid}.nii.gz", lesion.mask.astype(np.uint8), affine)
+    return Case(cid, path, mask=mask, set="haemorrhage", split="test")
 
 
 def _counts(cases: list[Case]) -> dict[str, int]:
@@ -197,7 +213,7 @@ _README = """Synthetic head-CT OOD benchmark (ldm-ood synth).
 All images are NIfTI in CT Hounsfield units; preprocess with the CT window [-15, 100] HU -> [0, 1].
 Near-OOD scans and non-CT far-OOD classes are defined on the [0, 1] scale and stored as -15 + 115*x HU.
 manifest.csv: 3D (set id: train/val/test; near-OOD sets named by corruption; far-OOD sets far_*).
-manifest_2d.csv: axial slices (set id: train/val/test; set sprites: test, with masks).
+manifest_2d.csv: axial slices (set id: train/val/test; sets sprites and haemorrhage: test, with masks).
 brain_masks/: brain masks of the ID scans (used for skull stripping).
 """
 

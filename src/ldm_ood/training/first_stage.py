@@ -8,7 +8,9 @@ One step (``x``: ``(B, 1, *grid)`` in [0, 1]):
 1. generator: ``x̂, vq = VQVAE(x)``; loss = recon + vq + w_p·LPIPS + w_s·spectral
    (+ w_adv·adversarial after ``adversarial_warmup_epochs``), Adam ``optim.lr``;
 2. discriminator (VQ-GAN with ``adversarial_weight > 0``): ½(LS(D(x), 1) + LS(D(x̂), 0)),
-   Adam ``disc_lr``.
+   Adam ``disc_lr``;
+3. every ``codebook_restart_every`` steps, dead codes restart at encoder outputs of the batch
+   (:mod:`.codebook_restart`).
 
 The validation loss (early stopping, best checkpoint) is recon + vq on the validation split: the
 deterministic, non-adversarial part of the generator objective.
@@ -31,15 +33,18 @@ from monai.networks.nets import VQVAE
 
 from ..artifacts.stage_meta import FirstStageMeta
 from ..config import Config
-from ..models.first_stage import build_discriminator, build_first_stage, vq_forward
+from ..models.first_stage import build_discriminator, build_first_stage, encoder_output, vq_forward, vq_forward_with_indices
 from ..models.perceptual import lpips_loss
 from ..precision import autocast, guard_small_convolutions, set_layout, to_channels_last
 from ..runs import RunDir
 from ..viz.preview import save_row_preview
 from . import losses
-from .distributed import DistContext, wrap_ddp
+from .distributed import DistContext, all_reduce_sum, wrap_ddp
 from .finite import optimizer_step
+from .codebook_restart import restart_dead_codes
 from .loop import FitResult, fit, seeded
+from .reconstruction_metrics import COLUMNS as VAL_METRICS
+from .reconstruction_metrics import ReconstructionStats
 
 
 class _VQForward(torch.nn.Module):
@@ -90,7 +95,11 @@ class FirstStageTask:
         self.g_opt = torch.optim.Adam(self.vqvae.parameters(), lr=self.cfg.optim.lr)
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=self.cfg.disc_lr) if self.disc is not None else None
         self.generator = torch.Generator(device="cpu")
-        self.loss_names = ("loss", "recon", "vq", "perceptual", "spectral", "adv_g", "adv_d", "grad_norm", "grad_norm_d")
+        self.loss_names = ("loss", "recon", "vq", "perceptual", "spectral", "adv_g", "adv_d", "grad_norm", "grad_norm_d",
+                           "codes_restarted")
+        self.steps = 0
+        self.val_metric_names = VAL_METRICS
+        self.val_stats = ReconstructionStats(self.cfg.num_embeddings)
 
     # ---- StageTask
     def use_bf16(self, flag: bool) -> None:
@@ -167,6 +176,12 @@ class FirstStageTask:
             out["adv_d"] = d.item()
             out["grad_norm_d"] = optimizer_step(d, self.d_opt, self.disc.parameters(), clip, "grad_norm_d",
                                                 terms={"adv_d": out["adv_d"]})
+        self.steps += 1
+        every = self.cfg.codebook_restart_every
+        if every and self.steps % every == 0:
+            z = encoder_output(self.vqvae, x, self.bf16)
+            out["codes_restarted"] = float(restart_dead_codes(self.vqvae.quantizer.quantizer, z,
+                                                              self.cfg.codebook_restart_threshold, self.generator))
         return out
 
     def probe_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -177,9 +192,14 @@ class FirstStageTask:
 
     def val_step(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[float, int]:
         x = batch["image"].to(self.ctx.device)
-        x_hat, vq_loss = vq_forward(self.vqvae, x, self.bf16)
+        x_hat, vq_loss, indices = vq_forward_with_indices(self.vqvae, x, self.bf16)
         loss = losses.reconstruction_loss(x, x_hat, self.cfg.reconstruction_loss) + vq_loss.float().mean()
+        self.val_stats.add(x, x_hat, indices)
         return loss.item() * x.shape[0], x.shape[0]
+
+    def validation_metrics(self, ctx: DistContext) -> dict[str, float]:
+        """PSNR, SSIM, codebook perplexity and dead codes over the validation split (all ranks)."""
+        return self.val_stats.result(all_reduce_sum(self.val_stats.totals(), ctx))
 
     def preview(self, batch: dict[str, Any], path: Path) -> None:
         x = batch["image"].to(self.ctx.device)

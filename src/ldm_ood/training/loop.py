@@ -146,8 +146,13 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def _validate(task: StageTask, loader: DataLoader, seed: int, ctx: DistContext) -> float:
-    """Mean validation loss over all ranks; the generator is re-seeded so every epoch sees the same noise."""
+def _header(task: StageTask) -> list[str]:
+    return metrics_header(task.loss_names, getattr(task, "val_metric_names", ()))
+
+
+def _validate(task: StageTask, loader: DataLoader, seed: int, ctx: DistContext) -> tuple[float, dict[str, float]]:
+    """Mean validation loss over all ranks and the task's validation metrics (``validation_metrics``, if it has
+    them); the generator is re-seeded so every epoch sees the same noise."""
     for m in task.modules().values():
         m.eval()
     gen = torch.Generator(device="cpu").manual_seed(seed + 999_983 + ctx.rank)
@@ -157,7 +162,8 @@ def _validate(task: StageTask, loader: DataLoader, seed: int, ctx: DistContext) 
             s, n = task.val_step(batch, gen)
             total, count = total + s, count + n
     total, count = all_reduce_sum([total, float(count)], ctx)
-    return total / count if count else math.nan
+    extra = task.validation_metrics(ctx) if hasattr(task, "validation_metrics") else {}
+    return (total / count if count else math.nan), extra
 
 
 @dataclass
@@ -197,7 +203,7 @@ def _restore(task: StageTask, run: RunDir, ctx: DistContext, resume: bool) -> _P
     if ctx.is_main:
         if state is None:
             _clear_stage(run.stage_dir(task.stage))
-        truncate_metrics(run.metrics_path(task.stage), metrics_header(task.loss_names), progress.epoch)
+        truncate_metrics(run.metrics_path(task.stage), _header(task), progress.epoch)
     return progress
 
 
@@ -232,7 +238,7 @@ def _train_epoch(task: StageTask, loader: DataLoader, epoch: int, ctx: DistConte
 def _record_epoch(task: StageTask, run: RunDir, row: dict[str, Any], progress: _Progress, writer) -> None:
     """Rank 0 after an epoch: its metrics row, TensorBoard scalars, the resume state and one terminal line."""
     epoch = row["epoch"]
-    append_metrics(run.metrics_path(task.stage), metrics_header(task.loss_names), row)
+    append_metrics(run.metrics_path(task.stage), _header(task), row)
     if writer is not None:
         for k, v in row.items():
             if k != "epoch" and v is not None:
@@ -245,6 +251,7 @@ def _record_epoch(task: StageTask, run: RunDir, row: dict[str, Any], progress: _
     })
     terms = " ".join(f"{k}={row[k]:.4g}" for k in task.loss_names if row.get(k) is not None)
     val = f" val={row['val_loss']:.4g}" if row["val_loss"] is not None else ""
+    val += "".join(f" {k}={row[k]:.4g}" for k in getattr(task, "val_metric_names", ()) if row.get(k) is not None)
     console.print(f"{task.stage} epoch {epoch}: {terms}{val} ({row['seconds']:.1f}s)")
 
 
@@ -313,9 +320,9 @@ def fit(
             sampler.set_epoch(epoch)
             task.generator.manual_seed(epoch_seed(optim.seed, epoch, ctx.rank))
             train = _train_epoch(task, train_loader, epoch, ctx, precision, bars, optim.max_epochs)
-            val = None
+            val, val_metrics = None, {}
             if epoch % optim.val_every == 0 or epoch == optim.max_epochs:
-                val = _validate(task, val_loader, optim.seed, ctx)
+                val, val_metrics = _validate(task, val_loader, optim.seed, ctx)
                 if not math.isfinite(val):
                     raise NonFiniteTrainingError(task.stage, epoch, "validation", "val_loss", val,
                                                  f"Precision was {precision.dtype}.")
@@ -324,7 +331,7 @@ def fit(
             if ctx.is_main and epoch % optim.preview_every == 0:
                 _preview(task, preview_batch, out.previews_dir(task.stage) / f"epoch_{epoch:04d}.png")
             row = {"epoch": epoch, **train, "val_loss": val, "seconds": round(time.time() - t0, 3),
-                   "lr": _main_lr(task), "bf16": int(task.bf16)}
+                   "lr": _main_lr(task), "bf16": int(task.bf16), **val_metrics}
             history.append({k: (math.nan if v is None else float(v)) for k, v in row.items()})
             if ctx.is_main:
                 _record_epoch(task, out, row, progress, writer)

@@ -1,4 +1,5 @@
-"""``<stage>/metrics.csv``: one row per epoch (epoch, train losses, val_loss, seconds, lr, bf16), and TensorBoard.
+"""``<stage>/metrics.csv``: one row per epoch (epoch, train losses, val_loss, seconds, lr, bf16, the
+stage's validation metrics), and TensorBoard.
 
 A term a step did not compute (the adversarial terms during warm-up) is a blank cell, never NaN.
 Resume truncates the file to the last completed epoch, so a half-recorded epoch leaves no row.
@@ -14,9 +15,9 @@ from typing import Any, Sequence
 from ..artifacts.atomic import atomic_write_text
 
 
-def metrics_header(loss_names: Sequence[str]) -> list[str]:
-    """The columns of ``metrics.csv`` for a stage that logs ``loss_names``."""
-    return ["epoch", *loss_names, "val_loss", "seconds", "lr", "bf16"]
+def metrics_header(loss_names: Sequence[str], val_metric_names: Sequence[str] = ()) -> list[str]:
+    """The columns of ``metrics.csv`` for a stage that logs ``loss_names`` (and validation ``val_metric_names``)."""
+    return ["epoch", *loss_names, "val_loss", "seconds", "lr", "bf16", *val_metric_names]
 
 
 def truncate_metrics(path: Path, header: list[str], last_epoch: int) -> None:

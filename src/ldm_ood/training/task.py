@@ -36,4 +36,7 @@ class StageTask(Protocol):
 
     def val_step(self, batch: Any, generator: torch.Generator) -> tuple[float, int]: ...  # (loss sum, count)
 
+    # optional ``val_metric_names: tuple[str, ...]`` with ``validation_metrics(ctx) -> dict[str, float]``: more
+    # validation columns of metrics.csv (the first stage's PSNR, SSIM, codebook usage), accumulated by val_step
+
     def preview(self, batch: Any, path: Path) -> None: ...

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ldm_ood.config import load_config
-from ldm_ood.models.first_stage import _encoder, build_first_stage, decode, encode, encode_indices, indices_fp32
+from ldm_ood.models.first_stage import build_first_stage, decode, encode, encode_indices, encoder_output, indices_fp32
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +43,7 @@ def test_bf16_and_fp32_encoders_feed_the_same_fp32_search_and_requantising_decod
     model, _ = _trained_like(1)
     x = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(2))
     for bf16 in (False, True):
-        z = _encoder(model, x, bf16)
+        z = encoder_output(model, x, bf16)
         assert torch.equal(encode_indices(model, x, bf16), _exact_indices(model, z))
         q = encode(model, x, bf16)
         codes = model.quantizer.embed(_exact_indices(model, z))

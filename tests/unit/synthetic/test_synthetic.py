@@ -97,6 +97,13 @@ def test_2d_manifest_and_sprite_masks(tiny):
         mask = read_mask(s.mask, b)
         changed = np.abs(to_unit_range_ct(a.array) - to_unit_range_ct(b.array)) > 1e-5  # HU round trip ~1e-7
         assert mask.any() and np.array_equal(mask, changed)
+    haem = {c.case_id: c for c in select(cases, split="test", set_name="haemorrhage")}
+    assert haem and set(haem) <= {h.case_id for h in healthy}
+    for h in healthy:
+        if h.case_id in haem:
+            b = read_image(haem[h.case_id].path)
+            mask = read_mask(haem[h.case_id].mask, b)
+            assert mask.any() and np.median(b.array[mask]) > 45  # hyperdense blood inside the mask
 
 
 def test_same_seed_is_byte_identical(tiny):

@@ -16,6 +16,7 @@ from ldm_ood.training.first_stage import FirstStageTask, fit_first_stage
 from ldm_ood.training.ldm import fit_ldm, latent_scale_factor
 from ldm_ood.training.loop import fit
 from ldm_ood.training.metrics import read_metrics
+from ldm_ood.training.reconstruction_metrics import ssim
 from ldm_ood.training.transformer import fit_transformer
 
 
@@ -76,6 +77,15 @@ def test_vqvae_2d_validation_loss_is_l1_plus_vq(trained_first_stage):
     expected = ((x - x_hat).abs().mean() + vq).item()
     row = read_metrics(run.metrics_path("first_stage"))[-1]
     assert row["val_loss"] == pytest.approx(expected, rel=1e-5)
+    # the quality columns are those of the saved (only) epoch's model on the validation images
+    mse = ((x.double() - x_hat.double()) ** 2).flatten(1).mean(1)
+    assert row["val_psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-5)
+    assert row["val_ssim"] == pytest.approx(float(ssim(x, x_hat).mean()), rel=1e-5, abs=1e-7)
+    with torch.no_grad():
+        idx = encode_indices(model, x)
+    counts = torch.bincount(idx.flatten(), minlength=cfg.first_stage.num_embeddings)
+    assert row["val_dead_codes"] == int((counts == 0).sum())
+    assert 1 <= row["val_perplexity"] <= cfg.first_stage.num_embeddings - row["val_dead_codes"] + 1e-9
     assert set(json.loads(run.model_config_path("first_stage").read_text())) >= {"config", "spatial_dims"}
 
 

@@ -3,8 +3,9 @@
 A batch of preprocessed images ``x (B, 1, *grid)`` in [0, 1] goes through (same code in 2D and 3D):
 
 1. ``z_0 = s · E(x)`` (quantised latent times the LDM's scale factor; :func:`latents`);
-2. the image-level score: mean L_{t-1} over the whole chain (:data:`~.kl.DEFAULT_SCORE_NUM_T`
-   evenly spaced t in [1, T-1] by default, ``segment.score_num_t``; §4.1; :func:`image_score`);
+2. the image-level score: mean L_{t-1} over the whole Markov chain (every t in [1, T-1] by default,
+   or ``segment.score_num_t`` evenly spaced t; §4.1; :func:`image_score`), and the same on the
+   ``segment.score_subsample_num_t`` t-values of those draws;
 3. the KL map ``v (B, *latent)`` (mean over t ∈ ``kl_t_range`` and channels; :func:`kl_map_of`) and
    the latent mask ``m = v >= threshold`` with per-position thresholds;
 4. healing from ``start_t`` (:func:`.healing.heal`), decoding ``x̂' = D(z'_0 / s)``
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import time
+
 import torch
 
 from ...config import Config, SegmentConfig
@@ -34,7 +37,7 @@ from .. import inference_precision
 from ..context import Context, Preprocessing, load_context
 from ..inference_precision import first_stage_probe, unet_probe
 from .healing import heal
-from .kl import image_kl_score, kl_map, kl_mask, kl_terms, score_t_values
+from .kl import chain_kl, kl_map, kl_mask, kl_terms, score_t_values, subsample_score
 from .variants import VariantSpec, residual_map, upsample_mask
 
 #: random streams of one case: image score KL, mask KL, healing
@@ -87,7 +90,7 @@ class BatchOutput:
 
     healed: torch.Tensor  # (B, 1, *grid) decoded healed image x̂'
     anomaly_map: torch.Tensor  # (B, 1, *grid)
-    pred_score: torch.Tensor | None  # (B,) mean KL over the chain (§4.1)
+    score: ImageScore | None  # mean KL over the chain (§4.1) and its subsample, (B,) each
     kl_map: torch.Tensor | None = None  # (B, *latent) v
     latent_mask: torch.Tensor | None = None  # (B, *latent) bool m
 
@@ -125,13 +128,28 @@ def _score_t(models: SegmentModels, cfg: SegmentConfig) -> list[int]:
     return score_t_values(len(models.scheduler.alphas_cumprod), cfg.score_num_t)
 
 
+@dataclass
+class ImageScore:
+    """Image-level scores ``(B,)`` of a batch (§4.1): over ``score_num_t`` and, from the same draws, over the
+    ``score_subsample_num_t`` subsample (None when not asked for or not among the draws); ``seconds`` taken."""
+
+    score: torch.Tensor
+    subsample: torch.Tensor | None
+    seconds: float
+
+
 @torch.no_grad()
 def image_score(models: SegmentModels, z0: torch.Tensor, cfg: SegmentConfig, seeds: Sequence[int],
-                max_batch: int = 256) -> torch.Tensor:
-    """Image-level score ``(B,)`` of latents ``z0 (B, C, *latent)``: mean L_{t-1} over the chain (§4.1)."""
-    terms = kl_terms(models.unet, z0, models.scheduler, _score_t(models, cfg), multiple=models.multiple,
-                     max_batch=max_batch, bf16=models.bf16, generator=_generators(seeds, SCORE_STREAM, z0.device))
-    return image_kl_score(terms)
+                max_batch: int = 256) -> ImageScore:
+    """Image-level scores of latents ``z0 (B, C, *latent)``: mean L_{t-1} over the chain (§4.1) and its subsample."""
+    t0 = time.perf_counter()
+    ts = _score_t(models, cfg)
+    per_t = chain_kl(models.unet, z0, models.scheduler, ts, multiple=models.multiple, max_batch=max_batch,
+                     bf16=models.bf16, generator=_generators(seeds, SCORE_STREAM, z0.device))
+    sub = None
+    if cfg.score_subsample_num_t is not None:
+        sub = subsample_score(per_t, ts, score_t_values(len(models.scheduler.alphas_cumprod), cfg.score_subsample_num_t))
+    return ImageScore(per_t.mean(1), sub, time.perf_counter() - t0)
 
 
 @torch.no_grad()
@@ -157,7 +175,7 @@ def segment_batch(
     """Score, KL mask, heal, decode and map ``x (B, 1, *grid)`` for one variant (§3, §4.1).
 
     ``seeds``: one per image (:func:`case_seeds`); ``thresholds``: ``(*latent)`` for the variant's KL
-    set; ``with_score=False`` skips the image-level score (``pred_score`` is then None).
+    set; ``with_score=False`` skips the image-level score (``score`` is then None).
     """
     z0 = latents(models, x)
     score = image_score(models, z0, cfg, seeds, max_batch) if with_score else None

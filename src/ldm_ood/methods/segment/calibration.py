@@ -145,7 +145,7 @@ def calibrate_segment(
             stats += [getattr(m, "stats", None) for m in metas]
             seeds = case_seeds([c.case_id for c in cases], scfg.seed)
             z0 = latents(models, x.to(device))
-            scores.update({c.case_id: float(v) for c, v in zip(cases, image_score(models, z0, scfg, seeds))})
+            scores.update({c.case_id: float(v) for c, v in zip(cases, image_score(models, z0, scfg, seeds).score)})
             for key, ts in t_sets.items():
                 maps[key].append(kl_map_of(models, z0, ts, seeds).cpu())
         if not scores:

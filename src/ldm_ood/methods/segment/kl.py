@@ -24,11 +24,13 @@ Timesteps are MONAI's 0-indexed ``t ∈ {0, ..., T-1}`` (index ``t`` is the pape
 * :func:`kl_map` — its mean over channels, the paper's ``v ∈ R^{h×w}`` (§3), ``(B, *s)``.
 * :func:`image_kl_score` — mean over channels and positions; with t spread over the whole chain this
   is the image-level anomaly score of §4.1.
+* :func:`chain_kl` — the per-image mean at every t, ``(B, n_t)``: the whole-chain score and a subsample's
+  (:func:`subsample_score`) from one set of draws.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,9 +38,8 @@ import torch
 from ...models.diffusion import crop_latent, epsilon, pad_latent
 from ...samplers.noise import Generators, randn_per_item
 
-#: default number of evenly spaced t-values for the image-level score over the whole chain
-#: (the paper averages every t; 50 keeps it affordable on CPU, ``None`` = every t in [1, T-1])
-DEFAULT_SCORE_NUM_T = 50
+#: evenly spaced t-values of the image-level score's cheaper subsample (the paper averages every t)
+SUBSAMPLE_NUM_T = 50
 
 
 def kl_t_values(t_range: tuple[int, int], num_t: int | None) -> list[int]:
@@ -56,7 +57,7 @@ def kl_t_values(t_range: tuple[int, int], num_t: int | None) -> list[int]:
     return sorted({int(round(v)) for v in torch.linspace(lo, hi, num_t, dtype=torch.float64).tolist()})
 
 
-def score_t_values(num_train_timesteps: int, num_t: int | None = DEFAULT_SCORE_NUM_T) -> list[int]:
+def score_t_values(num_train_timesteps: int, num_t: int | None = None) -> list[int]:
     """t-values of the image-level score: the whole Markov chain ``[1, T-1]`` (every t, or ``num_t`` of them)."""
     return kl_t_values((1, num_train_timesteps - 1), num_t)
 
@@ -97,6 +98,40 @@ def gaussian_kl(mean1: torch.Tensor, var1: float | torch.Tensor, mean2: torch.Te
     return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1.double() - mean2.double()) ** 2) / var2 - 1.0)
 
 
+def _kl_chunks(
+    unet: torch.nn.Module, z0: torch.Tensor, scheduler, t_values: Sequence[int], multiple: int,
+    generator: Generators, max_batch: int, bf16: bool,
+) -> Iterator[torch.Tensor]:
+    """L_{t-1} per latent element, ``(B, k, C, *s)`` float32 per chunk of ``k`` consecutive ``t_values``.
+
+    The noise is drawn per image in t order before chunking, so it does not depend on ``max_batch``.
+    """
+    if not t_values:
+        raise ValueError("no t-values for the KL")
+    T = len(scheduler.alphas_cumprod)
+    if min(t_values) < 1 or max(t_values) > T - 1:
+        raise ValueError(f"KL t-values must lie in [1, {T - 1}], got [{min(t_values)}, {max(t_values)}]")
+    zp, spatial = pad_latent(z0.float(), multiple)
+    B = zp.shape[0]
+    dev = zp.device
+    ab = scheduler.alphas_cumprod.to(dev, torch.float32)
+    coef = kl_coefficients(scheduler).to(dev, torch.float32)
+    gens = generator if generator is None or isinstance(generator, torch.Generator) else list(generator)
+    noise = torch.stack([randn_per_item(tuple(zp.shape), gens, dev) for _ in t_values], 1)  # (B, n_t, C, *s)
+    per_call = max(1, max_batch // B)
+    for i in range(0, len(t_values), per_call):
+        ts = t_values[i : i + per_call]
+        k = len(ts)
+        tt = torch.tensor(ts, device=dev)
+        shape = (1, k) + (1,) * (zp.dim() - 1)
+        eps = noise[:, i : i + k]  # (B, k, C, *s)
+        a = ab[tt].view(shape)
+        zt = a.sqrt() * zp.unsqueeze(1) + (1 - a).sqrt() * eps
+        pred = epsilon(unet, zt.flatten(0, 1), tt.repeat(B), bf16).view_as(eps)
+        terms = coef[tt].view(shape) * (eps - pred) ** 2
+        yield crop_latent(terms.flatten(0, 1), spatial).unflatten(0, (B, k))
+
+
 @torch.no_grad()
 def kl_terms(
     unet: torch.nn.Module,
@@ -125,32 +160,40 @@ def kl_terms(
         ``(B, C, *s)`` float32.
     """
     t_values = [int(t) for t in t_values]
-    if not t_values:
-        raise ValueError("no t-values for the KL")
-    T = len(scheduler.alphas_cumprod)
-    if min(t_values) < 1 or max(t_values) > T - 1:
-        raise ValueError(f"KL t-values must lie in [1, {T - 1}], got [{min(t_values)}, {max(t_values)}]")
-    zp, spatial = pad_latent(z0.float(), multiple)
-    B = zp.shape[0]
-    dev = zp.device
-    ab = scheduler.alphas_cumprod.to(dev, torch.float32)
-    coef = kl_coefficients(scheduler).to(dev, torch.float32)
-    # draw the noise per image in t order, so it does not depend on the chunking below
-    gens = generator if generator is None or isinstance(generator, torch.Generator) else list(generator)
-    noise = torch.stack([randn_per_item(tuple(zp.shape), gens, dev) for _ in t_values], 1)  # (B, n_t, C, *s)
-    total = torch.zeros_like(zp)
-    per_call = max(1, max_batch // B)
-    for i in range(0, len(t_values), per_call):
-        ts = t_values[i : i + per_call]
-        k = len(ts)
-        tt = torch.tensor(ts, device=dev)
-        shape = (1, k) + (1,) * (zp.dim() - 1)
-        eps = noise[:, i : i + k]  # (B, k, C, *s)
-        a = ab[tt].view(shape)
-        zt = a.sqrt() * zp.unsqueeze(1) + (1 - a).sqrt() * eps
-        pred = epsilon(unet, zt.flatten(0, 1), tt.repeat(B), bf16).view_as(eps)
-        total += (coef[tt].view(shape) * (eps - pred) ** 2).sum(1)
-    return crop_latent(total / len(t_values), spatial)
+    total = sum(c.sum(1) for c in _kl_chunks(unet, z0, scheduler, t_values, multiple, generator, max_batch, bf16))
+    return total / len(t_values)
+
+
+@torch.no_grad()
+def chain_kl(
+    unet: torch.nn.Module,
+    z0: torch.Tensor,
+    scheduler,
+    t_values: Sequence[int],
+    *,
+    multiple: int = 1,
+    generator: Generators = None,
+    max_batch: int = 256,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """Mean L_{t-1} over the latent elements of each image at each t: ``(B, len(t_values))`` float32.
+
+    Its mean over t is :func:`image_kl_score` of :func:`kl_terms` with the same draws (§4.1); a subset of
+    its columns is the score on fewer t-values of the same chain (:func:`subsample_score`). Arguments as
+    :func:`kl_terms`.
+    """
+    t_values = [int(t) for t in t_values]
+    chunks = _kl_chunks(unet, z0, scheduler, t_values, multiple, generator, max_batch, bf16)
+    return torch.cat([c.flatten(2).mean(2) for c in chunks], 1)
+
+
+def subsample_score(per_t: torch.Tensor, t_values: Sequence[int], subset: Sequence[int]) -> torch.Tensor | None:
+    """Mean of the ``per_t (B, len(t_values))`` columns at the t-values of ``subset``, ``(B,)``; None when
+    ``subset`` is not contained in ``t_values`` (those draws were not made)."""
+    where = {int(t): i for i, t in enumerate(t_values)}
+    if not subset or any(int(t) not in where for t in subset):
+        return None
+    return per_t[:, [where[int(t)] for t in subset]].mean(1)
 
 
 def kl_map(terms: torch.Tensor) -> torch.Tensor:

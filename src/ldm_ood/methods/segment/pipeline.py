@@ -5,7 +5,8 @@ both entry points in this module):
 
 * :mod:`.variants`: variants a–d (:func:`variant_spec`), residual maps, foreground, FPR threshold;
 * :mod:`.batch`: one batch ``x (B, 1, *grid)`` → image score, KL map/mask, healed image, map;
-* :mod:`.calibration`: :func:`calibrate_segment` on the healthy validation split.
+* :mod:`.calibration`: :func:`calibrate_segment` on the healthy validation split;
+* :mod:`.shared_scores`: the image-level score a variant reads back from another's rows of the same case.
 
 :func:`segment` writes, on the input's grid and affine, ``<case>_healed``, ``<case>_map`` and
 ``<case>_mask`` (PNG for PNG inputs, else NIfTI) under ``RunDir.segment_dir(variant, set)`` and the
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, get_args
 
 import torch
 
-from ...config import Config
+from ...config import Config, Variant
 from ...data.manifest import Case
 from ...runs import RunDir
 from ..base import RUNNER_COLUMNS, RunResult
@@ -30,11 +31,15 @@ from ..calibration_files import check_calibration
 from ..context import Preprocessing, writes_run
 from ..outputs import write_segmentation
 from ..runner import run_method
-from .batch import SegmentModels, case_seeds, segment_batch, segment_context
+from .batch import ImageScore, SegmentModels, case_seeds, segment_batch, segment_context
 from .calibration import calibrate_segment, load_calibration
+from .shared_scores import SharedImageScores
 from .variants import VariantSpec, variant_spec
 
-FIELDS = ("case_id", "set", "pred_score", "healed_path", "map_path", "mask_path", *RUNNER_COLUMNS, "seconds")
+#: ``pred_score``: mean KL over the chain (§4.1); ``pred_score_subsample``: over ``segment.score_subsample_num_t``
+#: t-values of the same draws; ``score_seconds``: the part of ``seconds`` spent on the image-level score
+FIELDS = ("case_id", "set", "pred_score", "pred_score_subsample", "healed_path", "map_path", "mask_path",
+          *RUNNER_COLUMNS, "seconds", "score_seconds")
 
 
 @dataclass
@@ -60,6 +65,7 @@ class SegmentScoring:
     residual_threshold: float
     preprocessor: Preprocessing
     fieldnames: Sequence[str] = FIELDS
+    shared_scores: SharedImageScores | None = None  # image scores other variants already computed (manifest mode)
 
     @property
     def name(self) -> str:
@@ -79,11 +85,23 @@ class SegmentScoring:
     def outputs_dir(self, run: RunDir, set_name: str) -> Path:
         return run.segment_dir(self.spec.name, set_name)
 
+    def _image_scores(self, cases: list[Case], score: ImageScore | None) -> list[dict]:
+        """Per case: ``pred_score``, ``pred_score_subsample`` and ``score_seconds`` (blank when reused)."""
+        if score is None:
+            found = [self.shared_scores.lookup(c.set, c.case_id) for c in cases]  # type: ignore[union-attr]
+            return [{"pred_score": v, "pred_score_subsample": sub, "score_seconds": None} for v, sub in found]
+        return [{"pred_score": float(score.score[i]),
+                 "pred_score_subsample": None if score.subsample is None else float(score.subsample[i]),
+                 "score_seconds": round(score.seconds / len(cases), 3)} for i in range(len(cases))]
+
     def score_batch(self, cases: list[Case], x: torch.Tensor, metas: list, out_dir: Path) -> list[dict]:
         scfg = self.cfg.segment
+        shared = self.shared_scores
+        reuse = shared is not None and all(shared.lookup(c.set, c.case_id) is not None for c in cases)
         out = segment_batch(self.models, x, self.spec, scfg, self.kl_thresholds,
-                            case_seeds([c.case_id for c in cases], scfg.seed))
-        return [{"pred_score": float(out.pred_score[i]),
+                            case_seeds([c.case_id for c in cases], scfg.seed), with_score=not reuse)
+        scores = self._image_scores(cases, out.score)
+        return [{**scores[i],
                  **write_segmentation(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
                                   self.residual_threshold)}
                 for i, (case, meta) in enumerate(zip(cases, metas))]
@@ -128,6 +146,8 @@ def segment(
     kl_thr = thr.get(spec.kl_key) if spec.kl_key else None
 
     calibrated = check_calibration(run, "segment", force)
-    method = SegmentScoring(models, spec, cfg, kl_thr, threshold, preprocessor)
+    shared = None if input_dir is not None else SharedImageScores(
+        run, calibrated.id, [v for v in get_args(Variant) if v != variant], cfg.segment.score_subsample_num_t is not None)
+    method = SegmentScoring(models, spec, cfg, kl_thr, threshold, preprocessor, shared_scores=shared)
     return run_method(method, ctx, manifest, sets, input_dir, output_dir, progress, SegmentResult(variant=variant),
                       calibrated, force)

@@ -9,6 +9,7 @@ from monai.networks.schedulers import DDPMScheduler
 
 from ldm_ood.config import load_config
 from ldm_ood.methods.segment.kl import (
+    chain_kl,
     gaussian_kl,
     image_kl_score,
     kl_coefficients,
@@ -20,6 +21,7 @@ from ldm_ood.methods.segment.kl import (
     posterior_mean,
     posterior_variance,
     score_t_values,
+    subsample_score,
 )
 from ldm_ood.models.diffusion import build_ddpm_scheduler, build_unet
 
@@ -132,6 +134,24 @@ def test_kl_with_padding_and_per_image_generators_does_not_depend_on_batching():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(a[1:], single, rtol=1e-4, atol=1e-6)
     assert (a > 0).all()
+
+
+def test_chain_kl_per_t_hand_values_and_subsample_of_the_same_draws():
+    sch = _scheduler()
+    z0 = torch.randn(2, 2, 3, 5)
+    ts = score_t_values(1000, None)[::37]  # 27 t-values spread over the whole chain
+    eps = _noise(z0.shape, 5, len(ts))
+    per_t = chain_kl(ConstantNoise(0.0), z0, sch, ts, generator=torch.Generator().manual_seed(5), max_batch=10)
+    # with ε_θ = 0: L_{t-1} = c_t ε² per element, the image's mean per t
+    c = kl_coefficients(sch)[ts].float().view(1, -1)
+    torch.testing.assert_close(per_t, c * (eps**2).flatten(2).mean(2), rtol=1e-5, atol=1e-8)
+    # its mean over t is the image score of kl_terms with the same draws (the whole-chain score, §4.1)
+    terms = kl_terms(ConstantNoise(0.0), z0, sch, ts, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(per_t.mean(1), image_kl_score(terms), rtol=1e-5, atol=1e-8)
+    # a subsample is the mean of its own columns of those draws; one not drawn gives None
+    sub = [ts[0], ts[3], ts[-1]]
+    torch.testing.assert_close(subsample_score(per_t, ts, sub), per_t[:, [0, 3, len(ts) - 1]].mean(1))
+    assert subsample_score(per_t, ts, [ts[0] + 1]) is None
 
 
 def test_t_value_sets():

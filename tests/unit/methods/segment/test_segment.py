@@ -79,7 +79,7 @@ def test_segment_batch_variants_shapes_and_mask_use(models):
     spec_c = variant_spec("c", scfg)
     thr = torch.full((4, 4), 1e9)  # nothing exceeds: the mask is empty
     out = segment_batch(m, x, spec_c, scfg, thr, case_seeds(ids, 0))
-    assert out.healed.shape == x.shape and out.anomaly_map.shape == x.shape and out.pred_score.shape == (3,)
+    assert out.healed.shape == x.shape and out.anomaly_map.shape == x.shape and out.score.score.shape == (3,)
     assert out.kl_map.shape == (3, 4, 4) and not out.latent_mask.any()
     assert torch.count_nonzero(out.anomaly_map) == 0  # empty mask -> map is zero everywhere
     # empty mask: healed = decode(z0) exactly as the plain VQ-VAE reconstruction
@@ -87,8 +87,8 @@ def test_segment_batch_variants_shapes_and_mask_use(models):
     # variant a: residual only, no KL map; the image-level score is the same (same generators)
     out_a = segment_batch(m, x, variant_spec("a", scfg), scfg, None, case_seeds(ids, 0))
     assert out_a.kl_map is None and torch.count_nonzero(out_a.anomaly_map) > 0
-    torch.testing.assert_close(out_a.pred_score, out.pred_score)
-    assert (out.pred_score > 0).all()
+    torch.testing.assert_close(out_a.score.score, out.score.score)
+    assert (out.score.score > 0).all()
     # full mask (threshold -inf): b multiplies the residual by the (all ones) smoothed mask = a's map
     out_b = segment_batch(m, x, variant_spec("b", scfg), scfg, torch.full((4, 4), -1e9), case_seeds(ids, 0))
     torch.testing.assert_close(out_b.anomaly_map, out_a.anomaly_map)
@@ -109,4 +109,4 @@ def test_segment_batch_results_do_not_depend_on_the_batch(models):
     both = segment_batch(m, x, spec, scfg, thr, case_seeds(["p", "q"], 3))
     one = segment_batch(m, x[1:], spec, scfg, thr, case_seeds(["q"], 3))
     torch.testing.assert_close(both.anomaly_map[1:], one.anomaly_map, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(both.pred_score[1:], one.pred_score, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(both.score.score[1:], one.score.score, rtol=1e-4, atol=1e-6)
