@@ -32,11 +32,16 @@ def _inside(path: Path, root: Path) -> bool:
     return _real(path).is_relative_to(_real(root))
 
 
-def check_output_folder(out_dir: str | Path, root: str | Path, cases: Sequence[Case]) -> None:
-    """Refuse a job whose outputs could land outside ``root`` or on one of its inputs (module docstring)."""
+def check_output_folder(out_dir: str | Path, root: str | Path, cases: Sequence[Case],
+                        outside: str | Path | None = None) -> None:
+    """Refuse a job whose outputs could land outside ``root`` or on one of its inputs (module docstring),
+    or inside ``outside`` (the read-only model bundle it is scored with)."""
     out_dir, root = Path(out_dir), Path(root)
     if not _inside(out_dir, root):
         raise OutputError(out_dir, f"resolves outside the output root {root}; refusing to write there")
+    if outside is not None and _inside(out_dir, Path(outside)):
+        raise OutputError(out_dir, f"lies inside the model bundle {outside}, which is read-only; choose an output "
+                                   "folder outside it")
     for case in cases:
         problem = plain_name(case.case_id)
         if problem is not None:

@@ -68,7 +68,7 @@ def make_jobs(method: Method, ctx: Context, manifest: str | Path | None, sets: S
         raise ValueError("input_dir and output_dir go together")
     if input_dir is not None:
         out, todo, skipped = folder_cases(input_dir, output_dir)
-        check_output_folder(out, out, todo)
+        check_output_folder(out, out, todo, outside=ctx.run.root if ctx.run.is_bundle else None)
         result.outputs["folder"], result.skipped = out, result.skipped + skipped
         return [Job("folder", todo, out, None)]
     jobs = []
