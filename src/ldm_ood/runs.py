@@ -224,10 +224,10 @@ class RunDir:
         """:class:`~ldm_ood.errors.BundleError` when this is a model bundle, into which ``command``
         (``"calibrate ldm"``, ``"train ldm"``, ...) would write; nothing otherwise."""
         if self.is_bundle:
-            raise BundleError(self.root, f"is a model bundle (it has {BUNDLE_META}) and read-only: `{command}` would "
-                                         f"write into it. Score a folder with `--model {self.root} --input DIR --output "
-                                         "OUT`; calibrate or train in the run directory it was exported from, then "
-                                         "export it again")
+            raise BundleError(self.root, f"is a model bundle (it has {BUNDLE_META}) and read-only: `{command}` "
+                                         f"would write into it. Score a folder with `--model {self.root} --input DIR "
+                                         "--output OUT`; calibrate or train in the run directory it was exported "
+                                         "from, then export it again")
 
     def ensure(self, *dirs: Path) -> None:
         for d in (self.root, *dirs):

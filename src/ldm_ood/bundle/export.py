@@ -179,7 +179,8 @@ def describe(run: RunDir, cfg: Config, methods: Sequence[str], stages: Sequence[
         "source_run": run.root.name,
         "preset": cfg.preset,
         "methods": list(methods),
-        "networks": {s: {"weights_sha256": stage_sha256(run, s), "finished": run.done_path(s).exists()} for s in stages},
+        "networks": {s: {"weights_sha256": stage_sha256(run, s), "finished": run.done_path(s).exists()}
+                     for s in stages},
         "training_data": training_data(cfg),
         "calibrations": {m: calibration_summary(run, m) for m in methods},
         "benchmark": benchmark_aucs(run),
