@@ -79,7 +79,8 @@ PresetOpt = typer.Option(
 SetsOpt = typer.Option(None, "--set", help="Only these sets (repeatable). Default: every test set.")
 ForceOpt = typer.Option(False, "--force", help="Use a model or calibration made before a network it depends on was "
                         "retrained (a warning instead of an error), and add rows to score files of another calibration.")
-InputOpt = typer.Option(None, "--input", help="Folder of scans to score (folder-in/folder-out mode).")
+InputOpt = typer.Option(None, "--input", help="Folder of scans to score (folder-in/folder-out mode): its NIfTI/PNG/NPY "
+                        "files and every DICOM series in its tree (one case per SeriesInstanceUID).")
 OutputOpt = typer.Option(None, "--output", help="Output folder of the folder mode: <case>.txt + <case>.nii.gz.")
 
 
