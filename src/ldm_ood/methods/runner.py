@@ -102,7 +102,7 @@ def load_batches(cases: Sequence[Case], ctx: Context, size: int, failures: Batch
         for case in chunk:
             with failures.guard(case.case_id, case.path):
                 t0 = time.perf_counter()
-                x, meta = ctx.preprocessor.load(case.path)
+                x, meta = ctx.preprocessor.load(case.source)
                 group.append(_Loaded(case, x, meta, time.perf_counter() - t0))
         yield len(chunk), group
 
