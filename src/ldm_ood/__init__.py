@@ -8,6 +8,7 @@ The library functions behind every CLI command, importable from the top level (l
     ldm_ood.train("runs/l2", "ldm")                                  # ldm-ood train ldm
     ldm_ood.calibrate_ldm("runs/l2")                                 # ldm-ood calibrate
     ldm_ood.score_ldm("runs/l2", input_dir="new/", output_dir="out/")  # ldm-ood score
+    ldm_ood.write_qc_reports("out/", "runs/l2")                      # ... --report: out/index.html, out/<case>.html
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _API = {
     "segment": "ldm_ood.methods.segment.pipeline",
     "evaluate": "ldm_ood.evaluation.evaluate",
     "build_report": "ldm_ood.report.html",
+    "write_qc_reports": "ldm_ood.report.qc",
     "run_benchmark": "ldm_ood.benchmark",
 }
 
