@@ -9,6 +9,7 @@ The library functions behind every CLI command, importable from the top level (l
     ldm_ood.calibrate_ldm("runs/l2")                                 # ldm-ood calibrate
     ldm_ood.score_ldm("runs/l2", input_dir="new/", output_dir="out/")  # ldm-ood score
     ldm_ood.read_series("dicom/series1/")                            # one DICOM series -> Image (RAS affine)
+    ldm_ood.write_qc_reports("out/", "runs/l2")                      # ... --report: out/index.html, out/<case>.html
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _API = {
     "segment": "ldm_ood.methods.segment.pipeline",
     "evaluate": "ldm_ood.evaluation.evaluate",
     "build_report": "ldm_ood.report.html",
+    "write_qc_reports": "ldm_ood.report.qc",
     "run_benchmark": "ldm_ood.benchmark",
     "export_bundle": "ldm_ood.bundle",
     "open_bundle": "ldm_ood.bundle",

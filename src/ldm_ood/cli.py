@@ -89,7 +89,33 @@ InputOpt = typer.Option(None, "--input", help="Folder of scans to score (folder-
 ScoringRunOpt = typer.Option(None, "--run", "--run-dir", help="Run directory (models, calibration, scores live here).")
 ModelOpt = typer.Option(None, "--model", help="Model bundle (`ldm-ood export`) instead of --run: scores a folder "
                         "(--input/--output); nothing is written into the bundle.")
-OutputOpt = typer.Option(None, "--output", help="Output folder of the folder mode: <case>.txt + <case>.nii.gz.")
+OutputOpt = typer.Option(None, "--output", help="Output folder of the folder mode: <case>.txt + <case>.nii.gz + <case>.json.")
+ReportOpt = typer.Option(False, "--report", help="Folder mode: also write a QC page per scan (<case>.html) and one for "
+                         "the folder (index.html), also when some scans failed.")
+
+
+def _scored(score: Callable[[], object], report: bool, output_dir: Optional[Path], run: Path) -> None:
+    """Run ``score``; with ``--report`` write the output folder's QC pages after it, also when some scans failed."""
+    from .errors import BatchError
+
+    if report and output_dir is None:
+        raise typer.BadParameter("--report needs --input and --output (folder mode)", param_hint="--report")
+    try:
+        console.print(score())
+    except BatchError:
+        if report:
+            _qc_reports(output_dir, run)
+        raise
+    if report:
+        _qc_reports(output_dir, run)
+
+
+def _qc_reports(output_dir: Path, run: Path) -> None:
+    from .report.qc import write_qc_reports
+
+    pages = write_qc_reports(output_dir, run)
+    not_drawn = f"; not drawn: {', '.join(pages.failed)}" if pages.failed else ""
+    console.print(f"QC report: {pages.index} ({len(pages.pages)} scan pages{not_drawn})")
 
 
 # ----------------------------------------------------------------------------- data
@@ -225,6 +251,7 @@ def score(
     output_dir: Optional[Path] = OutputOpt,
     sequential: bool = typer.Option(False, help="LDM: one chain at a time, as the reference implementation."),
     force: bool = ForceOpt,
+    report: bool = ReportOpt,
 ) -> None:
     """Score scans: OOD score, percentile, flag and an anomaly map on the input's grid."""
     info = METHODS[method.value]
@@ -234,8 +261,8 @@ def score(
     options = {"sequential": True} if sequential else {}
     for name in set(options) - set(info.score_options):
         raise typer.BadParameter(f"--{name} is not an option of method {info.name}", param_hint=f"--{name}")
-    console.print(info.score()(root, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
-                               **options))
+    _scored(lambda: info.score()(root, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
+                                 **options), report, output_dir, root)
 
 
 @app.command()
@@ -250,9 +277,10 @@ def segment(
     sets: Optional[list[str]] = SetsOpt,
     input_dir: Optional[Path] = InputOpt,
     output_dir: Optional[Path] = typer.Option(
-        None, "--output", help="Output folder of the folder mode: <case>.txt + <case>_{healed,map,mask} images."
+        None, "--output", help="Output folder of the folder mode: <case>.txt + <case>_{healed,map,mask} images + <case>.json."
     ),
     force: bool = ForceOpt,
+    report: bool = ReportOpt,
 ) -> None:
     """Anomaly segmentation (paper 001 and its baselines): healed image, anomaly map, binary mask, image score."""
     info = METHODS[method.value]
@@ -260,8 +288,8 @@ def segment(
         raise typer.BadParameter(f"{info.name} is a detection method: use `ldm-ood score`", param_hint="--method")
     root = _run_or_model(run, model, info.name, input_dir, output_dir)
     options = {"variant": variant.value} if "variant" in info.score_options else {}
-    console.print(info.score()(root, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
-                               **options))
+    _scored(lambda: info.score()(root, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
+                                 **options), report, output_dir, root)
 
 
 @app.command()

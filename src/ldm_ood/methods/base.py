@@ -18,6 +18,7 @@ import torch
 from ..data.manifest import Case
 from ..data.plausibility import DEFAULT, InputDomain
 from ..runs import RunDir
+from .operating_point import OperatingPoint
 
 #: columns the runner fills in every method's score file, just before ``seconds``: ``model_score`` (the
 #: method's own score), ``qc_reason`` (why the input is implausible, :mod:`ldm_ood.data.plausibility`;
@@ -51,10 +52,15 @@ class CalibrationResult:
 @dataclass(frozen=True)
 class Calibrated:
     """What the runner checks a method's rows against: its calibration's ``id`` (written in every row;
-    a score file made under another calibration is refused) and ``domain`` (the input QC bounds)."""
+    a score file made under another calibration is refused) and ``domain`` (the input QC bounds); and
+    what folder mode's per-scan record names (:mod:`.scan_record`): the ``method`` (registry key), the
+    ``model_id`` of the networks it was made with and its ``reference`` (validation scores, threshold, FPR)."""
 
     id: str = ""
     domain: InputDomain = DEFAULT
+    method: str = ""
+    model_id: str = ""
+    reference: OperatingPoint = OperatingPoint()
 
 
 @dataclass

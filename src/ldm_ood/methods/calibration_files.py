@@ -9,7 +9,8 @@
   every file it wrote, of the networks it was made with (``config.stages.CALIBRATIONS``) and its id;
 * :func:`check_calibration` before scoring: the files are the recorded ones
   (:class:`~ldm_ood.errors.IntegrityError`) and the networks have not been retrained since
-  (:class:`~ldm_ood.errors.StaleArtifactError`, ``force`` to use it anyway).
+  (:class:`~ldm_ood.errors.StaleArtifactError`, ``force`` to use it anyway); it returns the id, the
+  input domain, the model id and the operating point (:mod:`.operating_point`) rows are made under.
 
 Zero stds need no check here: the LDM's z-scoring floors its metric and voxel stds
 (:mod:`.ldm.calibration`, :mod:`.ldm.maps`); the LTM's and the segmentation's validation-score std
@@ -37,6 +38,7 @@ from ..errors import IntegrityError, NonFiniteCalibrationError, StaleArtifactErr
 from ..models.loading import upstream_hashes
 from ..runs import RunDir
 from .base import Calibrated
+from .operating_point import load_operating_point, model_id
 
 console = Console(stderr=True)
 
@@ -184,14 +186,38 @@ def record_calibration(run: RunDir, method: str, stats: Iterable[InputStats | No
     return cid
 
 
+def recorded_id(run: RunDir, method: str) -> str:
+    """The id in ``calibration/<method>_record.json`` (``""`` when there is none or it cannot be read)."""
+    try:
+        return str(json.loads(run.calibration_record_path(method).read_text(encoding="utf-8"))["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _model_id(run: RunDir, networks: Mapping[str, str]) -> str:
+    """A model bundle's id (its ``model.json``, checked by ``open_bundle``), else the id of the run's networks."""
+    if run.is_bundle:
+        try:
+            return str(json.loads(run.bundle_meta_path.read_text(encoding="utf-8"))["model_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return model_id(networks)
+
+
 def check_calibration(run: RunDir, method: str, force: bool = False) -> Calibrated:
-    """The calibration's id and input domain, after checking its files and networks (module
-    docstring). A calibration made by an older version (no record) is used unchecked (id ``""``,
-    the default input domain)."""
+    """The calibration's id and input domain, the model id of the networks scoring uses and the
+    operating point, after checking its files and networks (module docstring). A calibration made by
+    an older version (no record) is used unchecked (id ``""``, the default input domain)."""
     path = run.calibration_record_path(method)
     redo = f"re-run `ldm-ood calibrate --method {method} --run {run.root}`"
+    now = upstream_hashes(run, CALIBRATIONS[method].stages)
+
+    def calibrated(cid: str) -> Calibrated:
+        return Calibrated(cid, InputDomain.load(run.input_domain_path(method)), method, _model_id(run, now),
+                          load_operating_point(run, method))
+
     if not path.exists():
-        return Calibrated("", InputDomain.load(run.input_domain_path(method)))
+        return calibrated("")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         files, networks, cid = dict(record["files"]), dict(record["networks"]), str(record["id"])
@@ -202,11 +228,10 @@ def check_calibration(run: RunDir, method: str, force: bool = False) -> Calibrat
         if not target.exists():
             raise IntegrityError(target, f"is missing but recorded in {path}; {redo}")
         verify_sha256(target, sha, path, redo)
-    now = upstream_hashes(run, CALIBRATIONS[method].stages)
     changed = [stage for stage, sha in networks.items() if now.get(stage, sha) != sha]
     if changed:
         problem = f"made with a {' and '.join(s.replace('_', ' ') for s in changed)} that has since been retrained: {redo}"
         if not force:
             raise StaleArtifactError(run.calibration_paths(method)[0], problem + ", or pass --force to score with it anyway")
         console.print(f"[yellow]warning: {escape(str(run.calibration_paths(method)[0]))}: {escape(problem)}; used anyway (--force)")
-    return Calibrated(cid, InputDomain.load(run.input_domain_path(method)))
+    return calibrated(cid)

@@ -27,7 +27,10 @@ class MethodInfo:
     with are ``config.stages.CALIBRATIONS[name].stages``); ``score_options``: the extra keyword
     options its scoring function takes beyond ``manifest, sets, input_dir, output_dir`` (the CLI
     refuses the others); ``columns``: detection methods' evaluated score columns, ``{summary method:
-    (CSV column, label)}``, the first being the method's own ``pred_score``.
+    (CSV column, label)}``, the first being the method's own ``pred_score``; ``reference_keys``: the keys of
+    its calibration JSON (``RunDir.calibration_json_path``) holding the validation image scores (a list, or
+    a mapping case → score) and the image-level threshold (None: it has none), read by
+    :mod:`.operating_point`.
     """
 
     name: str
@@ -39,6 +42,7 @@ class MethodInfo:
     score_fn: str
     score_options: tuple[str, ...] = ()
     columns: dict[str, tuple[str, str]] = field(default_factory=dict)
+    reference_keys: tuple[str, str | None] = ("val_scores", "score_threshold")
 
     def calibrate(self) -> Callable[..., Any]:
         """``calibrate_<name>(run_dir, manifest=None, ...) -> CalibrationResult``."""
@@ -53,12 +57,13 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("ldm", "detection", "000", "latent diffusion reconstructions, MSE + LPIPS z-scored (Graham et al. 2023)",
                "ldm_ood.methods.ldm.pipeline", "calibrate_ldm", "score_ldm", score_options=("sequential",),
                columns={"ldm": ("pred_score", "LDM"), "ldm_mse": ("score_mse", "LDM (MSE)"),
-                        "ldm_lpips": ("score_lpips", "LDM (LPIPS)")}),
+                        "ldm_lpips": ("score_lpips", "LDM (LPIPS)")}, reference_keys=("val_scores", "threshold")),
     MethodInfo("ltm", "detection", "000", "latent transformer likelihood baseline (Graham et al. 2023 §3.3)",
                "ldm_ood.methods.ltm.pipeline", "calibrate_ltm", "score_ltm",
-               columns={"ltm": ("pred_score", "LTM")}),
+               columns={"ltm": ("pred_score", "LTM")}, reference_keys=("values", "threshold")),
     MethodInfo("segment", "segmentation", "001", "KL-masked latent healing (Pinaya et al. 2022), variants a-d",
-               "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",)),
+               "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",),
+               reference_keys=("val_scores", None)),
     MethodInfo("fanogan", "segmentation", "001", "f-AnoGAN baseline: WGAN-GP + izi_f encoder, residual |x - G(E(x))| "
                "(Schlegl et al. 2019)", "ldm_ood.methods.fanogan.pipeline", "calibrate_fanogan", "segment_fanogan"),
     MethodInfo("ae", "segmentation", "001",
@@ -68,10 +73,11 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                "VAE (dense latent) baseline: as ae, decoding the posterior mean (Baur et al. 2021)",
                "ldm_ood.methods.autoencoder.pipeline", "calibrate_vae", "segment_vae"),
     MethodInfo("transformer", "segmentation", "001", "unlikely tokens resampled by the latent transformer (Pinaya et al. 2021)",
-               "ldm_ood.methods.transformer_heal.pipeline", "calibrate_transformer", "segment_transformer"),
+               "ldm_ood.methods.transformer_heal.pipeline", "calibrate_transformer", "segment_transformer",
+               reference_keys=("val_scores", "image_threshold")),
     MethodInfo("ensemble", "segmentation", "001", "tokens resampled by an ensemble of 8 latent transformers "
                "(Pinaya et al. 2021)", "ldm_ood.methods.transformer_heal.pipeline", "calibrate_ensemble",
-               "segment_ensemble"),
+               "segment_ensemble", reference_keys=("val_scores", "image_threshold")),
 )}
 
 

@@ -4,7 +4,8 @@ A method (:class:`~.base.Method`) only says where its records and outputs go and
 of preprocessed scans; :func:`run_method` does everything else, the same way for every method:
 
 * **jobs** — one per test set of the manifest (``sets`` to restrict), or one for an input folder
-  (folder-in / folder-out, the MOOD layout: ``<case>.txt`` holds the score alone);
+  (folder-in / folder-out, the MOOD layout: ``<case>.txt`` holds the score alone; beside it
+  ``<case>.json``, the scan's record (:mod:`.scan_record`), or its error when it failed);
 * **resume** — cases already in the set's CSV, or with a ``<case>.txt`` in the output folder, are
   skipped; a row is appended (and flushed) as each case finishes, the ``.txt`` written last;
 * **batches** — ``method.batch_size`` scans are loaded and scored together; ``seconds`` of a row is
@@ -34,11 +35,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..data.manifest import Case
-from ..errors import BatchFailures, StaleArtifactError
+from ..errors import BatchFailures, OutputError, StaleArtifactError
 from .base import Calibrated, Method, RunResult
 from .context import Context, folder_cases, folder_score_path, pending, progress_bar, test_cases, write_folder_score
 from .outputs import check_output_folder, check_outside_bundle
 from .records import RecordWriter
+from .scan_record import failed_record, scored_record, write_scan_record
 
 
 @dataclass
@@ -159,13 +161,27 @@ def apply_input_qc(row: dict[str, Any], meta: Any, calibrated: Calibrated) -> di
     return out
 
 
-def _write(job: Job, item: _Loaded, row: dict[str, Any], seconds: float) -> None:
+def _write(job: Job, item: _Loaded, row: dict[str, Any], seconds: float, calibrated: Calibrated, label: str) -> None:
     if row["qc_reason"]:
         console.print(f"[yellow]{escape(item.case.case_id)}: flagged OOD by the input check: {escape(row['qc_reason'])}")
-    if job.writer is None:  # MOOD layout: the score alone, written last so a rerun resumes correctly
-        write_folder_score(folder_score_path(job.out_dir, item.case.case_id), row["pred_score"])
+    if job.writer is None:  # MOOD layout + the scan's record; the score alone written last so a rerun resumes correctly
+        score_file = folder_score_path(job.out_dir, item.case.case_id)
+        write_scan_record(job.out_dir, scored_record(item.case, row, calibrated, label, seconds, score_file))
+        write_folder_score(score_file, row["pred_score"])
     else:
         job.writer.write({"case_id": item.case.case_id, "set": item.case.set, **row, "seconds": round(seconds, 3)})
+
+
+def _record_failures(job: Job, failures: list[tuple[str, str]], calibrated: Calibrated, label: str) -> None:
+    """Folder mode: a ``<case>.json`` with its error for each of ``failures`` (case id, message) of the
+    job, so the folder says what became of every input; one that cannot be written is only warned about."""
+    cases = {c.case_id: c for c in job.cases}
+    for case_id, message in failures:
+        if case_id in cases:
+            try:
+                write_scan_record(job.out_dir, failed_record(cases[case_id], message, calibrated, label))
+            except OutputError as err:
+                console.print(f"[yellow]{escape(str(err))}")
 
 
 def run_method(method: Method, ctx: Context, manifest: str | Path | None = None, sets: Sequence[str] | None = None,
@@ -184,13 +200,16 @@ def run_method(method: Method, ctx: Context, manifest: str | Path | None = None,
             def score(cases, x, metas, out_dir=job.out_dir):
                 return method.score_batch(cases, x, metas, out_dir)
 
+            failed_before = len(failures)
             for item, row, seconds in each_case(job.cases, ctx, method.batch_size, score, failures,
                                                 lambda n, task=task: bar.advance(task, n)):
                 with failures.guard(item.case.case_id, item.case.path):
                     row = apply_input_qc(row, item.meta, calibrated)
-                    _write(job, item, row, seconds)
+                    _write(job, item, row, seconds, calibrated, method.name)
                     result.scored += 1
                     result.rejected += bool(row["qc_reason"])
+            if job.writer is None:
+                _record_failures(job, failures.items[failed_before:], calibrated, method.name)
     result.seconds = time.perf_counter() - t_start
     result.failed = len(failures)
     failures.raise_if_any(method.label)

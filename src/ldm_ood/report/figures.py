@@ -154,9 +154,10 @@ def _show_image(ax, img: np.ndarray, title: str = "") -> None:
     ax.axis("off")
 
 
-def _colourbar(fig: Figure, im, ax, fraction: float = 0.03, pad: float = 0.01) -> None:
-    """Colour bar with three plain ticks (no offset text above the bar)."""
-    cb = fig.colorbar(im, ax=ax, fraction=fraction, pad=pad)
+def _colourbar(fig: Figure, im, ax, fraction: float = 0.03, pad: float = 0.01, cax=None) -> None:
+    """Colour bar with three plain ticks (no offset text above the bar); in ``cax`` when given, else
+    taken from ``ax``."""
+    cb = fig.colorbar(im, cax=cax) if cax is not None else fig.colorbar(im, ax=ax, fraction=fraction, pad=pad)
     cb.locator = MaxNLocator(3)
     cb.formatter = FuncFormatter(lambda v, _: f"{v:.2g}")
     cb.update_ticks()
@@ -187,16 +188,109 @@ def overlay_grid(
         axes[r, 0].set_title(label, fontsize=9, loc="left")
         for m, (method, amap) in enumerate(maps.items()):
             mviews = display_views(_match(np.asarray(amap, dtype=np.float32), image.shape), affine)
-            vmax = max(float(np.percentile(np.concatenate([v.ravel() for v in mviews]), 99.5)), 1e-6)
+            vmax = map_vmax(np.concatenate([v.ravel() for v in mviews]))
             im = None
             for k, (view, mview) in enumerate(zip(views, mviews)):
                 ax = axes[r, n_planes * (m + 1) + k]
                 _show_image(ax, view, f"{method} map" if k == 0 else "")
-                im = ax.imshow(np.ma.masked_less(mview, 0.2 * vmax), cmap=MAP_CMAP, alpha=0.75, vmin=0, vmax=vmax,
-                               interpolation="nearest")
+                im = _show_map(ax, mview, vmax)
             if im is not None:
                 _colourbar(fig, im, axes[r, n_planes * (m + 1): n_planes * (m + 2)].tolist())
     _title(fig, title + " — maps shown above 20 % of their 99.5th percentile", 0.6)
+    return fig
+
+
+#: an anomaly map is drawn over its image where it is at least this fraction of :func:`map_vmax`
+MAP_SHOWN_FROM = 0.2
+
+
+def map_vmax(values: np.ndarray) -> float:
+    """Top of an anomaly map's colour scale: the 99.5th percentile of its finite ``values`` (≥ 1e-6)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return max(float(np.percentile(v, 99.5)), 1e-6) if v.size else 1e-6
+
+
+def _show_map(ax, mview: np.ndarray, vmax: float):
+    """A map view over the image already in ``ax``: shown from :data:`MAP_SHOWN_FROM` × ``vmax`` up."""
+    return ax.imshow(np.ma.masked_less(mview, MAP_SHOWN_FROM * vmax), cmap=MAP_CMAP, alpha=0.75, vmin=0, vmax=vmax,
+                     interpolation="nearest")
+
+
+def scan_overlay(views: Sequence[np.ndarray], map_views: Sequence[np.ndarray], planes: Sequence[str], vmax: float,
+                 title: str = "", aspects: Sequence[float] | None = None) -> Figure:
+    """One scan: each plane (a column) as the scan (window [0, 1]) above the scan with its anomaly map
+    over it (shown from :data:`MAP_SHOWN_FROM` × ``vmax``); a single plane (a 2D image) is one row of
+    the two side by side. One colour bar, in its own strip so every panel keeps its width.
+
+    Args:
+        views: display views of the scan in [0, 1] (``viz.preview.display_views``), one per plane;
+        map_views: the map's views through the same planes, each the shape of its scan view;
+        planes: the plane names written over the panels (``sagittal``, ``coronal``, ``axial`` / ``slice``);
+        aspects: height / width of a pixel per plane (``viz.preview.view_aspects``; default square).
+    """
+    n = len(views)
+    nrows, ncols = (1, 2) if n == 1 else (2, n)
+    w, h = 2.9 * ncols + 0.9, 2.9 * nrows + 0.6
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w, h), squeeze=False)
+    right, top = 1 - 0.9 / w, 1 - 0.6 / h
+    fig.subplots_adjust(left=0.01, right=right, bottom=0.01, top=top, wspace=0.08, hspace=0.12)
+    pairs = [(axes[0, 0], axes[0, 1])] if n == 1 else [(axes[0, k], axes[1, k]) for k in range(n)]
+    im = None
+    for k, ((scan_ax, map_ax), view, mview, plane) in enumerate(zip(pairs, views, map_views, planes)):
+        _show_image(scan_ax, view, plane)
+        _show_image(map_ax, view, f"{plane} + anomaly map")
+        im = _show_map(map_ax, mview, vmax)
+        for ax in (scan_ax, map_ax):
+            ax.set_aspect(1.0 if aspects is None else aspects[k])
+    if im is not None:
+        row = (top - 0.01) / nrows  # the colour bar beside the maps' row
+        _colourbar(fig, im, None, cax=fig.add_axes((right + 0.2 / w, 0.01 + 0.1 * row, 0.15 / w, 0.8 * row)))
+    _title(fig, title, 0.6)
+    return fig
+
+
+def score_distribution(val_scores: Sequence[float], score: float | None, threshold: float | None = None,
+                       fpr: float | None = None, xlabel: str = "OOD score") -> Figure:
+    """The validation (in-distribution) scores as a histogram with a tick per score, the operating
+    ``threshold`` (dashed, with its ``fpr``) and this scan's ``score`` (a red line). A score far beyond
+    the validation range (+inf from the input check among them) is drawn in a hatched band past the
+    axis' end, the legend giving its value."""
+    vals = np.asarray([v for v in val_scores if np.isfinite(v)], dtype=float)
+    fig, ax = plt.subplots(figsize=(7.5, 3.1))
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.18, top=0.8)
+    known = np.r_[vals, [] if threshold is None else [threshold]]
+    lo, hi = (float(known.min()), float(known.max())) if known.size else (0.0, 1.0)
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    finite = score is not None and bool(np.isfinite(score))
+    inside = finite and lo - 3 * span <= score <= hi + 3 * span
+    if inside:
+        lo, hi = min(lo, score), max(hi, score)
+    pad = 0.08 * ((hi - lo) if hi > lo else span)
+    left, right = lo - pad, hi + pad
+    bins = np.linspace(lo, hi if hi > lo else lo + span, 21)
+    ax.hist(vals, bins=bins, color=ID_COLOUR, alpha=0.55, label=f"validation scans (n={vals.size})")
+    ax.plot(vals, np.zeros_like(vals), "|", color=ID_COLOUR, markersize=14, markeredgewidth=1.5, clip_on=False)
+    if threshold is not None:
+        rate = "" if fpr is None else f" ({100 * fpr:.3g} % of validation flagged)"
+        ax.axvline(threshold, color="k", ls="--", lw=1.2, label=f"threshold {threshold:.3g}{rate}")
+    ax.set_xlim(left, right)
+    ticks = [t for t in ax.get_xticks() if left <= t <= right]
+    if score is not None and inside:
+        ax.axvline(score, color="#d62728", lw=2.6, label=f"this scan {score:.3g}")
+    elif score is not None and not np.isnan(score):  # off scale: a band past the end of the axis
+        band = 0.22 * (right - left)
+        zone = (right, right + band) if score > hi else (left - band, left)
+        ax.axvspan(*zone, facecolor="0.93", edgecolor="0.6", hatch="//", lw=0)
+        value = "+inf (input check)" if np.isposinf(score) else f"{score:.3g}"
+        ax.axvline(sum(zone) / 2, color="#d62728", lw=2.6, label=f"this scan {value}, off scale")
+        ax.set_xlim(min(left, zone[0]), max(right, zone[1]))
+    ax.set_xticks(ticks)
+    ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel("validation scans", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False, borderaxespad=0.2)
     return fig
 
 

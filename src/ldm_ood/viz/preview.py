@@ -45,6 +45,29 @@ def to_ras(volume: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
     return apply_orientation(np.asarray(volume), ornt)
 
 
+def ras_index(index: Sequence[int], shape: Sequence[int], affine: np.ndarray | None) -> tuple[int, ...]:
+    """The voxel ``index`` of a 3D volume of ``shape`` stored as ``affine`` says, as an index of its
+    :func:`to_ras` array (the same voxel after the axes are reordered / flipped)."""
+    if affine is None:
+        return tuple(int(i) for i in index)
+    ornt = ornt_transform(io_orientation(np.asarray(affine)), axcodes2ornt(("R", "A", "S")))
+    out = [0] * len(index)
+    for (target, flip), i, n in zip(ornt, index, shape):
+        out[int(target)] = int(i) if flip > 0 else int(n) - 1 - int(i)
+    return tuple(out)
+
+
+def view_aspects(affine: np.ndarray | None) -> tuple[float, float, float]:
+    """Height / width of a displayed pixel in the sagittal, coronal and axial views of :func:`triplanar`
+    (``imshow``'s ``aspect``): the voxel spacings the ``affine`` gives, so thick slices look thick."""
+    if affine is None:
+        return (1.0, 1.0, 1.0)
+    a = np.asarray(affine, dtype=np.float64)
+    ornt = ornt_transform(io_orientation(a), axcodes2ornt(("R", "A", "S")))
+    sx, sy, sz = (float(np.linalg.norm(a[:3, int(np.flatnonzero(ornt[:, 0] == axis)[0])])) for axis in range(3))
+    return sz / sy, sz / sx, sy / sx
+
+
 def display_slice(slice_xy: np.ndarray) -> np.ndarray:
     """A RAS-ordered 2D slice ``(first axis, second axis)`` as displayed: transposed, both flipped."""
     return np.ascontiguousarray(np.asarray(slice_xy).T[::-1, ::-1])
@@ -60,11 +83,13 @@ def triplanar(
     return display_slice(v[i, :, :]), display_slice(v[:, j, :]), display_slice(v[:, :, k])
 
 
-def display_views(image: np.ndarray, affine: np.ndarray | None = None) -> list[np.ndarray]:
+def display_views(image: np.ndarray, affine: np.ndarray | None = None,
+                  index: Sequence[int] | None = None) -> list[np.ndarray]:
     """Display views of a 2D slice ``(X, Y)`` stored in RAS order (one view) or of a 3D volume
-    (sagittal, coronal, axial through the centre, reoriented with ``affine``; see module docstring)."""
+    (sagittal, coronal, axial through ``index``, a RAS voxel (:func:`ras_index`), default the centre;
+    reoriented with ``affine``; see module docstring)."""
     v = np.asarray(image, dtype=np.float32)
-    return [display_slice(v)] if v.ndim == 2 else list(triplanar(v, affine))
+    return [display_slice(v)] if v.ndim == 2 else list(triplanar(v, affine, index))
 
 
 def unit_intensity(array: np.ndarray, modality: str = "ct", ct_window: Sequence[float] = (-15.0, 100.0)) -> np.ndarray:

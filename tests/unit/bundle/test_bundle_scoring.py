@@ -1,6 +1,7 @@
 """Scoring with ``--model``: the same outputs as ``--run`` on the same scans, nothing written into the
 bundle (made read-only), and every command that would write into it refused."""
 
+import json
 import os
 import stat
 
@@ -79,9 +80,15 @@ def test_a_read_only_bundle_scores_a_folder_as_its_run_does_and_is_left_untouche
     assert [p.name for p in from_bundle] == [p.name for p in from_run]
     assert {p.stem for p in from_bundle if p.suffix == ".txt"} == {"f0", "f1"}
     images = 0
+    model_id = open_bundle(read_only_bundle).model_id
     for a, b in zip(from_bundle, from_run):
         if a.suffix == ".txt":
             assert read_folder_score(a) == read_folder_score(b)  # the same float, to the last bit
+        elif a.suffix == ".json":  # the per-scan record: the same values, the bundle's model id
+            ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+            assert ra["model_id"] == model_id and rb["model_id"] not in ("", model_id)
+            same = ("score", "model_score", "percentile", "flag", "threshold", "fpr", "calibration_id")
+            assert {k: ra.get(k) for k in same} == {k: rb.get(k) for k in same}
         else:
             (va, aa), (vb, ab) = _voxels(a), _voxels(b)
             assert va.dtype == vb.dtype and np.array_equal(va, vb) and np.array_equal(aa, ab)

@@ -181,7 +181,7 @@ def score_ltm(
         raise ValueError("input_dir and output_dir go together")
     run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device, force)
     calib = load_ltm_calibration(run)
-    calibrated = check_calibration(run, "ltm", force) if calib is not None else Calibrated()
+    calibrated = check_calibration(run, "ltm", force) if calib is not None else Calibrated(method="ltm")
     if calib is not None and calib.orderings != networks.kinds:
         raise ConfigError(
             f"{run.ltm_calibration_path}: calibrated with orderings {calib.orderings}, scoring with "
