@@ -91,8 +91,11 @@ def test_a_tree_of_series_scores_the_good_ones_and_names_the_bad_ones(scored):
     assert "1 slice(s) missing" in message
     assert failed[scout_id].startswith(f"{tree / 'patient3' / 'scout.dcm'}: not a DICOM file")
     out = root / "out_dicom"
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{uid}{ext}" for uid in good.values()
-                                                           for ext in (".nii.gz", ".txt"))
+    names = {p.name for p in out.iterdir()}
+    assert {n for n in names if not n.endswith(".json")} == {f"{uid}{ext}" for uid in good.values()
+                                                              for ext in (".nii.gz", ".txt")}
+    # a per-scan record for every case, the failed ones with their error
+    assert {n for n in names if n.endswith(".json")} == {f"{c}.json" for c in [*good.values(), bad_uid, scout_id]}
     for name, uid in good.items():
         assert math.isfinite(read_folder_score(out / f"{uid}.txt"))  # scored by the model, not the input check
         series = read_series(tree / ("patient1/study/axial" if name == "axial" else "patient2/oblique"))
@@ -122,4 +125,7 @@ def test_a_second_run_skips_the_scored_series_and_retries_the_failed_ones(scored
     with pytest.raises(BatchError) as again:
         score_ldm(root / "run", input_dir=tree, output_dir=out, models=models, progress=False)
     assert [cid for cid, _ in again.value.failures.items] == [cid for cid, _ in err.failures.items]
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # the scored series were skipped
+    retried = {f"{cid}.json" for cid, _ in err.failures.items}  # a failed case's record is written again
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert {k: v for k, v in after.items() if k not in retried} == {k: v for k, v in before.items() if k not in retried}
+    assert set(after) == set(before)  # the scored series were skipped
