@@ -14,7 +14,10 @@
 * :class:`OutputError`, :class:`IntegrityError`, :class:`StaleArtifactError`, :class:`RunLockedError`:
   an output that cannot be written safely, a changed model / calibration file, an artifact built on
   an older upstream one, a second writer on a run directory;
-* :class:`BatchFailures` / :class:`BatchError`: per-item failures of a batch, raised at its end.
+* :class:`BatchFailures` / :class:`BatchError`: per-item failures of a batch, raised at its end;
+* :class:`UploadError`: a scan uploaded to the scoring service is unusable (an HTTP 4xx);
+  :class:`QueueFullError` / :class:`ServiceClosedError` (:class:`ServiceBusyError`): the service cannot
+  take a scan now (429 / 503).
 """
 
 from __future__ import annotations
@@ -113,6 +116,36 @@ class StaleArtifactError(_PathProblem):
 
 class RunLockedError(RuntimeError):
     """Another process is writing to the same run directory (its lock file names the process)."""
+
+
+class UploadError(_PathProblem):
+    """A scan uploaded to the scoring service is unusable. ``path`` is the file name the client sent
+    (never a path on the server); ``status`` the HTTP status it is answered with: 400 (not a readable
+    NIfTI), 413 (too large), 415 (a kind of file the service does not read), 422 (a readable NIfTI that
+    is not a usable scan: NaN voxels, another dimensionality than the model's, a constant image)."""
+
+    def __init__(self, name: str | None, problem: str, status: int):
+        self.status = status
+        super().__init__(name or "upload", problem)
+
+
+class ServiceBusyError(RuntimeError):
+    """The scoring service cannot take a scan now; ``status`` and ``code`` are its HTTP answer."""
+
+    status: int = 503
+    code: str = "unavailable"
+
+
+class QueueFullError(ServiceBusyError):
+    """As many scans as the service scores at once are being scored and as many as may wait are waiting."""
+
+    status, code = 429, "queue_full"
+
+
+class ServiceClosedError(ServiceBusyError):
+    """The service is shutting down: scans already taken are finished, new ones refused."""
+
+    status, code = 503, "shutting_down"
 
 
 @dataclass

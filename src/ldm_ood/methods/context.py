@@ -42,11 +42,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Preprocessing(Protocol):
     """What the pipelines need of ``ldm_ood.data.transforms.Preprocessor`` (CONTRACTS.md).
 
-    ``load(path)`` → ``(x (1, *grid) in [0, 1], meta)``; ``invert(array (*grid), meta)`` → the array on
-    the input's native grid and affine.
+    ``load(path)`` → ``(x (1, *grid) in [0, 1], meta)``; ``apply(image)``: the same for an image already
+    read; ``invert(array (*grid), meta)`` → the array on the input's native grid and affine.
     """
 
     def load(self, path: str | Path) -> tuple[torch.Tensor, Any]: ...
+
+    def apply(self, image: Image) -> tuple[torch.Tensor, Any]: ...
 
     def invert(self, array_on_grid: Any, meta: Any) -> Image: ...
 

@@ -27,7 +27,8 @@ class MethodInfo:
     with are ``config.stages.CALIBRATIONS[name].stages``); ``score_options``: the extra keyword
     options its scoring function takes beyond ``manifest, sets, input_dir, output_dir`` (the CLI
     refuses the others); ``columns``: detection methods' evaluated score columns, ``{summary method:
-    (CSV column, label)}``, the first being the method's own ``pred_score``.
+    (CSV column, label)}``, the first being the method's own ``pred_score``; ``prepare_fn``: a detection
+    method's ``prepare_<name>(run_dir, ...) -> PreparedScoring`` (what ``ScoringSession`` and ``serve`` load once).
     """
 
     name: str
@@ -39,6 +40,7 @@ class MethodInfo:
     score_fn: str
     score_options: tuple[str, ...] = ()
     columns: dict[str, tuple[str, str]] = field(default_factory=dict)
+    prepare_fn: str = ""
 
     def calibrate(self) -> Callable[..., Any]:
         """``calibrate_<name>(run_dir, manifest=None, ...) -> CalibrationResult``."""
@@ -48,15 +50,23 @@ class MethodInfo:
         """``score_<name>(run_dir, manifest=None, sets=None, input_dir=None, output_dir=None, ...) -> RunResult``."""
         return getattr(importlib.import_module(self.module), self.score_fn)
 
+    def prepare(self) -> Callable[..., Any]:
+        """``prepare_<name>(run_dir, ..., record_precision=True) -> PreparedScoring``; ``ConfigError`` for a
+        method that cannot score one scan at a time (the segmentation methods)."""
+        if not self.prepare_fn:
+            scorable = ", ".join(m.name for m in METHODS.values() if m.prepare_fn)
+            raise ConfigError(f"method {self.name!r} cannot be served; the detection methods can: {scorable}")
+        return getattr(importlib.import_module(self.module), self.prepare_fn)
+
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("ldm", "detection", "000", "latent diffusion reconstructions, MSE + LPIPS z-scored (Graham et al. 2023)",
                "ldm_ood.methods.ldm.pipeline", "calibrate_ldm", "score_ldm", score_options=("sequential",),
                columns={"ldm": ("pred_score", "LDM"), "ldm_mse": ("score_mse", "LDM (MSE)"),
-                        "ldm_lpips": ("score_lpips", "LDM (LPIPS)")}),
+                        "ldm_lpips": ("score_lpips", "LDM (LPIPS)")}, prepare_fn="prepare_ldm"),
     MethodInfo("ltm", "detection", "000", "latent transformer likelihood baseline (Graham et al. 2023 §3.3)",
                "ldm_ood.methods.ltm.pipeline", "calibrate_ltm", "score_ltm",
-               columns={"ltm": ("pred_score", "LTM")}),
+               columns={"ltm": ("pred_score", "LTM")}, prepare_fn="prepare_ltm"),
     MethodInfo("segment", "segmentation", "001", "KL-masked latent healing (Pinaya et al. 2022), variants a-d",
                "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",)),
     MethodInfo("fanogan", "segmentation", "001", "f-AnoGAN baseline: WGAN-GP + izi_f encoder, residual |x - G(E(x))| "
