@@ -32,6 +32,8 @@ _API = {
     "evaluate": "ldm_ood.evaluation.evaluate",
     "build_report": "ldm_ood.report.html",
     "run_benchmark": "ldm_ood.benchmark",
+    "export_bundle": "ldm_ood.bundle",
+    "open_bundle": "ldm_ood.bundle",
 }
 
 __all__ = ["__version__", *_API]

@@ -57,7 +57,8 @@ def _friendly(fn: Callable) -> Callable:
 
         expected = (errors.ConfigError, errors.InputError, errors.BatchError, errors.NonFiniteError,
                     errors.IncompleteResultsError, errors.OutputError, errors.IntegrityError,
-                    errors.StaleArtifactError, errors.RunLockedError, errors.LPIPSWeightsError, FileNotFoundError)
+                    errors.StaleArtifactError, errors.RunLockedError, errors.LPIPSWeightsError, errors.BundleError,
+                    FileNotFoundError)
         try:
             return fn(*args, **kwargs)
         except expected as err:
@@ -84,6 +85,9 @@ SetsOpt = typer.Option(None, "--set", help="Only these sets (repeatable). Defaul
 ForceOpt = typer.Option(False, "--force", help="Use a model or calibration made before a network it depends on was "
                         "retrained (a warning instead of an error), and add rows to score files of another calibration.")
 InputOpt = typer.Option(None, "--input", help="Folder of scans to score (folder-in/folder-out mode).")
+ScoringRunOpt = typer.Option(None, "--run", "--run-dir", help="Run directory (models, calibration, scores live here).")
+ModelOpt = typer.Option(None, "--model", help="Model bundle (`ldm-ood export`) instead of --run: scores a folder "
+                        "(--input/--output); nothing is written into the bundle.")
 OutputOpt = typer.Option(None, "--output", help="Output folder of the folder mode: <case>.txt + <case>.nii.gz.")
 
 
@@ -174,6 +178,28 @@ def _methods_help(task: str | None = None) -> str:
     return "; ".join(f"{m.name}: {m.description}" for m in METHODS.values() if task in (None, m.task)) + "."
 
 
+def _run_or_model(run: Optional[Path], model: Optional[Path], method: str, input_dir: Optional[Path],
+                  output_dir: Optional[Path]) -> Path:
+    """The folder scoring reads: ``--run``, or the verified ``--model`` bundle (folder mode only)."""
+    if (run is None) == (model is None):
+        raise typer.BadParameter("give exactly one of --run (a run directory) and --model (a model bundle)")
+    if (input_dir is None) != (output_dir is None):
+        raise typer.BadParameter("--input and --output go together")
+    if model is None:
+        return run
+    if input_dir is None:
+        raise typer.BadParameter("--model scores a folder: give --input DIR --output OUT (a bundle is read-only; "
+                                 "score a manifest's sets with --run)")
+    from .bundle import open_bundle
+    from .errors import BundleError
+
+    bundle = open_bundle(model)
+    if method not in bundle.methods:
+        raise BundleError(model, f"has no calibrated {method} (it runs {', '.join(bundle.methods)}); calibrate it in "
+                                 "the run and export again")
+    return bundle.root
+
+
 @app.command()
 @_friendly
 def calibrate(
@@ -189,7 +215,8 @@ def calibrate(
 @app.command()
 @_friendly
 def score(
-    run: Path = RunOpt,
+    run: Optional[Path] = ScoringRunOpt,
+    model: Optional[Path] = ModelOpt,
     method: Method = typer.Option(Method.ldm, help=_methods_help("detection")),
     data: Optional[Path] = DataOpt,
     sets: Optional[list[str]] = SetsOpt,
@@ -202,19 +229,19 @@ def score(
     info = METHODS[method.value]
     if info.task != "detection":
         raise typer.BadParameter(f"{info.name} is a segmentation method: use `ldm-ood segment`", param_hint="--method")
-    if (input_dir is None) != (output_dir is None):
-        raise typer.BadParameter("--input and --output go together")
+    root = _run_or_model(run, model, info.name, input_dir, output_dir)
     options = {"sequential": True} if sequential else {}
     for name in set(options) - set(info.score_options):
         raise typer.BadParameter(f"--{name} is not an option of method {info.name}", param_hint=f"--{name}")
-    console.print(info.score()(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
+    console.print(info.score()(root, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
                                **options))
 
 
 @app.command()
 @_friendly
 def segment(
-    run: Path = RunOpt,
+    run: Optional[Path] = ScoringRunOpt,
+    model: Optional[Path] = ModelOpt,
     method: Method = typer.Option(Method.segment, help=_methods_help("segmentation")),
     variant: Variant = typer.Option(Variant.c, help="segment: a: reverse steps, no mask; b: a + masked residual; "
                                     "c: full (DDPM); d: DDIM."),
@@ -230,11 +257,22 @@ def segment(
     info = METHODS[method.value]
     if info.task != "segmentation":
         raise typer.BadParameter(f"{info.name} is a detection method: use `ldm-ood score`", param_hint="--method")
-    if (input_dir is None) != (output_dir is None):
-        raise typer.BadParameter("--input and --output go together")
+    root = _run_or_model(run, model, info.name, input_dir, output_dir)
     options = {"variant": variant.value} if "variant" in info.score_options else {}
-    console.print(info.score()(run, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
+    console.print(info.score()(root, manifest=data, sets=sets, input_dir=input_dir, output_dir=output_dir, force=force,
                                **options))
+
+
+@app.command()
+@_friendly
+def export(
+    run: Path = RunOpt,
+    out: Path = typer.Option(..., "--out", help="New (or empty) folder for the bundle."),
+) -> None:
+    """Export a run's calibrated methods as a portable model bundle (networks, config, calibration, model.json)."""
+    from .bundle import export_bundle
+
+    export_bundle(run, out)
 
 
 @app.command()

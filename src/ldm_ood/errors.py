@@ -14,6 +14,8 @@
 * :class:`OutputError`, :class:`IntegrityError`, :class:`StaleArtifactError`, :class:`RunLockedError`:
   an output that cannot be written safely, a changed model / calibration file, an artifact built on
   an older upstream one, a second writer on a run directory;
+* :class:`BundleError`: a model bundle that cannot be used as asked (a newer format, not a bundle,
+  a command that would write into it); a changed bundle file is an :class:`IntegrityError`;
 * :class:`BatchFailures` / :class:`BatchError`: per-item failures of a batch, raised at its end;
 * :class:`UploadError`: a scan uploaded to the scoring service is unusable (an HTTP 4xx);
   :class:`QueueFullError` / :class:`ServiceClosedError` (:class:`ServiceBusyError`): the service cannot
@@ -112,6 +114,12 @@ class StaleArtifactError(_PathProblem):
     """An artifact was built on an older version of another (an LDM on a since-retrained first
     stage, a calibration on since-retrained networks, scores under another calibration): says what
     to re-run; ``--force`` uses it anyway."""
+
+
+class BundleError(_PathProblem):
+    """A model bundle (``ldm_ood.bundle``) cannot be used as asked: its format is newer than this
+    version reads, it is not a bundle, or a command would write into it (a bundle is read-only:
+    calibrate and train in the run it was exported from, then export again)."""
 
 
 class RunLockedError(RuntimeError):

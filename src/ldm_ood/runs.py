@@ -13,6 +13,9 @@
                maps/<method>/<set>/<case>.nii.gz  anomaly maps on the input's native grid
                segment/<variant>/<set>/...        healed image, anomaly map, binary mask
                summary.json  report/index.html
+
+A model bundle (``ldm-ood export``, :mod:`ldm_ood.bundle`) has this layout (the networks, the
+configuration and the calibration only) plus ``model.json``; it is read-only: :meth:`RunDir.check_writable`.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from pathlib import Path
 from .config import ARTIFACTS, Config, changed_fields, invalidated_artifacts, load_config, save_config
 from .config.stages import CALIBRATIONS
 from .config.stages import STAGES as STAGE_INFO
+from .errors import BundleError
 
 STAGES: tuple[str, ...] = tuple(STAGE_INFO)  # config.stages: every trained network of a run
 METHODS = ("ldm", "ltm")
+#: the file that makes a run-directory layout a model bundle (``ldm_ood.bundle``)
+BUNDLE_META = "model.json"
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,25 @@ class RunDir:
     @property
     def report_path(self) -> Path:
         return self.report_dir / "index.html"
+
+    # ---- a model bundle (``ldm_ood.bundle``): read-only
+    @property
+    def bundle_meta_path(self) -> Path:
+        """``model.json``: only a model bundle exported by ``ldm-ood export`` has it."""
+        return self.root / BUNDLE_META
+
+    @property
+    def is_bundle(self) -> bool:
+        return self.bundle_meta_path.is_file()
+
+    def check_writable(self, command: str) -> None:
+        """:class:`~ldm_ood.errors.BundleError` when this is a model bundle, into which ``command``
+        (``"calibrate ldm"``, ``"train ldm"``, ...) would write; nothing otherwise."""
+        if self.is_bundle:
+            raise BundleError(self.root, f"is a model bundle (it has {BUNDLE_META}) and read-only: `{command}` "
+                                         f"would write into it. Score a folder with `--model {self.root} --input DIR "
+                                         "--output OUT`; calibrate or train in the run directory it was exported "
+                                         "from, then export it again")
 
     def ensure(self, *dirs: Path) -> None:
         for d in (self.root, *dirs):

@@ -7,7 +7,7 @@ from ldm_ood.cli import app
 
 runner = CliRunner()
 COMMANDS = ["synth", "corrupt", "config", "calibrate", "score", "segment", "serve", "evaluate", "report", "benchmark", "demo",
-            "train"]
+            "train", "export"]
 
 
 def test_help_lists_every_command_with_one_line_help():

@@ -12,7 +12,7 @@ they share lives here, so the three pipelines read the inputs and write the outp
   every method) and a case whose ``.txt`` exists is skipped on a rerun;
 * :func:`pending`: cases of a score CSV not written yet (resume);
 * :func:`progress_bar`: the ``rich`` progress bar all scoring commands show;
-* :func:`writes_run`: one writer per run directory (its lock file).
+* :func:`writes_run`: one writer per run directory (its lock file); none into a model bundle.
 
 Calibration files (finite checks, atomic JSON) are :mod:`.calibration_files`.
 """
@@ -20,6 +20,7 @@ Calibration files (finite checks, atomic JSON) are :mod:`.calibration_files`.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence, TypeVar
@@ -169,14 +170,30 @@ def progress_bar(enabled: bool = True, transient: bool = False) -> Progress:
                     TimeRemainingColumn(), disable=not enabled, transient=transient)
 
 
+def _folder_mode(signature: inspect.Signature, args: tuple, kwargs: dict) -> bool:
+    """Whether a call of a scoring function gives an ``input_dir`` (folder mode writes only to ``output_dir``)."""
+    try:
+        return signature.bind(*args, **kwargs).arguments.get("input_dir") is not None
+    except TypeError:  # a wrong call: the function itself says what is wrong
+        return False
+
+
 def writes_run(command: str) -> Callable[[F], F]:
     """Decorate a ``fn(run_dir, ...)`` that writes into a run directory: it holds the run's lock
     (:func:`ldm_ood.artifacts.lock.run_lock`) while it runs, so a second writer fails at once. A
-    run directory that does not exist is not created (the call fails on its own)."""
+    run directory that does not exist is not created (the call fails on its own). A model bundle
+    (``ldm_ood.bundle``) is read-only: folder mode (``input_dir`` given) runs without the lock and
+    writes only to its ``output_dir``; any other call is a :class:`~ldm_ood.errors.BundleError`."""
     def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+
         @functools.wraps(fn)
         def locked(run_dir: str | Path, *args: Any, **kwargs: Any) -> Any:
-            if not Path(run_dir).is_dir():
+            run = RunDir(run_dir)
+            if run.is_bundle and _folder_mode(signature, (run_dir, *args), kwargs):
+                return fn(run_dir, *args, **kwargs)
+            run.check_writable(command)
+            if not run.root.is_dir():
                 return fn(run_dir, *args, **kwargs)
             with run_lock(run_dir, command):
                 return fn(run_dir, *args, **kwargs)

@@ -122,10 +122,11 @@ def dtypes(choices: Mapping[str, PrecisionChoice]) -> dict[str, str]:
 
 def report(choices: Mapping[str, PrecisionChoice], run: RunDir | None = None) -> None:
     """One line per network on stderr (what it runs in and why), and the record in the run's
-    ``precision.json`` (``{"<network> (<method>)": PrecisionChoice.as_dict()}``, merged)."""
+    ``precision.json`` (``{"<network> (<method>)": PrecisionChoice.as_dict()}``, merged); a model
+    bundle, which is read-only, gets no record."""
     for c in choices.values():
         console.print(f"precision of {c.line()}" + (" [cached]" if c.cached else ""), highlight=False)
-    if run is None or not run.root.is_dir():
+    if run is None or not run.root.is_dir() or run.is_bundle:
         return
     path = run.inference_precision_path
     try:

@@ -6,7 +6,8 @@
   input scan of the job may live directly in it, so an output can never overwrite an input;
 * :func:`write_image_atomic` / :func:`write_on_input_grid`: images are written to a temporary file
   and renamed into place, so a full disk or a kill leaves no torn map; a failure is an
-  :class:`~ldm_ood.errors.OutputError` naming the output path.
+  :class:`~ldm_ood.errors.OutputError` naming the output path;
+* :func:`check_outside_bundle`: no output folder inside a (read-only) model bundle.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def check_output_folder(out_dir: str | Path, root: str | Path, cases: Sequence[C
         if _real(case.path).parent == _real(out_dir):
             raise OutputError(out_dir, f"holds the input scan {case.path}: outputs would overwrite inputs; "
                                        "choose an output folder that is not the input folder")
+
+
+def check_outside_bundle(out_dir: str | Path, bundle_root: str | Path) -> None:
+    """Refuse an output folder inside a model bundle (read-only), before anything is created there."""
+    if _inside(Path(out_dir), Path(bundle_root)):
+        raise OutputError(out_dir, f"lies inside the model bundle {bundle_root}, which is read-only; choose an "
+                                   "output folder outside it")
 
 
 def write_image_atomic(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:

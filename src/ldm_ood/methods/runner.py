@@ -38,7 +38,7 @@ from ..data.manifest import Case
 from ..errors import BatchFailures, StaleArtifactError
 from .base import Calibrated, Method, RunResult
 from .context import Context, folder_cases, folder_score_path, pending, progress_bar, test_cases, write_folder_score
-from .outputs import check_output_folder
+from .outputs import check_output_folder, check_outside_bundle
 from .records import RecordWriter
 
 
@@ -68,6 +68,8 @@ def make_jobs(method: Method, ctx: Context, manifest: str | Path | None, sets: S
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
     if input_dir is not None:
+        if ctx.run.is_bundle:
+            check_outside_bundle(output_dir, ctx.run.root)
         out, todo, skipped = folder_cases(input_dir, output_dir)
         check_output_folder(out, out, todo)
         result.outputs["folder"], result.skipped = out, result.skipped + skipped

@@ -149,6 +149,7 @@ def train(
     """Train one stage of the run at ``run_dir``; returns where the model is and how training ended."""
     stage = stage_info(stage).name
     run = RunDir(run_dir)
+    run.check_writable(f"train {stage}")
     ctx = distributed.init_distributed()
     started_group = ctx.distributed
     try:

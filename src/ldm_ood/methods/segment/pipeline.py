@@ -24,6 +24,7 @@ import torch
 
 from ...config import Config
 from ...data.manifest import Case
+from ...errors import BundleError
 from ...runs import RunDir
 from ..base import RUNNER_COLUMNS, RunResult
 from ..calibration_files import check_calibration
@@ -111,7 +112,8 @@ def segment(
     ``segment_scores_path(variant, set)``. Folder mode (``input_dir`` + ``output_dir``): every image
     of the folder -> ``output_dir/<case>_{healed,map,mask}.*`` and ``output_dir/<case>.txt`` (the
     score). Finished cases are skipped; ``seconds`` is the batch's time divided by its size. A
-    variant not yet calibrated is calibrated first on the run's validation split. ``force``: as for
+    variant not yet calibrated is calibrated first on the run's validation split (a model bundle,
+    read-only, refuses it with :class:`~ldm_ood.errors.BundleError`). ``force``: as for
     :func:`~ldm_ood.methods.ldm.pipeline.score_ldm`.
     """
     if (input_dir is None) != (output_dir is None):
@@ -121,6 +123,10 @@ def segment(
     spec = variant_spec(variant, cfg.segment)
     calib, thr = load_calibration(run)
     if variant not in calib.get("variants", {}) or (spec.kl_key and spec.kl_key not in thr):
+        if run.is_bundle:
+            raise BundleError(run.root, f"variant {variant} was not calibrated in the run this bundle was exported "
+                                        f"from (calibrated: {', '.join(calib.get('variants', {})) or 'none'}); "
+                                        f"calibrate it there (`ldm-ood calibrate --method segment`) and export again")
         calibrate_segment(run.root, config=cfg, variants=[variant], recalibrate=False, models=models,
                           preprocessor=preprocessor, device=device, force=force)
         calib, thr = load_calibration(run)
