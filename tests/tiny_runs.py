@@ -3,7 +3,9 @@
 ``build_tiny_2d_run(root)``: a first stage, an LDM, an LTM, an ensemble of LTMs (one per
 ``ensemble.orderings``), an f-AnoGAN and paper 001's AE / VAE baselines of the ``tiny-2d`` preset with
 random weights, a manifest of 3 ``val`` and 3 ``test`` slices of set ``id`` plus one unreadable ``bad``
-case, and a folder of 2 good slices and one broken file. Imported by tests (``tests/`` is on the path).
+case, and a folder of 2 good slices and one broken file. ``tiny_3d_ldm(cfg, root)``: a 3D run folder
+and its LDM scoring networks with random weights, in memory (passed as ``models=``). Imported by tests
+(``tests/`` is on the path).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from ldm_ood.config import load_config
 from ldm_ood.data.io import write_image
 from ldm_ood.data.manifest import Case, write_manifest
 from ldm_ood.methods.autoencoder.model import build_autoencoder
+from ldm_ood.methods.ldm.pipeline import ScoringModels
 from ldm_ood.models.diffusion import build_unet, latent_multiple
 from ldm_ood.models.fanogan import build_fanogan
+from ldm_ood.models.perceptual import load_lpips
 from ldm_ood.models.first_stage import build_first_stage
 from ldm_ood.models.loading import upstream_hashes
 from ldm_ood.models.transformer import build_transformer
@@ -29,6 +33,18 @@ def _slice(rng, shape=(18, 20)):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     r = np.hypot(yy - shape[0] / 2, xx - shape[1] / 2)
     return (np.where(r < min(shape) * 0.4, 40.0, -1000.0) + rng.normal(0, 3, shape)).astype(np.float32)
+
+
+def tiny_3d_ldm(cfg, root):
+    """``(run, models)``: ``root`` as a run folder holding ``cfg`` (a 3D ``tiny`` config) and the LDM scoring
+    networks of ``cfg`` with random weights (seed 0, latent scale 0.8, LPIPS), for ``score_ldm(..., models=)``."""
+    torch.manual_seed(0)
+    fs = build_first_stage(cfg.first_stage, 3).eval()
+    unet = build_unet(cfg.ldm, 3, cfg.first_stage.embedding_dim).eval()
+    models = ScoringModels(fs, unet, 0.8, latent_multiple(cfg.ldm), cfg.ldm, 3, load_lpips())
+    run = RunDir(root)
+    run.save_config(cfg)
+    return run, models
 
 
 def build_tiny_2d_run(root):

@@ -8,6 +8,7 @@ The library functions behind every CLI command, importable from the top level (l
     ldm_ood.train("runs/l2", "ldm")                                  # ldm-ood train ldm
     ldm_ood.calibrate_ldm("runs/l2")                                 # ldm-ood calibrate
     ldm_ood.score_ldm("runs/l2", input_dir="new/", output_dir="out/")  # ldm-ood score
+    ldm_ood.read_series("dicom/series1/")                            # one DICOM series -> Image (RAS affine)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ _API = {
     "RunDir": "ldm_ood.runs",
     "synth": "ldm_ood.synthetic.cohort",
     "corrupt_folder": "ldm_ood.data.corruptions",
+    "find_series": "ldm_ood.data.dicom",
+    "read_series": "ldm_ood.data.dicom",
     "train": "ldm_ood.training.api",
     "calibrate_ldm": "ldm_ood.methods.ldm.pipeline",
     "score_ldm": "ldm_ood.methods.ldm.pipeline",

@@ -84,7 +84,8 @@ PresetOpt = typer.Option(
 SetsOpt = typer.Option(None, "--set", help="Only these sets (repeatable). Default: every test set.")
 ForceOpt = typer.Option(False, "--force", help="Use a model or calibration made before a network it depends on was "
                         "retrained (a warning instead of an error), and add rows to score files of another calibration.")
-InputOpt = typer.Option(None, "--input", help="Folder of scans to score (folder-in/folder-out mode).")
+InputOpt = typer.Option(None, "--input", help="Folder of scans to score (folder-in/folder-out mode): its NIfTI/PNG/NPY "
+                        "files and every DICOM series in its tree (one case per SeriesInstanceUID).")
 ScoringRunOpt = typer.Option(None, "--run", "--run-dir", help="Run directory (models, calibration, scores live here).")
 ModelOpt = typer.Option(None, "--model", help="Model bundle (`ldm-ood export`) instead of --run: scores a folder "
                         "(--input/--output); nothing is written into the bundle.")

@@ -10,18 +10,14 @@ import csv
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
+from tiny_runs import tiny_3d_ldm
 
 from ldm_ood.config import load_config
 from ldm_ood.data.manifest import Case, write_manifest
 from ldm_ood.errors import BatchError
 from ldm_ood.methods.ldm.calibration import OODCalibration
-from ldm_ood.methods.ldm.pipeline import BASE_FIELDS, ScoringModels, calibrate_ldm, score_ldm
+from ldm_ood.methods.ldm.pipeline import BASE_FIELDS, calibrate_ldm, score_ldm
 from ldm_ood.methods.records import read_records
-from ldm_ood.models.diffusion import build_unet, latent_multiple
-from ldm_ood.models.first_stage import build_first_stage
-from ldm_ood.models.perceptual import load_lpips
-from ldm_ood.runs import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets
 AFFINE = np.array([[-2.0, 0, 0, 40.0], [0, 2.5, 0, -20.0], [0, 0, 1.5, 3.0], [0, 0, 0, 1]])
@@ -48,12 +44,7 @@ def setup(tmp_path_factory):
     cases.append(Case("bad", bad, split="test", set="id"))
     cases += [Case(f"n{i}", _scan(root / f"n{i}.nii.gz", 20 + i, noise=60.0), split="test", set="noise") for i in range(2)]
     manifest = write_manifest(root / "manifest.csv", cases)
-    torch.manual_seed(0)
-    fs = build_first_stage(cfg.first_stage, 3).eval()
-    unet = build_unet(cfg.ldm, 3, cfg.first_stage.embedding_dim).eval()
-    models = ScoringModels(fs, unet, 0.8, latent_multiple(cfg.ldm), cfg.ldm, 3, load_lpips())
-    run = RunDir(root / "run")
-    run.save_config(cfg)
+    run, models = tiny_3d_ldm(cfg, root / "run")
     return run, cfg, manifest, models, root
 
 

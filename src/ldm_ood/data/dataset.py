@@ -36,7 +36,7 @@ class CaseDataset(Dataset):
         if index in self._images:
             return self._images[index]
         case = self.cases[index]
-        x, meta = self.preprocessor.load(case.path)
+        x, meta = self.preprocessor.load(case.source)
         self.meta[case.case_id] = meta
         if self.cache:
             self._images[index] = x

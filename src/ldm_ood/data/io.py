@@ -158,7 +158,7 @@ def check_dtype(path: Path, dtype: np.dtype, allow_bool: bool) -> None:
         raise InputError(path, f"data type {dtype} is not numeric; expected integer or floating-point voxels")
 
 
-def _spatial(path: Path, array: np.ndarray, spatial_dims: int | None) -> np.ndarray:
+def spatial_array(path: Path, array: np.ndarray, spatial_dims: int | None) -> np.ndarray:
     """``array`` without its singleton non-spatial axes, checked against the wanted dimensionality."""
     shape = array.shape
     array = np.squeeze(array) if array.ndim > 3 else array
@@ -235,7 +235,7 @@ def checked_image(path: str | Path | None, array: np.ndarray, affine: np.ndarray
     content is not a usable scan."""
     path = None if path is None else Path(path)
     check_dtype(path, array.dtype, allow_bool=allow_constant)
-    array = _spatial(path, array, spatial_dims)
+    array = spatial_array(path, array, spatial_dims)
     check_affine(path, affine, dims=array.ndim)
     check_values(path, array, allow_constant)
     return Image(array=array.astype(np.float32, copy=False), affine=affine, path=path)

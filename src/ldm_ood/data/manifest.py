@@ -1,7 +1,11 @@
-"""Manifests: ``case_id,path[,mask][,set][,split]`` CSV, or a plain folder of images.
+"""Manifests: ``case_id,path[,mask][,set][,split]`` CSV, or a plain folder of images and DICOM series.
 
 A folder's cases are its entries named like images (:func:`folder_images`: hidden files and
-other names are ignored; a broken link or a directory with an image name fails as its own case).
+other names are ignored; a broken link or a directory with an image name fails as its own case)
+and every DICOM series anywhere in its tree (:func:`~.dicom.find_series`: one case per
+SeriesInstanceUID, its case id :func:`~.dicom.series_case_id`; a DICOM file that cannot be read
+is a case of its own that fails). A manifest row's ``path`` may also name a folder holding one
+DICOM series.
 
 ``set`` names a test set (``id``, ``noise_0.1``, ``far_mr_t1`` ...); ``split`` is ``train``,
 ``val`` or ``test`` (any case; stored lower-case). Relative paths are resolved against the
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from .dicom import Series, find_series
 from .io import IMAGE_SUFFIXES, case_id_of, suffix_of
 
 MANIFEST_COLUMNS = ("case_id", "path", "mask", "set", "split")
@@ -32,13 +37,20 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Case:
-    """One input scan (and optional ground-truth mask)."""
+    """One input scan (and optional ground-truth mask). A DICOM series found in a folder tree has
+    ``series`` set and ``path`` its folder; :attr:`source` is what :func:`~.scans.read_scan` reads."""
 
     case_id: str
     path: Path
     mask: Path | None = None
     set: str = "test"
     split: str = "test"
+    series: Series | None = None
+
+    @property
+    def source(self) -> Path | Series:
+        """The series when the case is one, else the image file (or series folder) ``path``."""
+        return self.series if self.series is not None else self.path
 
 
 def plain_name(value: str) -> str | None:
@@ -81,34 +93,52 @@ def folder_images(folder: Path) -> list[Path]:
     image file anywhere is read through. Hidden entries (``.x.nii.gz``, macOS ``._x.nii.gz``) and
     names without an image suffix (``notes.txt``, ``x.nii.bak``) are not inputs and are ignored.
 
-    Raises :class:`InputError` up front when the folder cannot be listed, holds no image names,
-    two names give one case id (``a.nii`` and ``a.nii.gz``: their outputs would collide), or a
-    case id is not a plain name (:func:`plain_name`).
+    Raises :class:`InputError` up front when the folder cannot be listed or a case id is not a
+    plain name (:func:`plain_name`); an empty list when it holds no image names.
     """
     try:
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and suffix_of(p) in IMAGE_SUFFIXES)
     except OSError as err:
         raise InputError(folder, f"cannot list the folder ({err.strerror})") from None
-    if not entries:
-        raise InputError(folder, f"folder holds no image files ({', '.join(IMAGE_SUFFIXES)}; hidden files are ignored)")
-    seen: dict[str, Path] = {}
     for p in entries:
         case_id = case_id_of(p)
         problem = plain_name(case_id)
         if problem is not None:
             raise InputError(p, f"case id {case_id!r} {problem}; it names output files, so rename the file")
-        if case_id in seen:
-            raise InputError(folder, f"{seen[case_id].name} and {p.name} give the same case id {case_id!r}; "
-                                     "their outputs would collide, keep one of them")
-        seen[case_id] = p
     return entries
+
+
+def folder_inputs(folder: Path) -> list[Case]:
+    """The cases of a folder (set = its name): its image files (:func:`folder_images`), then its DICOM
+    series (:func:`~.dicom.find_series`). Raises :class:`InputError` up front when it holds neither,
+    or two inputs give one case id (``a.nii`` and ``a.nii.gz``, a file named like a series' UID:
+    their outputs would collide)."""
+    cases = [Case(case_id=case_id_of(p), path=p, set=folder.name) for p in folder_images(folder)]
+    cases += [Case(case_id=s.case_id, path=s.folder, set=folder.name, series=s) for s in find_series(folder)]
+    if not cases:
+        raise InputError(folder, f"folder holds no image files ({', '.join(IMAGE_SUFFIXES)}; hidden files are "
+                                 "ignored) and no DICOM series in its tree")
+    seen: dict[str, Case] = {}
+    for c in cases:
+        if c.case_id in seen:
+            first = seen[c.case_id]
+            raise InputError(folder, f"{_named(first)} and {_named(c)} give the same case id {c.case_id!r}; their "
+                                     "outputs would collide, keep one of them")
+        seen[c.case_id] = c
+    return cases
+
+
+def _named(case: Case) -> str:
+    if case.series is None:
+        return case.path.name
+    return f"DICOM series {case.series.uid} ({case.path})" if case.series.uid else str(case.series.files[0])
 
 
 def read_manifest(source: str | Path, check_files: bool = True) -> list[Case]:
     """Cases from a manifest CSV or from every image file in a folder (set = folder name)."""
     source = Path(source)
     if source.is_dir():
-        return [Case(case_id=case_id_of(p), path=p, set=source.name) for p in folder_images(source)]
+        return folder_inputs(source)
     if not source.exists():
         raise InputError(source, "manifest not found")
     try:

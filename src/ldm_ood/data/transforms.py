@@ -2,8 +2,10 @@
 
 Every scan goes through the same steps before any model sees it:
 
-1. read and validate (:func:`ldm_ood.data.io.read_image`: unreadable / NaN / empty / wrong dims
-   raise :class:`~ldm_ood.errors.InputError` naming the file);
+1. read and validate (:func:`ldm_ood.data.scans.read_scan`: an image file by
+   :func:`ldm_ood.data.io.read_image`, a DICOM series by :func:`ldm_ood.data.dicom.read_series`
+   with its RAS affine; unreadable / NaN / empty / wrong dims raise
+   :class:`~ldm_ood.errors.InputError` naming the file or series);
 2. reorient to ``cfg.orientation`` (RAS; ``RA`` for 2D) with MONAI ``Orientation``;
 3. intensity: CT clamps to ``cfg.ct_window`` ([-15, 100] HU) and rescales to [0, 1]
    (``ScaleIntensityRange(clip=True)``); other modalities are min–max rescaled to [0, 1]
@@ -36,8 +38,9 @@ from monai.transforms import Compose, Orientation, ResizeWithPadOrCrop, ScaleInt
 
 from ..config import DataConfig
 from ..errors import InputError
-from .io import Image, read_image
+from .io import Image
 from .plausibility import InputStats, input_stats
+from .scans import ScanSource, read_scan
 
 
 @dataclass
@@ -114,9 +117,10 @@ class Preprocessor:
         meta.stats = input_stats(x, out.applied_operations[-1]["orig_size"], self.cfg.grid)
         return x, meta
 
-    def load(self, path: str | Path) -> tuple[torch.Tensor, PreprocessMeta]:
-        """Read, validate and preprocess ``path``. Returns ``(x (1, *grid) float32 in [0, 1], meta)``."""
-        image = read_image(path, spatial_dims=self.cfg.spatial_dims)
+    def load(self, source: ScanSource) -> tuple[torch.Tensor, PreprocessMeta]:
+        """Read, validate and preprocess ``source`` (an image file, a DICOM series or a folder holding
+        one: :func:`~.scans.read_scan`). Returns ``(x (1, *grid) float32 in [0, 1], meta)``."""
+        image = read_scan(source, spatial_dims=self.cfg.spatial_dims)
         return self.apply(image)
 
     # ------------------------------------------------------------------ inverse

@@ -43,11 +43,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Preprocessing(Protocol):
     """What the pipelines need of ``ldm_ood.data.transforms.Preprocessor`` (CONTRACTS.md).
 
-    ``load(path)`` → ``(x (1, *grid) in [0, 1], meta)``; ``apply(image)``: the same for an image already
-    read; ``invert(array (*grid), meta)`` → the array on the input's native grid and affine.
+    ``load(source)`` → ``(x (1, *grid) in [0, 1], meta)`` for a case's ``source`` (an image file or a
+    DICOM series); ``apply(image)``: the same for an image already read; ``invert(array (*grid), meta)``
+    → the array on the input's native grid and affine.
     """
 
-    def load(self, path: str | Path) -> tuple[torch.Tensor, Any]: ...
+    def load(self, source: Any) -> tuple[torch.Tensor, Any]: ...
 
     def apply(self, image: Image) -> tuple[torch.Tensor, Any]: ...
 
@@ -135,7 +136,8 @@ def folder_score_path(output_dir: str | Path, case_id: str) -> Path:
 
 def folder_cases(input_dir: str | Path, output_dir: str | Path) -> tuple[Path, list[Case], int]:
     """Folder (MOOD) mode: ``(output folder, created, cases of input_dir without a <case>.txt in it,
-    how many were skipped because they have one)``."""
+    how many were skipped because they have one)``. The cases are the folder's image files and every
+    DICOM series in its tree (``data.manifest.folder_inputs``)."""
     out, source = Path(output_dir), Path(input_dir)
     if not source.is_dir():
         raise InputError(source, "the input folder does not exist" if not source.exists() else

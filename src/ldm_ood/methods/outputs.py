@@ -3,7 +3,8 @@
 * :func:`check_output_folder`: every output of a job is ``<out_dir>/<case_id><suffix>``; the folder
   must lie inside the output root (the run directory, or the ``--output`` folder of folder mode), the
   case id must be a plain name (no separator, no leading dot: ``data.manifest.plain_name``), and no
-  input scan of the job may live directly in it, so an output can never overwrite an input;
+  input scan of the job (no file of a DICOM series) may live directly in it, so an output can never
+  overwrite an input;
 * :func:`write_image_atomic` / :func:`write_on_input_grid`: images are written to a temporary file
   and renamed into place, so a full disk or a kill leaves no torn map; a failure is an
   :class:`~ldm_ood.errors.OutputError` naming the output path;
@@ -42,8 +43,10 @@ def check_output_folder(out_dir: str | Path, root: str | Path, cases: Sequence[C
         problem = plain_name(case.case_id)
         if problem is not None:
             raise InputError(case.path, f"case_id {case.case_id!r} {problem}; it names output files")
-        if _real(case.path).parent == _real(out_dir):
-            raise OutputError(out_dir, f"holds the input scan {case.path}: outputs would overwrite inputs; "
+        files = case.series.files if case.series is not None else (case.path,)
+        if any(_real(f).parent == _real(out_dir) for f in files):
+            what = f"the DICOM series {case.series.uid}" if case.series is not None else "the input scan"
+            raise OutputError(out_dir, f"holds {what} {case.path}: outputs would overwrite inputs; "
                                        "choose an output folder that is not the input folder")
 
 
@@ -70,7 +73,7 @@ def write_segmentation(preprocessor: Any, meta: Any, case: Case, out_dir: Path, 
     """``<case>_healed``, ``<case>_map`` and ``<case>_mask`` (= map ≥ ``threshold``) from ``(*grid)``
     tensors, on the input's native grid (PNG for PNG inputs, else NIfTI), written atomically; their
     paths by score-file column (``healed_path``, ``map_path``, ``mask_path``). Every segmentation method's outputs."""
-    ext = ".png" if suffix_of(case.path) == ".png" else ".nii.gz"
+    ext = ".png" if case.series is None and suffix_of(case.path) == ".png" else ".nii.gz"
     h = preprocessor.invert(healed.cpu().numpy(), meta)
     m = preprocessor.invert(amap.cpu().numpy(), meta)
     binary = (m.array >= threshold).astype(np.float32 if ext == ".png" else np.uint8)

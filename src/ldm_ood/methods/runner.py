@@ -97,7 +97,7 @@ class _Loaded:
 def _load(case: Case, ctx: Context, image: Image | None = None) -> _Loaded:
     """``case`` preprocessed (read from ``case.path``, or ``image`` when it was read already), timed."""
     t0 = time.perf_counter()
-    x, meta = ctx.preprocessor.load(case.path) if image is None else ctx.preprocessor.apply(image)
+    x, meta = ctx.preprocessor.load(case.source) if image is None else ctx.preprocessor.apply(image)
     return _Loaded(case, x, meta, time.perf_counter() - t0)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..data.io import read_image
 from ..data.manifest import Case
+from ..data.scans import ScanSource, read_scan
 from ..evaluation.evaluate import evaluate
 from ..evaluation.inputs import (
     normalise_runs,
@@ -243,10 +244,10 @@ def _case_lookup(cases: list[Case] | None) -> dict[tuple[str, str], Case]:
     return out
 
 
-def _display_input(run: RunDir, path: str | Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _display_input(run: RunDir, source: ScanSource, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """An input scan in [0, 1] by the run's intensity preprocessing (``data.modality`` / ``ct_window``),
     on its native grid, and its affine. Without a run config the stored values are shown as they are."""
-    img = read_image(path, allow_constant=True)
+    img = read_scan(source, allow_constant=True)
     if not run.config_path.exists():
         notes.append(f"{run.root}: no config.yaml; inputs shown as stored, in a [0, 1] window")
         return np.clip(img.array, 0.0, 1.0), img.affine
@@ -269,7 +270,7 @@ def _overlay_section(runs: Mapping[str, RunDir], manifests: Mapping[str, list[Ca
                     notes.append(f"{name}/{s}/{cid}: not in the manifest; no overlay")
                     continue
                 try:
-                    image, affine = _display_input(run, case.path, notes)
+                    image, affine = _display_input(run, case.source, notes)
                     maps = {}
                     for m, label in (("ldm", "LDM"), ("ltm", "LTM")):
                         p = resolve_path(by_method[m].get(cid, {}).get("map_path", ""), run)
@@ -300,7 +301,7 @@ def _segmentation_examples(runs: Mapping[str, RunDir], manifests: Mapping[str, l
                     if shown >= max_cases or case is None or case.mask is None:
                         continue
                     try:
-                        image, affine = _display_input(run, case.path, notes)
+                        image, affine = _display_input(run, case.source, notes)
                         gt = read_image(case.mask, allow_constant=True).array
                         amap = read_image(resolve_path(r.get("map_path", ""), run) or "", allow_constant=True).array
                         pred_path = resolve_path(r.get("mask_path", ""), run)
