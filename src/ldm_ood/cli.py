@@ -192,13 +192,8 @@ def _run_or_model(run: Optional[Path], model: Optional[Path], method: str, input
         raise typer.BadParameter("--model scores a folder: give --input DIR --output OUT (a bundle is read-only; "
                                  "score a manifest's sets with --run)")
     from .bundle import open_bundle
-    from .errors import BundleError
 
-    bundle = open_bundle(model)
-    if method not in bundle.methods:
-        raise BundleError(model, f"has no calibrated {method} (it runs {', '.join(bundle.methods)}); calibrate it in "
-                                 "the run and export again")
-    return bundle.root
+    return open_bundle(model).root_for(method)
 
 
 @app.command()
@@ -279,8 +274,8 @@ def export(
 @app.command()
 @_friendly
 def serve(
-    model: Optional[Path] = typer.Option(None, "--model", help="Model bundle folder (ldm-ood export)."),
-    run: Optional[Path] = typer.Option(None, "--run", "--run-dir", help="Run directory, instead of --model."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model bundle (`ldm-ood export`); or --run."),
+    run: Optional[Path] = ScoringRunOpt,
     method: ServedMethod = typer.Option(ServedMethod.ldm, help="Detection method to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback; the service has no authentication)."),
     port: int = typer.Option(8000, help="Port (0: a free one, printed at start)."),

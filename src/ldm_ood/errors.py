@@ -129,8 +129,8 @@ class RunLockedError(RuntimeError):
 class UploadError(_PathProblem):
     """A scan uploaded to the scoring service is unusable. ``path`` is the file name the client sent
     (never a path on the server); ``status`` the HTTP status it is answered with: 400 (not a readable
-    NIfTI), 413 (too large), 415 (a kind of file the service does not read), 422 (a readable NIfTI that
-    is not a usable scan: NaN voxels, another dimensionality than the model's, a constant image)."""
+    NIfTI or zip), 413 (too large), 422 (a readable NIfTI that is not a usable scan: NaN voxels, another
+    dimensionality than the model's, a constant image; a zip that is not one readable DICOM series)."""
 
     def __init__(self, name: str | None, problem: str, status: int):
         self.status = status

@@ -9,6 +9,7 @@ certain by holding the workers with real jobs on the service's own queue, never 
 
 import gzip
 import json
+import math
 import os
 import random
 import shutil
@@ -27,10 +28,13 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
+from dicom_series import write_series
 from tiny_runs import build_tiny_2d_run
 
+from ldm_ood.bundle import export_bundle, open_bundle
 from ldm_ood.data.io import write_image
-from ldm_ood.methods.ldm.pipeline import calibrate_ldm
+from ldm_ood.methods.context import read_folder_score
+from ldm_ood.methods.ldm.pipeline import calibrate_ldm, score_ldm
 from ldm_ood.methods.session import ScoringSession
 from ldm_ood.serve.server import bind, build_server
 from ldm_ood.serve.service import ScoringService, ServeSettings
@@ -98,12 +102,13 @@ def _post(url, name, data, timeout=60):
     return httpx.post(f"{url}/v1/score", files={"file": (name, data, "application/octet-stream")}, timeout=timeout)
 
 
-def _assert_scored(response, row, threshold):
+def _assert_scored(response, row, threshold, model_id=None):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["score"] == body["model_score"] == row["pred_score"]
     assert body["percentile"] == row["percentile"] and body["flag"] == bool(row["flag"])
-    assert body["calibration_id"] == body["model_id"] == row["calibration_id"] and body["qc_reason"] is None
+    assert body["calibration_id"] == row["calibration_id"] and body["qc_reason"] is None
+    assert body["model_id"] == (model_id or row["calibration_id"])
     assert body["threshold"] == threshold and body["fpr"] == 0.05 and body["method"] == "ldm"
     assert body["metrics"] == {k: row[k] for k in ("score_mse", "score_lpips", "mse@200", "mse@600", "lpips@200",
                                                    "lpips@600")}
@@ -165,6 +170,28 @@ def test_a_scan_scores_as_the_cli_and_its_anomaly_map_downloads(server, run, sca
     _error(httpx.get(f"{server.url}/v1/maps/..%2F..%2Fetc%2Fpasswd"), 404, "not_found")  # no route: a path is no id
 
 
+def test_a_zipped_dicom_series_scores_as_folder_mode_scores_the_series(server, run, tmp_path):
+    """A single-slice CT series (pydicom's CT_small.dcm) for the 2D model: the service's case id is the
+    series' UID, and its score and map are those of ``score --input`` on a folder holding the series."""
+    uid, files = write_series(tmp_path / "tree" / "series", 1)
+    score_ldm(run.root, input_dir=tmp_path / "tree", output_dir=tmp_path / "out", progress=False)
+    zipped = BytesIO()
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for f in files:
+            zf.write(f, f"export/{f.name}")
+    response = _post(server.url, "export.zip", zipped.getvalue())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = read_folder_score(tmp_path / "out" / f"{uid}.txt")
+    assert body["case_id"] == uid and body["model_score"] is not None
+    assert body["score"] == (expected if math.isfinite(expected) else None)
+    assert (body["qc_reason"] is None) == math.isfinite(expected) and body["flag"] == (expected > body["threshold"])
+    voxels, affine = _map_of(httpx.get(server.url + body["map"]["url"]).content)
+    reference = nib.load(tmp_path / "out" / f"{uid}.nii.gz")
+    assert voxels.shape == (128, 128) and np.array_equal(voxels, reference.get_fdata())
+    assert np.array_equal(affine, reference.affine)
+
+
 def _bad_uploads(scans, tmp_path):
     """``{name: (bytes, status, code, problem)}``: one of each kind of bad upload."""
     good = scans["f1.nii.gz"].read_bytes()
@@ -180,7 +207,7 @@ def _bad_uploads(scans, tmp_path):
                                       ).read_bytes(), 422, "unusable_scan", "wrong dimensionality"),
         "nan.nii.gz": (write_image(tmp_path / "n.nii.gz", nan).read_bytes(), 422, "unusable_scan",
                        "contains 1 NaN and 0 Inf voxel(s)"),
-        "series.zip": (zipped.getvalue(), 415, "unsupported_media_type", "is a zip archive"),
+        "series.zip": (zipped.getvalue(), 422, "unusable_scan", "not a DICOM file"),
         "bomb.nii.gz": (gzip.compress(bytes(1 << 20)), 413, "too_large", "decompresses to more than the image limit"),
         "huge.nii": (os.urandom(70 << 10), 413, "too_large", "larger than the limit of 65536 bytes"),
     }
@@ -296,21 +323,33 @@ def _connectable(port):
         return False
 
 
-def test_sigterm_during_an_upload_answers_it_503_and_the_process_exits_0(run, scans, reference, tmp_path):
+def _files(root):
+    return {p.relative_to(root): (p.stat().st_mode, p.read_bytes()) for p in sorted(Path(root).rglob("*"))
+            if p.is_file()}
+
+
+def test_serving_a_bundle_sigterm_during_an_upload_answers_it_503_and_the_process_exits_0(run, scans, reference,
+                                                                                            tmp_path):
+    """``ldm-ood serve --model`` as a process: the bundle's scores are its run's, the bundle is left as it
+    was, and SIGTERM while a request's body is still arriving answers it 503 and exits 0."""
+    bundle = open_bundle(export_bundle(run.root, tmp_path / "model"))
+    before = _files(bundle.root)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     log = tmp_path / "serve.log"
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TMPDIR=str(tmp),
                COLUMNS="300")
     with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "ldm_ood", "serve", "--run", str(run.root), "--port", "0",
+        proc = subprocess.Popen([sys.executable, "-m", "ldm_ood", "serve", "--model", str(bundle.root), "--port", "0",
                                  "--workers", "1", "--queue", "1"], stdout=fh, stderr=subprocess.STDOUT, env=env)
     try:
         _until(lambda: "http://127.0.0.1:" in log.read_text() or proc.poll() is not None, 120, "the start line")
         port = int(log.read_text().split("http://127.0.0.1:")[1].split()[0].rstrip("/;,—"))
+        url = f"http://127.0.0.1:{port}"
         _until(lambda: _connectable(port), 60, "the listener")
-        _assert_scored(_post(f"http://127.0.0.1:{port}", "f1.nii.gz", scans["f1.nii.gz"].read_bytes()),
-                       reference["f1.nii.gz"], _threshold(run))
+        assert httpx.get(f"{url}/v1/model").json()["bundle"]["model_id"] == bundle.model_id
+        _assert_scored(_post(url, "f1.nii.gz", scans["f1.nii.gz"].read_bytes()), reference["f1.nii.gz"],
+                       _threshold(run), model_id=bundle.model_id)
 
         boundary, data = "b0undary", scans["f0.nii.gz"].read_bytes()
         body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f0.nii.gz"\r\n'
@@ -338,6 +377,7 @@ def test_sigterm_during_an_upload_answers_it_503_and_the_process_exits_0(run, sc
     text = log.read_text()
     assert "Traceback" not in text and "Finished server process" in text
     assert not list(tmp.iterdir())  # the private folder is gone
+    assert _files(bundle.root) == before and open_bundle(bundle.root).model_id == bundle.model_id
 
 
 def test_fuzzing_from_the_schema_finds_no_server_error(server):

@@ -47,15 +47,16 @@ class ScoringSession:
     """A detection method of the run (or model bundle) at ``root``, loaded once (module docstring).
 
     ``method``: ``ldm`` or ``ltm`` (the methods with a ``prepare_fn`` in the registry); ``model_id``:
-    what results name the model by (default: the calibration id); ``device``: default
+    what results name the model by (default: the calibration id; a bundle's own id for a bundle);
+    ``bundle_meta``: a model bundle's ``model.json``, part of :meth:`describe`; ``device``: default
     ``precision.default_device()``; ``force``: use a model or calibration made before a network it
     depends on was retrained. The run folder is only read (the precision choices are not recorded in it).
     A method that is not calibrated is refused: a service needs the operating threshold.
     """
 
     def __init__(self, root: str | Path, method: str = "ldm", *, model_id: str | None = None,
-                 device: str | None = None, force: bool = False):
-        self.info = method_info(method)
+                 bundle_meta: dict[str, Any] | None = None, device: str | None = None, force: bool = False):
+        self.info, self.bundle_meta = method_info(method), bundle_meta
         self.prepared: PreparedScoring = self.info.prepare()(root, device=device, force=force,
                                                              record_precision=False)
         if self.prepared.threshold is None:
@@ -126,4 +127,5 @@ class ScoringSession:
             "device": str(ctx.device),
             "versions": {"ldm_ood": __version__, "torch": torch.__version__, "monai": monai.__version__,
                          "python": platform.python_version()},
+            **({"bundle": self.bundle_meta} if self.bundle_meta is not None else {}),
         }

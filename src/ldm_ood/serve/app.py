@@ -1,8 +1,8 @@
 """The scoring service's HTTP API (FastAPI; its OpenAPI schema is served at ``/openapi.json``, the
 interactive page at ``/docs``).
 
-* ``POST /v1/score`` — a multipart upload (field ``file``) of one NIfTI scan (``.nii`` / ``.nii.gz``);
-  returns the score, percentile, flag, the operating threshold and its validation FPR, the model id,
+* ``POST /v1/score`` — a multipart upload (field ``file``) of one NIfTI scan (``.nii`` / ``.nii.gz``)
+  or a zip of one DICOM series; returns the score, percentile, flag, the operating threshold and its validation FPR, the model id,
   ``qc_reason`` (why the input check refused the scan; then ``score`` is null — +inf in score files —
   ``flag`` true and ``percentile`` 100), the seconds taken, and a link to the anomaly map;
 * ``GET /v1/maps/{id}`` — the anomaly map of a scored scan, NIfTI (gzip) on the scan's own grid and
@@ -12,7 +12,7 @@ interactive page at ``/docs``).
 * ``GET /v1/model`` — what the model is: id, method, calibration, expected input, network hashes, versions.
 
 Every error is JSON ``{"error": <code>, "detail": <message>}``: 400 ``bad_upload``, 404 ``not_found``,
-413 ``too_large``, 415 ``unsupported_media_type``, 422 ``unusable_scan`` or ``invalid_request``, 429
+413 ``too_large``, 422 ``unusable_scan`` or ``invalid_request``, 429
 ``queue_full`` and 503 ``shutting_down`` (both with ``Retry-After``), 507 ``insufficient_storage``;
 anything else is a 500 ``internal_error`` whose traceback goes to the server's log, never to the client.
 The body size limit is enforced while the body arrives (:class:`BodyLimit`), before it is parsed.
@@ -40,7 +40,7 @@ from .service import ScoringService
 
 log = logging.getLogger("ldm_ood.serve")
 
-UPLOAD_CODES = {400: "bad_upload", 413: "too_large", 415: "unsupported_media_type", 422: "unusable_scan"}
+UPLOAD_CODES = {400: "bad_upload", 413: "too_large", 422: "unusable_scan"}
 MAP_ID = r"^[0-9a-f]{32}$"
 
 
@@ -59,7 +59,8 @@ class MapLink(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    case_id: str = Field(description="the upload's file name without its suffix (or 'scan'); seeds the LDM's noise")
+    case_id: str = Field(description="the upload's file name without its suffix (or 'scan'), or a DICOM series' "
+                                     "SeriesInstanceUID; seeds the LDM's noise as in folder mode")
     model_id: str
     method: str
     score: float | None = Field(description="pred_score, higher = more OOD; null when the input check refused "
@@ -205,10 +206,11 @@ def create_app(service: ScoringService) -> FastAPI:
         return error_response(500, "internal_error", f"the request failed on the server ({type(err).__name__}); "
                                                      "the server's log has the details")
 
-    @app.post("/v1/score", response_model=ScoreResponse, responses=_errors(400, 413, 415, 422, 429, 503, 507),
+    @app.post("/v1/score", response_model=ScoreResponse, responses=_errors(400, 413, 422, 429, 503, 507),
               summary="Score one scan")
     async def score(request: Request, file: Annotated[UploadFile, File(
-            description="one scan: NIfTI (.nii or .nii.gz), of the model's dimensionality")]) -> ScoreResponse:
+            description="one scan of the model's dimensionality: NIfTI (.nii or .nii.gz), or a zip of one "
+                        "DICOM series")]) -> ScoreResponse:
         t0 = time.perf_counter()
         try:
             result, waited = await service.queue.run(lambda: service.score_upload(file.file, file.filename))

@@ -77,19 +77,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def open_model(run: str | Path | None, model: str | Path | None) -> tuple[Path, str | None]:
-    """``(root with the run-directory layout, model id or None)`` of ``--run`` or ``--model`` (exactly one)."""
+def open_model(run: str | Path | None, model: str | Path | None, method: str) -> tuple[Path, str | None, dict | None]:
+    """``(root with the run-directory layout, model id, model.json)`` of ``--model`` (a bundle, verified;
+    it must hold ``method``) or ``--run`` (id and description None: the calibration's are used)."""
     if (run is None) == (model is None):
-        raise ConfigError("pass exactly one of --model (a model bundle) and --run (a run directory)")
+        raise ConfigError("give exactly one of --model (a model bundle) and --run (a run directory)")
     if run is not None:
-        return Path(run), None
-    try:
-        from ..bundle import open_bundle
-    except ImportError:
-        raise ConfigError("this build cannot read model bundles (ldm_ood.bundle is missing); serve the run "
-                          "directory with --run instead") from None
+        return Path(run), None, None
+    from ..bundle import open_bundle
+
     bundle = open_bundle(model)
-    return Path(bundle.root), bundle.model_id
+    return bundle.root_for(method), bundle.model_id, bundle.meta
 
 
 def serve(run: str | Path | None = None, model: str | Path | None = None, method: str = "ldm",
@@ -99,10 +97,10 @@ def serve(run: str | Path | None = None, model: str | Path | None = None, method
 
     from ..methods.session import ScoringSession
 
-    root, model_id = open_model(run, model)
+    root, model_id, bundle_meta = open_model(run, model, method)
     threads = settings.threads or max(1, torch.get_num_threads() // settings.workers)
     torch.set_num_threads(threads)
-    session = ScoringSession(root, method, model_id=model_id, force=force)
+    session = ScoringSession(root, method, model_id=model_id, bundle_meta=bundle_meta, force=force)
     sock = bind(settings.host, settings.port)
     service = ScoringService(session, settings)
     server = build_server(service, log_level)

@@ -84,13 +84,13 @@ class ScoringService:
         """Score one upload (module docstring); the response's fields but ``queue_seconds`` and
         ``total_seconds``. ``UploadError`` for a bad upload."""
         name = filename or "upload"
-        case_id = upload_case_id(filename)
         folder = self.folder / f"upload-{secrets.token_hex(8)}"
         folder.mkdir(mode=0o700)
         try:
             path = folder / "scan.nii"  # the reader decompresses gzip data whatever the suffix
             save_upload(source, path, self.settings.max_upload_bytes, name)
-            image = read_upload(path, name, self.session.spatial_dims, self.settings.max_image_bytes)
+            image, series_id = read_upload(path, name, self.session.spatial_dims, self.settings.max_image_bytes)
+            case_id = series_id or upload_case_id(filename)
             try:
                 scored = self.session.score(image, folder / "out", case_id)
             except InputError as err:  # preprocessing refused the content (e.g. its dimensionality)

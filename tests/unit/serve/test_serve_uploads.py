@@ -1,13 +1,18 @@
 """What the service does with an uploaded file: its name only becomes a safe case id, its size is
-bounded (also once decompressed), and every problem is an UploadError naming the upload (never the
-server's path) with the HTTP status of its kind: 400 unreadable, 413 too large, 415 zip, 422 not a usable scan."""
+bounded (also once decompressed or unpacked), a zip is read as one DICOM series, and every problem is
+an UploadError naming the upload (never the server's path) with the HTTP status of its kind: 400
+unreadable, 413 too large, 422 not a usable scan or series."""
 
 import gzip
 import io
+import zipfile
 
 import numpy as np
 import pytest
 
+from dicom_series import write_series
+
+from ldm_ood.data.dicom import read_series
 from ldm_ood.data.io import write_image
 from ldm_ood.errors import UploadError
 from ldm_ood.serve.uploads import check_decompressed_size, read_upload, save_upload, upload_case_id
@@ -62,8 +67,8 @@ def slice2d():
 
 
 def test_a_good_upload_reads_as_its_image(tmp_path, slice2d):
-    image = read_upload(_upload(tmp_path, slice2d), "head.nii.gz", 2, 1 << 20)
-    assert image.array.shape == (18, 20) and np.array_equal(image.array, slice2d)
+    image, case_id = read_upload(_upload(tmp_path, slice2d), "head.nii.gz", 2, 1 << 20)
+    assert image.array.shape == (18, 20) and np.array_equal(image.array, slice2d) and case_id is None
 
 
 @pytest.mark.parametrize("make, status, problem", [
@@ -78,13 +83,13 @@ def test_a_readable_nifti_that_is_not_a_usable_scan_is_422(tmp_path, slice2d, ma
     assert err.value.status == status
 
 
-def test_unreadable_bytes_are_400_and_zips_415_naming_the_upload_only(tmp_path, slice2d):
+def test_unreadable_bytes_are_400_naming_the_upload_only(tmp_path, slice2d):
     good = _upload(tmp_path, slice2d).read_bytes()
     cases = {
         "cut.nii.gz": (good[: len(good) // 2], 400, "unreadable or truncated gzip data"),
         "text.nii": (b"hello, this is not an image\n" * 20, 400, "not a NIfTI file"),
         "tiny.nii": (b"abc", 400, "shorter than a NIfTI header"),
-        "series.zip": (b"PK\x03\x04" + bytes(100), 415, "is a zip archive"),
+        "series.zip": (b"PK\x03\x04" + bytes(100), 400, "not a readable zip archive"),
     }
     for name, (data, status, problem) in cases.items():
         path = tmp_path / "private" / "scan.nii"
@@ -97,3 +102,52 @@ def test_unreadable_bytes_are_400_and_zips_415_naming_the_upload_only(tmp_path, 
     with pytest.raises(UploadError, match="image limit of 100 bytes") as err:
         read_upload(path, "big.nii", 2, 100)
     assert err.value.status == 413
+
+
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_zip_of_one_dicom_series_reads_as_the_series(tmp_path):
+    uid, files = write_series(tmp_path / "series", 3)
+    members = {f"study/{f.name}": f.read_bytes() for f in files}
+    members.update({"__MACOSX/study/._IM0000.dcm": b"resource fork", "study/.DS_Store": b"x",
+                    "../../escape/notes.txt": b"not dicom, not named .dcm: ignored"})
+    path = tmp_path / "up" / "scan.nii"
+    path.parent.mkdir()
+    _zip(path, members)
+    image, case_id = read_upload(path, "series.zip", 3, 1 << 24)
+    expected = read_series(tmp_path / "series", 3)
+    assert case_id == uid and np.array_equal(image.array, expected.array) and np.allclose(image.affine, expected.affine)
+    unpacked = sorted(p.name for p in (path.parent / "series").iterdir())
+    assert len(unpacked) == 4 and unpacked[-1].endswith("-notes.txt")  # inside the folder, under a made name
+    assert not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("kind, status, problem", [
+    ("two series", 422, "holds 2 DICOM series"),
+    ("gap", 422, "slice"),
+    ("no dicom", 422, "holds no DICOM files"),
+    ("too large", 413, "unpacks to more than the image limit"),
+])
+def test_a_zip_that_is_not_one_readable_series_is_refused(tmp_path, kind, status, problem):
+    members = {}
+    if kind == "two series":
+        for k in range(2):
+            members.update({f"s{k}/{f.name}": f.read_bytes() for f in write_series(tmp_path / f"s{k}", 2, seed=k)[1]})
+    elif kind == "gap":
+        members = {f.name: f.read_bytes() for f in write_series(tmp_path / "g", 5, skip=(2,))[1]}
+    elif kind == "no dicom":
+        members = {"report.txt": b"a report"}
+    else:
+        members = {"big.dcm": bytes(1 << 20)}
+    path = tmp_path / "up" / "scan.nii"
+    path.parent.mkdir()
+    _zip(path, members)
+    with pytest.raises(UploadError, match=problem) as err:
+        read_upload(path, "series.zip", 3, 1 << 19)
+    assert err.value.status == status and str(err.value).startswith("series.zip: ")
+    assert str(tmp_path) not in str(err.value)
