@@ -42,6 +42,10 @@ Method = Enum("Method", {name: name for name in METHODS}, type=str)
 BenchmarkPart = Enum("BenchmarkPart", {p: p for p in ("all", "detection", "segmentation")}, type=str)
 
 
+#: ``serve --method`` choices: the methods that score one scan at a time (a ``prepare_fn`` in the registry)
+ServedMethod = Enum("ServedMethod", {m.name: m.name for m in METHODS.values() if m.prepare_fn}, type=str)
+
+
 #: ``--variant`` choices: the variants of ``config.Variant``
 Variant = Enum("Variant", {v: v for v in get_args(SegmentVariant)}, type=str)
 
@@ -218,13 +222,8 @@ def _run_or_model(run: Optional[Path], model: Optional[Path], method: str, input
         raise typer.BadParameter("--model scores a folder: give --input DIR --output OUT (a bundle is read-only; "
                                  "score a manifest's sets with --run)")
     from .bundle import open_bundle
-    from .errors import BundleError
 
-    bundle = open_bundle(model)
-    if method not in bundle.methods:
-        raise BundleError(model, f"has no calibrated {method} (it runs {', '.join(bundle.methods)}); calibrate it in "
-                                 "the run and export again")
-    return bundle.root
+    return open_bundle(model).root_for(method)
 
 
 @app.command()
@@ -302,6 +301,31 @@ def export(
     from .bundle import export_bundle
 
     export_bundle(run, out)
+
+
+@app.command()
+@_friendly
+def serve(
+    model: Optional[Path] = typer.Option(None, "--model", help="Model bundle (`ldm-ood export`); or --run."),
+    run: Optional[Path] = ScoringRunOpt,
+    method: ServedMethod = typer.Option(ServedMethod.ldm, help="Detection method to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback; the service has no authentication)."),
+    port: int = typer.Option(8000, help="Port (0: a free one, printed at start)."),
+    workers: int = typer.Option(1, min=1, help="Scans scored at once."),
+    queue: int = typer.Option(4, min=0, help="Scans that may wait for a worker; beyond them a request gets 429."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Torch threads (default: torch's count // workers)."),
+    max_upload_mb: float = typer.Option(256.0, min=0.001, help="Largest request body, MiB (413 beyond)."),
+    keep_maps: int = typer.Option(32, min=0, help="Anomaly maps kept for GET /v1/maps/{id} (0: none)."),
+    map_ttl: float = typer.Option(900.0, min=0, help="Seconds an anomaly map is kept at most."),
+    force: bool = ForceOpt,
+) -> None:
+    """HTTP scoring service: POST /v1/score a NIfTI scan → score, flag, anomaly map (model loaded once)."""
+    from .serve.server import serve as run_server
+    from .serve.service import MiB, ServeSettings
+
+    settings = ServeSettings(host=host, port=port, workers=workers, queue=queue, threads=threads,
+                             max_upload_bytes=int(max_upload_mb * MiB), keep_maps=keep_maps, map_ttl_s=map_ttl)
+    run_server(run=run, model=model, method=method.value, settings=settings, force=force)
 
 
 # ----------------------------------------------------------------------------- evaluation

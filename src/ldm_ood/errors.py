@@ -16,7 +16,10 @@
   an older upstream one, a second writer on a run directory;
 * :class:`BundleError`: a model bundle that cannot be used as asked (a newer format, not a bundle,
   a command that would write into it); a changed bundle file is an :class:`IntegrityError`;
-* :class:`BatchFailures` / :class:`BatchError`: per-item failures of a batch, raised at its end.
+* :class:`BatchFailures` / :class:`BatchError`: per-item failures of a batch, raised at its end;
+* :class:`UploadError`: a scan uploaded to the scoring service is unusable (an HTTP 4xx);
+  :class:`QueueFullError` / :class:`ServiceClosedError` (:class:`ServiceBusyError`): the service cannot
+  take a scan now (429 / 503).
 """
 
 from __future__ import annotations
@@ -121,6 +124,36 @@ class BundleError(_PathProblem):
 
 class RunLockedError(RuntimeError):
     """Another process is writing to the same run directory (its lock file names the process)."""
+
+
+class UploadError(_PathProblem):
+    """A scan uploaded to the scoring service is unusable. ``path`` is the file name the client sent
+    (never a path on the server); ``status`` the HTTP status it is answered with: 400 (not a readable
+    NIfTI or zip), 413 (too large), 422 (a readable NIfTI that is not a usable scan: NaN voxels, another
+    dimensionality than the model's, a constant image; a zip that is not one readable DICOM series)."""
+
+    def __init__(self, name: str | None, problem: str, status: int):
+        self.status = status
+        super().__init__(name or "upload", problem)
+
+
+class ServiceBusyError(RuntimeError):
+    """The scoring service cannot take a scan now; ``status`` and ``code`` are its HTTP answer."""
+
+    status: int = 503
+    code: str = "unavailable"
+
+
+class QueueFullError(ServiceBusyError):
+    """As many scans as the service scores at once are being scored and as many as may wait are waiting."""
+
+    status, code = 429, "queue_full"
+
+
+class ServiceClosedError(ServiceBusyError):
+    """The service is shutting down: scans already taken are finished, new ones refused."""
+
+    status, code = 503, "shutting_down"
 
 
 @dataclass

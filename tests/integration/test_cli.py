@@ -6,8 +6,8 @@ from typer.testing import CliRunner
 from ldm_ood.cli import app
 
 runner = CliRunner()
-COMMANDS = ["synth", "corrupt", "config", "calibrate", "score", "segment", "evaluate", "report", "benchmark", "demo", "train",
-            "export"]
+COMMANDS = ["synth", "corrupt", "config", "calibrate", "score", "segment", "serve", "evaluate", "report", "benchmark", "demo",
+            "train", "export"]
 
 
 def test_help_lists_every_command_with_one_line_help():

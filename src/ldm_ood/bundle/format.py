@@ -59,6 +59,13 @@ class ModelBundle:
         """The methods it can run (``methods.registry`` names): those whose networks and calibration it holds."""
         return tuple(self.meta["methods"])
 
+    def root_for(self, method: str) -> Path:
+        """``root``, to score ``method`` from; :class:`~ldm_ood.errors.BundleError` when the bundle does not hold it."""
+        if method not in self.methods:
+            raise BundleError(self.root, f"has no calibrated {method} (it runs {', '.join(self.methods)}); calibrate "
+                                         "it in the run and export again")
+        return self.root
+
 
 def upgrade(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     """``meta`` at :data:`FORMAT_VERSION`: an older version migrated step by step (:data:`MIGRATIONS`);

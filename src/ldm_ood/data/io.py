@@ -210,14 +210,30 @@ def read_image(
             be neither.
     """
     path = Path(path)
+    array, affine = read_raw(path)
+    return checked_image(path, array, affine, spatial_dims, allow_constant)
+
+
+def read_raw(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The first half of :func:`read_image`: ``(voxels in the file's dtype, 4×4 affine)`` of a file
+    that is there and readable; :class:`InputError` when the path or the bytes are unusable."""
+    path = Path(path)
     check_file(path)
     try:
-        array, affine = _read_raw(path)
+        return _read_raw(path)
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - nibabel/PIL/numpy raise many types for corrupt files
         detail = " ".join(str(err).split())  # one line, whatever the library put in its message
         raise InputError(path, f"unreadable or truncated ({type(err).__name__}: {detail})") from None
+
+
+def checked_image(path: str | Path | None, array: np.ndarray, affine: np.ndarray, spatial_dims: int | None = None,
+                  allow_constant: bool = False) -> Image:
+    """The second half of :func:`read_image`: the voxels :func:`read_raw` gave, checked (data type,
+    dimensionality, affine, values) and cast to float32; :class:`InputError` naming ``path`` when the
+    content is not a usable scan."""
+    path = None if path is None else Path(path)
     check_dtype(path, array.dtype, allow_bool=allow_constant)
     array = spatial_array(path, array, spatial_dims)
     check_affine(path, affine, dims=array.ndim)

@@ -18,6 +18,7 @@ import torch
 from ..data.manifest import Case
 from ..data.plausibility import DEFAULT, InputDomain
 from ..runs import RunDir
+from .context import Context
 from .operating_point import OperatingPoint
 
 #: columns the runner fills in every method's score file, just before ``seconds``: ``model_score`` (the
@@ -91,6 +92,25 @@ class Method(Protocol):
         """Score ``x (b, 1, *grid)`` (the preprocessed ``cases``), write each case's outputs into
         ``out_dir``; one row per case with ``pred_score`` and the method's columns (no case_id, set, seconds)."""
         ...
+
+
+@dataclass
+class PreparedScoring:
+    """A detection method ready to score, everything loaded and checked once: what its ``score_<name>``
+    hands to :func:`.runner.run_method`, and what a :class:`~.session.ScoringSession` keeps.
+
+    ``context``: run, config, device, preprocessor; ``method``: the :class:`Method` (networks and
+    calibration inside); ``calibrated``: the calibration's id and input domain; ``fpr`` / ``threshold``:
+    its operating point (None when the method is not calibrated); ``n_validation``: the validation
+    scans it was calibrated on.
+    """
+
+    context: Context
+    method: Method
+    calibrated: Calibrated
+    fpr: float | None
+    threshold: float | None
+    n_validation: int = 0
 
 
 class DetectionFiles:

@@ -44,10 +44,13 @@ class Preprocessing(Protocol):
     """What the pipelines need of ``ldm_ood.data.transforms.Preprocessor`` (CONTRACTS.md).
 
     ``load(source)`` → ``(x (1, *grid) in [0, 1], meta)`` for a case's ``source`` (an image file or a
-    DICOM series); ``invert(array (*grid), meta)`` → the array on the input's native grid and affine.
+    DICOM series); ``apply(image)``: the same for an image already read; ``invert(array (*grid), meta)``
+    → the array on the input's native grid and affine.
     """
 
     def load(self, source: Any) -> tuple[torch.Tensor, Any]: ...
+
+    def apply(self, image: Image) -> tuple[torch.Tensor, Any]: ...
 
     def invert(self, array_on_grid: Any, meta: Any) -> Image: ...
 

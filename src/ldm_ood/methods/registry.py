@@ -30,7 +30,8 @@ class MethodInfo:
     (CSV column, label)}``, the first being the method's own ``pred_score``; ``reference_keys``: the keys of
     its calibration JSON (``RunDir.calibration_json_path``) holding the validation image scores (a list, or
     a mapping case → score) and the image-level threshold (None: it has none), read by
-    :mod:`.operating_point`.
+    :mod:`.operating_point`; ``prepare_fn``: a detection
+    method's ``prepare_<name>(run_dir, ...) -> PreparedScoring`` (what ``ScoringSession`` and ``serve`` load once).
     """
 
     name: str
@@ -43,6 +44,7 @@ class MethodInfo:
     score_options: tuple[str, ...] = ()
     columns: dict[str, tuple[str, str]] = field(default_factory=dict)
     reference_keys: tuple[str, str | None] = ("val_scores", "score_threshold")
+    prepare_fn: str = ""
 
     def calibrate(self) -> Callable[..., Any]:
         """``calibrate_<name>(run_dir, manifest=None, ...) -> CalibrationResult``."""
@@ -52,15 +54,24 @@ class MethodInfo:
         """``score_<name>(run_dir, manifest=None, sets=None, input_dir=None, output_dir=None, ...) -> RunResult``."""
         return getattr(importlib.import_module(self.module), self.score_fn)
 
+    def prepare(self) -> Callable[..., Any]:
+        """``prepare_<name>(run_dir, ..., record_precision=True) -> PreparedScoring``; ``ConfigError`` for a
+        method that cannot score one scan at a time (the segmentation methods)."""
+        if not self.prepare_fn:
+            scorable = ", ".join(m.name for m in METHODS.values() if m.prepare_fn)
+            raise ConfigError(f"method {self.name!r} cannot be served; the detection methods can: {scorable}")
+        return getattr(importlib.import_module(self.module), self.prepare_fn)
+
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("ldm", "detection", "000", "latent diffusion reconstructions, MSE + LPIPS z-scored (Graham et al. 2023)",
                "ldm_ood.methods.ldm.pipeline", "calibrate_ldm", "score_ldm", score_options=("sequential",),
                columns={"ldm": ("pred_score", "LDM"), "ldm_mse": ("score_mse", "LDM (MSE)"),
-                        "ldm_lpips": ("score_lpips", "LDM (LPIPS)")}, reference_keys=("val_scores", "threshold")),
+                        "ldm_lpips": ("score_lpips", "LDM (LPIPS)")}, reference_keys=("val_scores", "threshold"),
+               prepare_fn="prepare_ldm"),
     MethodInfo("ltm", "detection", "000", "latent transformer likelihood baseline (Graham et al. 2023 §3.3)",
                "ldm_ood.methods.ltm.pipeline", "calibrate_ltm", "score_ltm",
-               columns={"ltm": ("pred_score", "LTM")}, reference_keys=("values", "threshold")),
+               columns={"ltm": ("pred_score", "LTM")}, reference_keys=("values", "threshold"), prepare_fn="prepare_ltm"),
     MethodInfo("segment", "segmentation", "001", "KL-masked latent healing (Pinaya et al. 2022), variants a-d",
                "ldm_ood.methods.segment.pipeline", "calibrate_segment", "segment", score_options=("variant",),
                reference_keys=("val_scores", None)),

@@ -34,6 +34,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from ..data.io import Image
 from ..data.manifest import Case
 from ..errors import BatchFailures, OutputError, StaleArtifactError
 from .base import Calibrated, Method, RunResult
@@ -95,6 +96,13 @@ class _Loaded:
     seconds: float
 
 
+def _load(case: Case, ctx: Context, image: Image | None = None) -> _Loaded:
+    """``case`` preprocessed (read from ``case.path``, or ``image`` when it was read already), timed."""
+    t0 = time.perf_counter()
+    x, meta = ctx.preprocessor.load(case.source) if image is None else ctx.preprocessor.apply(image)
+    return _Loaded(case, x, meta, time.perf_counter() - t0)
+
+
 def load_batches(cases: Sequence[Case], ctx: Context, size: int, failures: BatchFailures
                  ) -> Iterator[tuple[int, list[_Loaded]]]:
     """``(n, loaded)`` per chunk of up to ``size`` cases: the preprocessed ones (unreadable ones go
@@ -103,9 +111,7 @@ def load_batches(cases: Sequence[Case], ctx: Context, size: int, failures: Batch
         chunk, group = cases[i : i + size], []
         for case in chunk:
             with failures.guard(case.case_id, case.path):
-                t0 = time.perf_counter()
-                x, meta = ctx.preprocessor.load(case.source)
-                group.append(_Loaded(case, x, meta, time.perf_counter() - t0))
+                group.append(_load(case, ctx))
         yield len(chunk), group
 
 
@@ -159,6 +165,17 @@ def apply_input_qc(row: dict[str, Any], meta: Any, calibrated: Calibrated) -> di
         out["pred_score"] = math.inf
         out.update({k: v for k, v in (("flag", 1), ("percentile", 100.0)) if k in row})
     return out
+
+
+def score_case(method: Method, ctx: Context, case: Case, out_dir: Path, calibrated: Calibrated = Calibrated(),
+               image: Image | None = None) -> tuple[dict[str, Any], float]:
+    """``(row, seconds)`` of one case scored as :func:`run_method` scores it (a batch of one, then the
+    input check), its outputs written into ``out_dir``; ``image``: the scan already read (else it is
+    read from ``case.path``). Errors are raised, not collected: the caller has one case."""
+    item = _load(case, ctx, image)
+    [(_, row, seconds)] = _apply(lambda cases, x, metas: method.score_batch(cases, x, metas, out_dir), [item],
+                                 ctx.device)
+    return apply_input_qc(row, item.meta, calibrated), seconds
 
 
 def _write(job: Job, item: _Loaded, row: dict[str, Any], seconds: float, calibrated: Calibrated, label: str) -> None:

@@ -37,7 +37,7 @@ from ...precision_policy import PrecisionChoice
 from ...runs import RunDir
 from ...samplers.noise import case_seed
 from .. import inference_precision
-from ..base import RUNNER_COLUMNS, CalibrationResult, DetectionFiles, RunResult
+from ..base import RUNNER_COLUMNS, CalibrationResult, DetectionFiles, PreparedScoring, RunResult
 from ..calibration_files import (
     check_calibration,
     readable,
@@ -208,12 +208,13 @@ class ScoreResult(RunResult):
     unet_calls: int = 0
 
 
-def _setup(run_dir, config, models, similarity, preprocessor, device, sequential, force=False):
+def _setup(run_dir, config, models, similarity, preprocessor, device, sequential, force=False, record=True):
+    """``record``: the precision choices go to the run's ``precision.json`` too (not for a read-only model)."""
     ctx = load_context(run_dir, config, preprocessor, device)
     if models is None:
         models = load_scoring_models(ctx.run, ctx.cfg, ctx.device, force)
     scorer = OODScorer(models, ctx.cfg.score, similarity=similarity, sequential=sequential, grid=ctx.cfg.data.grid)
-    inference_precision.report(scorer.precision, ctx.run)
+    inference_precision.report(scorer.precision, ctx.run if record else None)
     return ctx.run, ctx.cfg, scorer, ctx.preprocessor, ctx.device
 
 
@@ -338,19 +339,40 @@ def score_ldm(
     """
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
-    run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device,
-                                                    sequential, force)
-    calibrated = check_calibration(run, "ldm", force)  # first: a torn file is named by its hash
-    cal, voxel = load_ldm_calibration(run)
-    cal.check_compatible(scorer.t_values, scorer.map_t_values, scorer.settings)
-    method = LDMScoring(scorer, cal, voxel, preprocessor)
+    prepared = prepare_ldm(run_dir, config, models=models, similarity=similarity, preprocessor=preprocessor,
+                           device=device, sequential=sequential, force=force)
     result = ScoreResult()
     try:
-        run_method(method, Context(run, cfg, device, preprocessor), manifest, sets, input_dir, output_dir,
-                   progress, result, calibrated, force)
+        run_method(prepared.method, prepared.context, manifest, sets, input_dir, output_dir, progress, result,
+                   prepared.calibrated, force)
     finally:
-        result.unet_calls = scorer.calls.calls
+        result.unet_calls = prepared.method.scorer.calls.calls
     return result
+
+
+def prepare_ldm(
+    run_dir: str | Path,
+    config: Config | None = None,
+    *,
+    models: ScoringModels | None = None,
+    similarity: Mapping[str, SimilarityFn] | None = None,
+    preprocessor: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+    sequential: bool = False,
+    force: bool = False,
+    record_precision: bool = True,
+) -> PreparedScoring:
+    """Everything :func:`score_ldm` loads before it scores, checked: the networks, the calibration
+    (its files' hashes first, so a torn file is named by its hash; then its settings against the
+    scorer's) and the :class:`LDMScoring` method. ``record_precision``: write the precision choices
+    into the run's ``precision.json`` (False for a model folder that is only read)."""
+    run, cfg, scorer, preprocessor, device = _setup(run_dir, config, models, similarity, preprocessor, device,
+                                                    sequential, force, record_precision)
+    calibrated = check_calibration(run, "ldm", force)
+    cal, voxel = load_ldm_calibration(run)
+    cal.check_compatible(scorer.t_values, scorer.map_t_values, scorer.settings)
+    return PreparedScoring(Context(run, cfg, device, preprocessor), LDMScoring(scorer, cal, voxel, preprocessor),
+                           calibrated, cal.fpr, cal.threshold, len(cal.case_ids))
 
 
 @dataclass

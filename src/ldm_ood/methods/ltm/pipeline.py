@@ -32,7 +32,7 @@ from ...data.manifest import Case
 from ...errors import BatchFailures
 from ...runs import RunDir
 from .. import inference_precision
-from ..base import RUNNER_COLUMNS, Calibrated, CalibrationResult, DetectionFiles, RunResult
+from ..base import RUNNER_COLUMNS, Calibrated, CalibrationResult, DetectionFiles, PreparedScoring, RunResult
 from ..calibration_files import (
     check_calibration,
     readable,
@@ -179,6 +179,26 @@ def score_ltm(
     (``force``: as for :func:`~ldm_ood.methods.ldm.pipeline.score_ldm`)."""
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
+    prepared = prepare_ltm(run_dir, config, networks=networks, preprocessor=preprocessor, device=device,
+                           map_interpolation=map_interpolation, force=force)
+    return run_method(prepared.method, prepared.context, manifest, sets, input_dir, output_dir, progress,
+                      LTMScoreResult(), prepared.calibrated, force)
+
+
+def prepare_ltm(
+    run_dir: str | Path,
+    config: Config | None = None,
+    *,
+    networks: LTMNetworks | None = None,
+    preprocessor: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+    map_interpolation: str = "nearest",
+    force: bool = False,
+    record_precision: bool = True,
+) -> PreparedScoring:
+    """Everything :func:`score_ltm` loads before it scores, checked: the networks, the calibration
+    when there is one (its orderings against the networks') and the :class:`LTMScoring` method.
+    ``record_precision``: write the precision choice into the run's ``precision.json``."""
     run, cfg, networks, preprocessor, device = _setup(run_dir, config, networks, preprocessor, device, force)
     calib = load_ltm_calibration(run)
     calibrated = check_calibration(run, "ltm", force) if calib is not None else Calibrated(method="ltm")
@@ -187,10 +207,11 @@ def score_ltm(
             f"{run.ltm_calibration_path}: calibrated with orderings {calib.orderings}, scoring with "
             f"{networks.kinds}; rerun calibrate --method ltm"
         )
-    method = LTMScoring(networks, ltm_bf16(cfg, networks, device, run), calib, preprocessor, cfg.data.grid,
-                        map_interpolation)
-    return run_method(method, Context(run, cfg, device, preprocessor), manifest, sets, input_dir, output_dir,
-                      progress, LTMScoreResult(), calibrated, force)
+    method = LTMScoring(networks, ltm_bf16(cfg, networks, device, run if record_precision else None), calib,
+                        preprocessor, cfg.data.grid, map_interpolation)
+    return PreparedScoring(Context(run, cfg, device, preprocessor), method, calibrated,
+                           calib.fpr if calib else None, calib.threshold if calib else None,
+                           len(calib.case_ids) if calib else 0)
 
 
 @dataclass
