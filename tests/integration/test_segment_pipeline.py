@@ -109,6 +109,14 @@ def test_calibrate_then_segment_writes_maps_on_the_input_grid_and_resumes(run_an
     assert [(r["pred_score"], r["pred_score_subsample"]) for r in d_rows] == \
         [(r["pred_score"], r["pred_score_subsample"]) for r in c_rows]
     assert all(r["score_seconds"] == "" for r in d_rows)
+    # variant a was not calibrated: segmenting with it calibrates it (a new calibration id), and the score,
+    # which depends on the networks and the score settings only, is still read back
+    before = read_records(path)[0]["calibration_id"]
+    segment(run.root, variant="a", sets=["sprites"], device="cpu")
+    a_rows = read_records(run.segment_scores_path("a", "sprites"))
+    assert a_rows[0]["calibration_id"] != before and a_rows[0]["score_key"] == c_rows[0]["score_key"] != ""
+    assert [r["pred_score"] for r in a_rows] == [r["pred_score"] for r in c_rows]
+    assert all(r["score_seconds"] == "" for r in a_rows)
 
 
 def test_segment_variant_a_calibrates_itself_and_reports_bad_files(run_and_manifest, tmp_path):

@@ -34,13 +34,14 @@ from ..outputs import write_segmentation
 from ..runner import run_method
 from .batch import ImageScore, SegmentModels, case_seeds, segment_batch, segment_context
 from .calibration import calibrate_segment, load_calibration
-from .shared_scores import SharedImageScores
+from .shared_scores import SharedImageScores, score_key
 from .variants import VariantSpec, variant_spec
 
 #: ``pred_score``: mean KL over the chain (§4.1); ``pred_score_subsample``: over ``segment.score_subsample_num_t``
-#: t-values of the same draws; ``score_seconds``: the part of ``seconds`` spent on the image-level score
+#: t-values of the same draws; ``score_seconds``: the part of ``seconds`` spent on the image-level score (blank
+#: when read back from another variant's row with the same ``score_key``, :mod:`.shared_scores`)
 FIELDS = ("case_id", "set", "pred_score", "pred_score_subsample", "healed_path", "map_path", "mask_path",
-          *RUNNER_COLUMNS, "seconds", "score_seconds")
+          *RUNNER_COLUMNS, "seconds", "score_seconds", "score_key")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class SegmentScoring:
     preprocessor: Preprocessing
     fieldnames: Sequence[str] = FIELDS
     shared_scores: SharedImageScores | None = None  # image scores other variants already computed (manifest mode)
+    score_key: str = ""  # shared_scores.score_key of this segmentation, written in every row
 
     @property
     def name(self) -> str:
@@ -102,7 +104,7 @@ class SegmentScoring:
         out = segment_batch(self.models, x, self.spec, scfg, self.kl_thresholds,
                             case_seeds([c.case_id for c in cases], scfg.seed), with_score=not reuse)
         scores = self._image_scores(cases, out.score)
-        return [{**scores[i],
+        return [{**scores[i], "score_key": self.score_key,
                  **write_segmentation(self.preprocessor, meta, case, out_dir, out.healed[i, 0], out.anomaly_map[i, 0],
                                   self.residual_threshold)}
                 for i, (case, meta) in enumerate(zip(cases, metas))]
@@ -152,8 +154,9 @@ def segment(
     kl_thr = thr.get(spec.kl_key) if spec.kl_key else None
 
     calibrated = check_calibration(run, "segment", force)
+    key = score_key(calibrated.model_id, cfg.segment, models.bf16)
     shared = None if input_dir is not None else SharedImageScores(
-        run, calibrated.id, [v for v in get_args(Variant) if v != variant], cfg.segment.score_subsample_num_t is not None)
-    method = SegmentScoring(models, spec, cfg, kl_thr, threshold, preprocessor, shared_scores=shared)
+        run, key, [v for v in get_args(Variant) if v != variant], cfg.segment.score_subsample_num_t is not None)
+    method = SegmentScoring(models, spec, cfg, kl_thr, threshold, preprocessor, shared_scores=shared, score_key=key)
     return run_method(method, ctx, manifest, sets, input_dir, output_dir, progress, SegmentResult(variant=variant),
                       calibrated, force)

@@ -6,18 +6,22 @@ depend on the variant: it is computed from the same latent, with the same per-ca
 written it for a case, the others read it back from that variant's score file instead of spending the 999
 evaluations again: :class:`SharedImageScores`.
 
-A score is reused only from a row of the same calibration (``calibration_id``: the calibration fixes the
-run's networks and the score's t-values) that holds the subsample column when one is asked for. A reused
-row leaves ``score_seconds`` blank, so the time tables count the score once, where it was computed.
+A score is reused only from a row with the same ``score_key`` (:func:`score_key`: a hash of what the score
+depends on — the networks, the t-values, the subsample, the seed and the UNet's precision; the calibration
+id would not do, since calibrating one more variant changes it) that holds the subsample column when one
+is asked for. A reused row leaves ``score_seconds`` blank, so the time tables count the score once, where it
+was computed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ...config import Variant
+from ...config import SegmentConfig, Variant
 from ...runs import RunDir
 from ..records import read_records
 
@@ -30,6 +34,15 @@ def _number(raw: str | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def score_key(model_id: str, cfg: SegmentConfig, bf16: bool) -> str:
+    """12 hex digits naming the image-level score's inputs: the networks (``model_id``), ``score_num_t``,
+    ``score_subsample_num_t``, the seed and whether the UNet ran in bf16; ``""`` without a model id."""
+    if not model_id:
+        return ""
+    what = [model_id, cfg.score_num_t, cfg.score_subsample_num_t, cfg.seed, bool(bf16)]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
+
+
 @dataclass
 class SharedImageScores:
     """Image-level scores of cases another variant of the run already wrote, by ``(set, case_id)``.
@@ -38,7 +51,7 @@ class SharedImageScores:
     """
 
     run: RunDir
-    calibration_id: str
+    key: str  # :func:`score_key` of this segmentation; nothing is shared without one
     variants: Sequence[Variant]
     want_subsample: bool
     _by_set: dict[str, dict[str, tuple[float, float | None]]] = field(default_factory=dict)
@@ -48,7 +61,7 @@ class SharedImageScores:
         for variant in self.variants:
             for row in read_records(self.run.segment_scores_path(variant, set_name)):
                 score, sub = _number(row.get("model_score")), _number(row.get("pred_score_subsample"))
-                if row.get("calibration_id") != self.calibration_id or score is None:
+                if not self.key or row.get("score_key") != self.key or score is None:
                     continue
                 if self.want_subsample and sub is None:
                     continue
