@@ -311,7 +311,7 @@ def score_rows(cal: OODCalibration, voxel: VoxelStats, met: ScanMetrics) -> tupl
     return row, amap
 
 
-@writes_run("score ldm")
+@writes_run("score ldm", sharded=True)
 def score_ldm(
     run_dir: str | Path,
     manifest: str | Path | None = None,

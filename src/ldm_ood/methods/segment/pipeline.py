@@ -30,6 +30,7 @@ from ..calibration_files import check_calibration
 from ..context import Preprocessing, writes_run
 from ..outputs import write_segmentation
 from ..runner import run_method
+from ..sharding import on_main
 from .batch import SegmentModels, case_seeds, segment_batch, segment_context
 from .calibration import calibrate_segment, load_calibration
 from .variants import VariantSpec, variant_spec
@@ -89,7 +90,7 @@ class SegmentScoring:
                 for i, (case, meta) in enumerate(zip(cases, metas))]
 
 
-@writes_run("segment")
+@writes_run("segment", sharded=True)
 def segment(
     run_dir: str | Path,
     manifest: str | Path | None = None,
@@ -121,8 +122,8 @@ def segment(
     spec = variant_spec(variant, cfg.segment)
     calib, thr = load_calibration(run)
     if variant not in calib.get("variants", {}) or (spec.kl_key and spec.kl_key not in thr):
-        calibrate_segment(run.root, config=cfg, variants=[variant], recalibrate=False, models=models,
-                          preprocessor=preprocessor, device=device, force=force)
+        on_main(calibrate_segment, run.root, config=cfg, variants=[variant], recalibrate=False, models=models,
+                preprocessor=preprocessor, device=device, force=force)
         calib, thr = load_calibration(run)
     threshold = calib["variants"][variant]["residual_threshold"]
     kl_thr = thr.get(spec.kl_key) if spec.kl_key else None
