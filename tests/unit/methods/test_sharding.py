@@ -4,9 +4,12 @@ part files are merged, and which commands run under ``torchrun`` (the 2-rank run
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from ldm_ood.config import ConfigError
+from ldm_ood.errors import BatchError, BatchFailures, InputError, NonFiniteTrainingError, StaleArtifactError
 from ldm_ood.data.manifest import Case
 from ldm_ood.methods import sharding
 from ldm_ood.methods.context import writes_run
@@ -89,3 +92,24 @@ def test_under_torchrun_only_scoring_commands_run_and_others_are_refused(tmp_pat
     monkeypatch.setenv("WORLD_SIZE", "1")
     calibrate_x(tmp_path)
     assert calls == [tmp_path] and (tmp_path / ".lock").exists()
+
+
+def test_errors_reach_the_other_ranks_with_their_class_and_message():
+    failures = BatchFailures([("c1", "unreadable")])
+    sent = [StaleArtifactError("/run/scores/ldm/id.csv", "made under calibration abc"), InputError("/x.nii", "empty"),
+            NonFiniteTrainingError("ldm", 2, 1, "loss", float("nan")), BatchError("1 failed", failures),
+            ConfigError("bad field")]
+    for err in sent:
+        got = sharding._portable(err)
+        assert got is err  # survives pickling as itself
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+    assert pickle.loads(pickle.dumps(sent[0])).path == sent[0].path
+    assert pickle.loads(pickle.dumps(sent[3])).failures.items == [("c1", "unreadable")]
+
+    class Odd(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}/{b}")
+
+    odd = sharding._portable(Odd(1, 2))
+    assert type(odd) is RuntimeError and str(odd) == "Odd: 1/2"
