@@ -46,6 +46,16 @@ class _PathProblem(ValueError):
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
 
+    def __reduce__(self):  # pickled with its path and problem (sent from rank 0 to the others under torchrun)
+        return _rebuild_path_problem, (type(self), self.path, self.problem)
+
+
+def _rebuild_path_problem(cls: type, path: Path | None, problem: str) -> _PathProblem:
+    """An error of class ``cls`` (a ``_PathProblem``) with ``path`` and ``problem``, whatever its own ``__init__``."""
+    err = cls.__new__(cls)
+    _PathProblem.__init__(err, path, problem)
+    return err
+
 
 class InputError(_PathProblem):
     """A user input (image, mask, manifest row) is unusable. ``str(err)`` is ``"<path>: <problem>"``."""
@@ -197,6 +207,9 @@ class BatchError(RuntimeError):
     def __init__(self, message: str, failures: BatchFailures):
         super().__init__(message)
         self.failures = failures
+
+    def __reduce__(self):
+        return type(self), (str(self), self.failures)
 
 
 class _Guard:

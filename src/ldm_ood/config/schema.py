@@ -178,7 +178,9 @@ class ScoreConfig(_HasPrecision):
     num_t_values: int = Field(default=50, ge=1, description="starts evenly spaced over [0, T]")
     t_values: tuple[int, ...] | None = Field(default=None, description="explicit starts; overrides num_t_values")
     num_inference_steps: int = Field(default=100, ge=1)
-    sampler: Literal["plms", "ddim"] = "plms"
+    sampler: Literal["plms", "ddim", "dpmpp_2m", "one_step"] = Field(
+        default="plms", description="plms | ddim | dpmpp_2m (DPM-Solver++(2M)) | one_step (x̂0 from one UNet call "
+        "per start; num_inference_steps does not apply)")
     metrics: tuple[Literal["mse", "lpips"], ...] = ("mse", "lpips")
     map_t_values: tuple[int, ...] = (100, 200, 300, 400)
     batch_size: int = Field(default=1, ge=1, description="scans per batched reconstruction")

@@ -7,12 +7,14 @@ they share lives here, so the three pipelines read the inputs and write the outp
 * :func:`load_context`: run folder, config (the run's unless given), device and preprocessor;
 * :func:`manifest_cases`, :func:`validation_cases`, :func:`test_cases`: manifest → cases
   (``split=val`` for calibration, ``split=test`` per set for scoring);
-* :func:`folder_cases`, :func:`write_folder_score`, :func:`read_folder_score`: the MOOD challenge
-  folder layout, where ``<output>/<case>.txt`` holds the scan's score as one number (the same for
-  every method) and a case whose ``.txt`` exists is skipped on a rerun;
+* :func:`folder_cases` (:func:`folder_inputs`, :func:`folder_done_ids`), :func:`write_folder_score`,
+  :func:`read_folder_score`: the MOOD challenge folder layout, where ``<output>/<case>.txt`` holds the
+  scan's score as one number (the same for every method) and a case whose ``.txt`` exists is skipped
+  on a rerun;
 * :func:`pending`: cases of a score CSV not written yet (resume);
 * :func:`progress_bar`: the ``rich`` progress bar all scoring commands show;
-* :func:`writes_run`: one writer per run directory (its lock file); none into a model bundle.
+* :func:`writes_run`: one writer per run directory (its lock file); none into a model bundle; under
+  ``torchrun`` the ranks of a scoring command write together (:mod:`.sharding`).
 
 Calibration files (finite checks, atomic JSON) are :mod:`.calibration_files`.
 """
@@ -36,6 +38,7 @@ from ..data.manifest import Case, read_manifest, select, set_names
 from ..errors import InputError, OutputError
 from ..precision import default_device
 from ..runs import RunDir
+from . import sharding
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,11 +75,15 @@ def load_context(
     device: str | torch.device | None = None,
 ) -> Context:
     """The run at ``run_dir``; ``config`` (default: the run's ``config.yaml``, ``FileNotFoundError``
-    without one); ``device`` (default: ``precision.default_device()``); ``preprocessor`` (default:
+    without one); ``device`` (default: ``precision.default_device()``, under ``torchrun`` the rank's
+    own, :mod:`.sharding`); ``preprocessor`` (default:
     ``Preprocessor(cfg.data)``)."""
     run = RunDir(run_dir)
     cfg = config if config is not None else run.config_or(None)
-    dev = torch.device(device) if device is not None else default_device()
+    if device is not None:
+        dev = torch.device(device)
+    else:  # one device per rank under torchrun (cuda:<local rank> or the CPU)
+        dev = sharding.world().device if sharding.world().distributed else default_device()
     if preprocessor is None:
         from ..data.transforms import Preprocessor
 
@@ -138,6 +145,18 @@ def folder_cases(input_dir: str | Path, output_dir: str | Path) -> tuple[Path, l
     """Folder (MOOD) mode: ``(output folder, created, cases of input_dir without a <case>.txt in it,
     how many were skipped because they have one)``. The cases are the folder's image files and every
     DICOM series in its tree (``data.manifest.folder_inputs``)."""
+    out, cases = folder_inputs(input_dir, output_dir)
+    todo, skipped = pending(cases, folder_done_ids(out, cases))
+    return out, todo, skipped
+
+
+def folder_done_ids(output_dir: str | Path, cases: Sequence[Case]) -> set[str]:
+    """The ids of ``cases`` with a ``<case>.txt`` in ``output_dir`` (done in folder mode)."""
+    return {c.case_id for c in cases if folder_score_path(output_dir, c.case_id).exists()}
+
+
+def folder_inputs(input_dir: str | Path, output_dir: str | Path) -> tuple[Path, list[Case]]:
+    """Folder (MOOD) mode: ``(output folder, created; every case of input_dir)``."""
     out, source = Path(output_dir), Path(input_dir)
     if not source.is_dir():
         raise InputError(source, "the input folder does not exist" if not source.exists() else
@@ -148,9 +167,7 @@ def folder_cases(input_dir: str | Path, output_dir: str | Path) -> tuple[Path, l
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(out, f"cannot create the output folder: {err.strerror or err}") from None
-    cases = read_manifest(source)
-    todo = [c for c in cases if not folder_score_path(out, c.case_id).exists()]
-    return out, todo, len(cases) - len(todo)
+    return out, read_manifest(source)
 
 
 def write_folder_score(path: str | Path, score: float) -> Path:
@@ -180,12 +197,17 @@ def _folder_mode(signature: inspect.Signature, args: tuple, kwargs: dict) -> boo
         return False
 
 
-def writes_run(command: str) -> Callable[[F], F]:
+def writes_run(command: str, sharded: bool = False) -> Callable[[F], F]:
     """Decorate a ``fn(run_dir, ...)`` that writes into a run directory: it holds the run's lock
     (:func:`ldm_ood.artifacts.lock.run_lock`) while it runs, so a second writer fails at once. A
     run directory that does not exist is not created (the call fails on its own). A model bundle
     (``ldm_ood.bundle``) is read-only: folder mode (``input_dir`` given) runs without the lock and
-    writes only to its ``output_dir``; any other call is a :class:`~ldm_ood.errors.BundleError`."""
+    writes only to its ``output_dir``; any other call is a :class:`~ldm_ood.errors.BundleError`.
+
+    Under ``torchrun``, a ``sharded`` command (scoring, segmentation) runs on every rank, splitting
+    the cases, with the lock held by rank 0 (:func:`.sharding.sharded_launch`); any other command is
+    refused with a ``ConfigError``. Called inside a sharded command (a segmentation calibrating its
+    variant first), ``fn`` runs under the lock rank 0 already holds."""
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn)
 
@@ -195,8 +217,14 @@ def writes_run(command: str) -> Callable[[F], F]:
             if run.is_bundle and _folder_mode(signature, (run_dir, *args), kwargs):
                 return fn(run_dir, *args, **kwargs)
             run.check_writable(command)
-            if not run.root.is_dir():
+            if not run.root.is_dir() or sharding.joined():
                 return fn(run_dir, *args, **kwargs)
+            if sharding.launched():
+                if not sharded:
+                    raise ConfigError(f"`{command}` runs in one process: start it without torchrun "
+                                      "(only scoring and segmentation are split over torchrun's processes)")
+                with sharding.sharded_launch(run_dir, command):
+                    return fn(run_dir, *args, **kwargs)
             with run_lock(run_dir, command):
                 return fn(run_dir, *args, **kwargs)
         return locked  # type: ignore[return-value]

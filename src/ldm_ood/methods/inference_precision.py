@@ -28,6 +28,7 @@ from ..models.first_stage import decode, encode
 from ..precision import set_layout
 from ..precision_policy import PrecisionChoice, choose_precision, network_signature
 from ..runs import RunDir
+from . import sharding
 
 Probe = Callable[[bool], list[torch.Tensor]]
 
@@ -103,8 +104,14 @@ def resolve(
 ) -> dict[str, PrecisionChoice]:
     """``{name: choice}`` for ``networks`` = ``{name: (module, make_probe)}``; probes are built only when measured.
 
-    ``what`` names the method in the choice (``"unet (ldm scoring)"``).
+    ``what`` names the method in the choice (``"unet (ldm scoring)"``). Under ``torchrun`` rank 0
+    measures and every rank runs in its choice (:mod:`.sharding`: the same numbers on every rank).
     """
+    return sharding.on_main(_resolve, requested, networks, device, what)
+
+
+def _resolve(requested: str, networks: Mapping[str, tuple[torch.nn.Module, Callable[[], tuple[Probe, tuple]]]],
+             device: torch.device, what: str) -> dict[str, PrecisionChoice]:
     out = {}
     for name, (module, make_probe) in networks.items():
         if requested in ("fp32", "bf16"):
@@ -122,8 +129,10 @@ def dtypes(choices: Mapping[str, PrecisionChoice]) -> dict[str, str]:
 
 def report(choices: Mapping[str, PrecisionChoice], run: RunDir | None = None) -> None:
     """One line per network on stderr (what it runs in and why), and the record in the run's
-    ``precision.json`` (``{"<network> (<method>)": PrecisionChoice.as_dict()}``, merged); a model
-    bundle, which is read-only, gets no record."""
+    ``precision.json`` (``{"<network> (<method>)": PrecisionChoice.as_dict()}``, merged); rank 0 only under
+    ``torchrun``; a model bundle, which is read-only, gets no record."""
+    if not sharding.world().is_main:
+        return
     for c in choices.values():
         console.print(f"precision of {c.line()}" + (" [cached]" if c.cached else ""), highlight=False)
     if run is None or not run.root.is_dir() or run.is_bundle:

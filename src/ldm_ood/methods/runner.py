@@ -6,10 +6,13 @@ of preprocessed scans; :func:`run_method` does everything else, the same way for
 * **jobs** — one per test set of the manifest (``sets`` to restrict), or one for an input folder
   (folder-in / folder-out, the MOOD layout: ``<case>.txt`` holds the score alone; beside it
   ``<case>.json``, the scan's record (:mod:`.scan_record`), or its error when it failed);
-* **resume** — cases already in the set's CSV, or with a ``<case>.txt`` in the output folder, are
-  skipped; a row is appended (and flushed) as each case finishes, the ``.txt`` written last;
-* **batches** — ``method.batch_size`` scans are loaded and scored together; ``seconds`` of a row is
-  its load time plus its share of the batch;
+* **resume** — cases already in the set's CSV (or its part files), or with a ``<case>.txt`` in the
+  output folder, are skipped; rows are appended (and fsynced) as each batch finishes, a ``.txt``
+  written last;
+* **batches** — ``method.batch_size`` scans are loaded and scored together, cut in case order from
+  the whole set (a resumed case keeps the batch-mates it had, less the finished ones: its numbers do
+  not depend on where a run was interrupted); a batch's rows are appended together; ``seconds`` of
+  a row is its load time plus its share of the batch;
 * **failures** — an unreadable scan is recorded and skipped; a batch that fails is retried scan by
   scan, so only the culprit is lost; after every job, :class:`~ldm_ood.errors.BatchError` lists
   the failures (the CLI exits non-zero) while everything else is on disk;
@@ -19,7 +22,10 @@ of preprocessed scans; :func:`run_method` does everything else, the same way for
   under another calibration is not added to (``force`` to override);
 * **outputs** — every output folder stays inside the output root and holds no input scan
   (:func:`.outputs.check_output_folder`); images are written atomically;
-* **progress** — one bar per job.
+* **progress** — one bar per job;
+* **ranks** — under ``torchrun`` the pending cases of each job are split over the ranks batch by batch
+  and each rank writes its own part file, merged in case order at the end (:mod:`.sharding`): the
+  files are those of one process.
 """
 
 from __future__ import annotations
@@ -37,26 +43,61 @@ from rich.markup import escape
 from ..data.io import Image
 from ..data.manifest import Case
 from ..errors import BatchFailures, OutputError, StaleArtifactError
+from . import sharding
 from .base import Calibrated, Method, RunResult
-from .context import Context, folder_cases, folder_score_path, pending, progress_bar, test_cases, write_folder_score
+from .context import (
+    Context,
+    folder_done_ids,
+    folder_inputs,
+    folder_score_path,
+    progress_bar,
+    test_cases,
+    write_folder_score,
+)
 from .outputs import check_output_folder, check_outside_bundle
-from .records import RecordWriter
+from .records import RecordWriter, merge_parts, part_path, part_paths, part_records
 from .scan_record import failed_record, scored_record, write_scan_record
+
+
+def cut_batches(cases: Sequence[Case], size: int) -> list[list[Case]]:
+    """``cases`` cut in order into batches of ``size`` (the last one shorter)."""
+    return [list(cases[i : i + size]) for i in range(0, len(cases), size)]
+
+
+def pending_batches(cases: Sequence[Case], done: set[str], size: int) -> list[list[Case]]:
+    """The batches of ``size`` cut from all of a set's ``cases`` in order, as an uninterrupted run cuts
+    them, less the ``done`` cases; batches left empty are dropped. A resumed case is scored with the
+    batch-mates it had (less the finished ones), so its numbers do not depend on where a run stopped."""
+    batches = ([c for c in batch if c.case_id not in done] for batch in cut_batches(cases, size))
+    return [batch for batch in batches if batch]
 
 
 @dataclass
 class Job:
-    """Cases still to score and where their outputs go; ``writer`` None in folder mode."""
+    """Batches of cases still to score (:func:`pending_batches`) and where their outputs go; ``writer``
+    None in folder mode.
+
+    ``order``: the position of every case of the set (the order rows are merged in); ``parts``: rows
+    go to per-rank part files (:mod:`.sharding`; under ``torchrun``, or when a killed launch left parts)."""
 
     name: str
-    cases: list[Case]
+    batches: list[list[Case]]
     out_dir: Path
     writer: RecordWriter | None
+    order: dict[str, int] | None = None
+    parts: bool = False
+
+    def writer_of(self, rank: int) -> RecordWriter | None:
+        """Where ``rank`` writes its rows: its part file, or the set's CSV."""
+        if self.writer is None or not self.parts:
+            return self.writer
+        return RecordWriter(part_path(self.writer.path, rank), self.writer.fieldnames)
 
 
 def _check_calibration_id(writer: RecordWriter, calibrated: Calibrated, force: bool) -> None:
-    """Refuse to add to a score file made under another calibration (``force``: add anyway)."""
-    made_under = writer.column_values("calibration_id") - {"", calibrated.id}
+    """Refuse to add to a score file (or its parts) made under another calibration (``force``: add anyway)."""
+    in_parts = {r.get("calibration_id", "") for r in part_records(writer.path)}
+    made_under = (writer.column_values("calibration_id") | in_parts) - {"", calibrated.id}
     if made_under and not force:
         raise StaleArtifactError(writer.path, f"holds scores made under calibration {', '.join(sorted(made_under))}, "
                                               f"but the run is now calibrated as {calibrated.id or '(none)'}: move or "
@@ -66,26 +107,57 @@ def _check_calibration_id(writer: RecordWriter, calibrated: Calibrated, force: b
 def make_jobs(method: Method, ctx: Context, manifest: str | Path | None, sets: Sequence[str] | None,
               input_dir: str | Path | None, output_dir: str | Path | None, result: RunResult,
               calibrated: Calibrated = Calibrated(), force: bool = False) -> list[Job]:
-    """One job per test set (resuming from its CSV), or the input folder's (resuming from ``<case>.txt``)."""
+    """One job per test set (resuming from its CSV and part files), or the input folder's (resuming
+    from ``<case>.txt``), in batches of ``method.batch_size``."""
     if (input_dir is None) != (output_dir is None):
         raise ValueError("input_dir and output_dir go together")
+    size = method.batch_size
     if input_dir is not None:
         if ctx.run.is_bundle:
             check_outside_bundle(output_dir, ctx.run.root)
-        out, todo, skipped = folder_cases(input_dir, output_dir)
-        check_output_folder(out, out, todo)
-        result.outputs["folder"], result.skipped = out, result.skipped + skipped
-        return [Job("folder", todo, out, None)]
+        out, cases = folder_inputs(input_dir, output_dir)
+        done = folder_done_ids(out, cases)
+        check_output_folder(out, out, [c for c in cases if c.case_id not in done])
+        result.outputs["folder"], result.skipped = out, result.skipped + len(done)
+        return [Job("folder", pending_batches(cases, done, size), out, None)]
     jobs = []
     for name, cases in test_cases(ctx.cfg, manifest, sets).items():
         out_dir = method.outputs_dir(ctx.run, name)
         check_output_folder(out_dir, ctx.run.root, cases)
         writer = RecordWriter(method.records_path(ctx.run, name), list(method.fieldnames))
         _check_calibration_id(writer, calibrated, force)
-        todo, skipped = pending(cases, writer.done_ids())
-        result.outputs[name], result.skipped = writer.path, result.skipped + skipped
-        jobs.append(Job(name, todo, out_dir, writer))
+        done = writer.done_ids() | {r["case_id"] for r in part_records(writer.path)}
+        batches = pending_batches(cases, done, size)
+        result.outputs[name] = writer.path
+        result.skipped += len(cases) - sum(map(len, batches))
+        jobs.append(Job(name, batches, out_dir, writer, {c.case_id: i for i, c in enumerate(cases)},
+                        bool(part_paths(writer.path))))
     return jobs
+
+
+def plan_jobs(method: Method, ctx: Context, manifest: str | Path | None, sets: Sequence[str] | None,
+              input_dir: str | Path | None, output_dir: str | Path | None, result: RunResult,
+              calibrated: Calibrated = Calibrated(), force: bool = False) -> list[Job]:
+    """:func:`make_jobs` on rank 0 (it repairs the score files); every rank gets its jobs and counts."""
+    def plan() -> tuple[list[Job], dict[str, Path], int]:
+        jobs = make_jobs(method, ctx, manifest, sets, input_dir, output_dir, result, calibrated, force)
+        return jobs, result.outputs, result.skipped
+
+    jobs, result.outputs, result.skipped = sharding.on_main(plan)
+    for job in jobs:  # several ranks always write parts (a rank's rows never go to the set's CSV directly)
+        job.parts = job.parts or sharding.world().distributed
+    return jobs
+
+
+def _finish(jobs: list[Job], result: RunResult, failures: BatchFailures) -> BatchFailures:
+    """After every rank is done: rank 0 merges the part files; every rank gets the launch's counts and failures."""
+    sharding.barrier()
+    if sharding.world().is_main:
+        for job in jobs:
+            if job.parts and job.writer is not None:
+                merge_parts(job.writer.path, job.writer.fieldnames, job.order or {})
+    result.scored, result.rejected = sharding.sum_over_ranks([result.scored, result.rejected])
+    return BatchFailures(sharding.gather(failures.items))
 
 
 @dataclass
@@ -107,8 +179,14 @@ def load_batches(cases: Sequence[Case], ctx: Context, size: int, failures: Batch
                  ) -> Iterator[tuple[int, list[_Loaded]]]:
     """``(n, loaded)`` per chunk of up to ``size`` cases: the preprocessed ones (unreadable ones go
     to ``failures``); ``n`` counts the whole chunk, for the progress bar."""
-    for i in range(0, len(cases), size):
-        chunk, group = cases[i : i + size], []
+    return load_groups(cut_batches(cases, size), ctx, failures)
+
+
+def load_groups(batches: Sequence[Sequence[Case]], ctx: Context, failures: BatchFailures
+                ) -> Iterator[tuple[int, list[_Loaded]]]:
+    """:func:`load_batches` of batches already cut."""
+    for chunk in batches:
+        group = []
         for case in chunk:
             with failures.guard(case.case_id, case.path):
                 group.append(_load(case, ctx))
@@ -178,21 +256,38 @@ def score_case(method: Method, ctx: Context, case: Case, out_dir: Path, calibrat
     return apply_input_qc(row, item.meta, calibrated), seconds
 
 
-def _write(job: Job, item: _Loaded, row: dict[str, Any], seconds: float, calibrated: Calibrated, label: str) -> None:
-    if row["qc_reason"]:
-        console.print(f"[yellow]{escape(item.case.case_id)}: flagged OOD by the input check: {escape(row['qc_reason'])}")
-    if job.writer is None:  # MOOD layout + the scan's record; the score alone written last so a rerun resumes correctly
-        score_file = folder_score_path(job.out_dir, item.case.case_id)
-        write_scan_record(job.out_dir, scored_record(item.case, row, calibrated, label, seconds, score_file))
-        write_folder_score(score_file, row["pred_score"])
-    else:
-        job.writer.write({"case_id": item.case.case_id, "set": item.case.set, **row, "seconds": round(seconds, 3)})
+def _write(job: Job, writer: RecordWriter | None, done: list[tuple[_Loaded, dict[str, Any], float]],
+           failures: BatchFailures, calibrated: Calibrated, label: str) -> list[dict[str, Any]]:
+    """Write the rows of one batch's scored cases (one append for the CSV: a kill leaves all or none; in
+    folder mode each scan's record, then its score); the rows written."""
+    for item, row, _ in done:
+        if row["qc_reason"]:
+            console.print(f"[yellow]{escape(item.case.case_id)}: flagged OOD by the input check: "
+                          f"{escape(row['qc_reason'])}")
+    written = []
+    if writer is None:  # MOOD layout + the scan's record; the score alone written last so a rerun resumes correctly
+        for item, row, seconds in done:
+            with failures.guard(item.case.case_id, item.case.path):
+                score_file = folder_score_path(job.out_dir, item.case.case_id)
+                write_scan_record(job.out_dir, scored_record(item.case, row, calibrated, label, seconds, score_file))
+                write_folder_score(score_file, row["pred_score"])
+                written.append(row)
+        return written
+    rows = [{"case_id": item.case.case_id, "set": item.case.set, **row, "seconds": round(seconds, 3)}
+            for item, row, seconds in done]
+    try:
+        writer.write_rows(rows)
+    except Exception as err:  # e.g. a full disk: the batch's cases are failures, the next batch is tried
+        for item, _, _ in done:
+            failures.add(item.case.case_id, f"{writer.path}: {type(err).__name__}: {err}")
+        return []
+    return [row for _, row, _ in done]
 
 
 def _record_failures(job: Job, failures: list[tuple[str, str]], calibrated: Calibrated, label: str) -> None:
     """Folder mode: a ``<case>.json`` with its error for each of ``failures`` (case id, message) of the
     job, so the folder says what became of every input; one that cannot be written is only warned about."""
-    cases = {c.case_id: c for c in job.cases}
+    cases = {c.case_id: c for batch in job.batches for c in batch}
     for case_id, message in failures:
         if case_id in cases:
             try:
@@ -210,23 +305,31 @@ def run_method(method: Method, ctx: Context, manifest: str | Path | None = None,
     result = result if result is not None else RunResult()
     failures = BatchFailures()
     t_start = time.perf_counter()
-    jobs = make_jobs(method, ctx, manifest, sets, input_dir, output_dir, result, calibrated, force)
-    with progress_bar(progress) as bar:
+    world = sharding.world()
+    jobs = plan_jobs(method, ctx, manifest, sets, input_dir, output_dir, result, calibrated, force)
+    dealt = 0  # batches of the earlier jobs: dealing goes on where the last set stopped
+    with progress_bar(progress and world.is_main) as bar:
         for job in jobs:
-            task = bar.add_task(f"{method.name} {job.name}", total=len(job.cases))
+            batches = sharding.my_batches(job.batches, world, start=dealt)
+            dealt += len(job.batches)
+            writer = job.writer_of(world.rank)
+            task = bar.add_task(f"{method.name} {job.name}", total=sum(map(len, batches)))
             def score(cases, x, metas, out_dir=job.out_dir):
                 return method.score_batch(cases, x, metas, out_dir)
 
             failed_before = len(failures)
-            for item, row, seconds in each_case(job.cases, ctx, method.batch_size, score, failures,
-                                                lambda n, task=task: bar.advance(task, n)):
-                with failures.guard(item.case.case_id, item.case.path):
-                    row = apply_input_qc(row, item.meta, calibrated)
-                    _write(job, item, row, seconds, calibrated, method.name)
+            for n, group in load_groups(batches, ctx, failures):
+                done = []
+                for item, row, seconds in _applied(score, group, ctx.device, failures) if group else ():
+                    with failures.guard(item.case.case_id, item.case.path):
+                        done.append((item, apply_input_qc(row, item.meta, calibrated), seconds))
+                for row in _write(job, writer, done, failures, calibrated, method.name):
                     result.scored += 1
                     result.rejected += bool(row["qc_reason"])
+                bar.advance(task, n)
             if job.writer is None:
                 _record_failures(job, failures.items[failed_before:], calibrated, method.name)
+    failures = _finish(jobs, result, failures)
     result.seconds = time.perf_counter() - t_start
     result.failed = len(failures)
     failures.raise_if_any(method.label)

@@ -3,7 +3,8 @@
 * UNet: 3 levels (128, 256, 256), 1 residual block per level, attention at the deepest level only.
 * Noise schedule: T = 1000, ``scaled_linear_beta`` from 0.0015 to 0.0195, ε-prediction,
   ``clip_sample=False`` (latents are not in [-1, 1]).
-* Inference schedulers: PLMS = MONAI ``PNDMScheduler(skip_prk_steps=True)``, or DDIM.
+* Inference schedulers: PLMS = MONAI ``PNDMScheduler(skip_prk_steps=True)``, or DDIM (whose grid and
+  noise levels DPM-Solver++(2M) and the single-step estimate also use).
 * ``DiffusionModelUNet`` needs every latent dimension divisible by 2**(levels-1): latents are
   zero-padded with :func:`pad_latent` and cropped back with :func:`crop_latent`.
 * Beyond the paper (§4 future work): ``schedule_shift`` s > 1 lowers the SNR of every step,
@@ -69,18 +70,26 @@ def build_ddpm_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
     return _shift(DDPMScheduler(clip_sample=False, prediction_type="epsilon", **_schedule_args(cfg)), cfg.schedule_shift)
 
 
+#: the inference samplers: PLMS, DDIM, DPM-Solver++(2M) and the single-step x̂_0 estimate
+SAMPLERS = ("plms", "ddim", "dpmpp_2m", "one_step")
+
+
 def build_inference_scheduler(
     cfg: DiffusionConfig, sampler: str, num_inference_steps: int
 ) -> PNDMScheduler | DDIMScheduler:
-    """PLMS (``PNDMScheduler`` with PRK steps skipped) or DDIM on a grid of ``num_inference_steps``."""
+    """PLMS (``PNDMScheduler`` with PRK steps skipped) or DDIM on a grid of ``num_inference_steps``.
+
+    ``dpmpp_2m`` gets DDIM's grid and noise levels (the solver is ``samplers.dpm_solver``); ``one_step``
+    gets every training timestep as its grid (each start is used as is; ``num_inference_steps`` does
+    not apply), its update is ``samplers.one_step``."""
     if sampler == "plms":
         sch = PNDMScheduler(skip_prk_steps=True, prediction_type="epsilon", **_schedule_args(cfg))
-    elif sampler == "ddim":
+    elif sampler in ("ddim", "dpmpp_2m", "one_step"):
         sch = DDIMScheduler(clip_sample=False, prediction_type="epsilon", **_schedule_args(cfg))
     else:
-        raise ValueError(f"unknown sampler {sampler!r}; use 'plms' or 'ddim'")
+        raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
     sch = _shift(sch, cfg.schedule_shift)
-    sch.set_timesteps(num_inference_steps)
+    sch.set_timesteps(cfg.num_train_timesteps if sampler == "one_step" else num_inference_steps)
     return sch
 
 

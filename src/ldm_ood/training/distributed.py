@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterator
 
 import torch
@@ -40,10 +41,11 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device | None = None) -> DistContext:
+def init_distributed(device: torch.device | None = None, timeout: timedelta | None = None) -> DistContext:
     """Join the process group when launched by ``torchrun`` (env vars present), else single process.
 
-    Idempotent: a second call returns the context of the existing group.
+    Idempotent: a second call returns the context of the existing group. ``timeout``: how long a
+    collective waits for the other ranks (default: PyTorch's).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -55,7 +57,8 @@ def init_distributed(device: torch.device | None = None) -> DistContext:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                **({"timeout": timeout} if timeout is not None else {}))
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 

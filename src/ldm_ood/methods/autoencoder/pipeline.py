@@ -44,6 +44,7 @@ from ..calibration_files import (
 from ..context import Context, Preprocessing, load_context, progress_bar, validation_cases, writes_run
 from ..outputs import write_segmentation
 from ..runner import each_case, run_method
+from ..sharding import on_main
 from ..segment.pipeline import FIELDS
 from ..segment.variants import FOREGROUND_FRACTION, foreground, fpr_threshold
 from .maps import anomaly_batch, top_k_count
@@ -184,7 +185,7 @@ def _segment(base: Baseline, manifest, sets, input_dir, output_dir, progress: bo
         raise ValueError("input_dir and output_dir go together")
     calib = load_calibration(base.ctx.run, base.kind)
     if calib is None:
-        _calibrate(base, manifest, progress)
+        on_main(_calibrate, base, manifest, progress)
         calib = load_calibration(base.ctx.run, base.kind)
     calibrated = check_calibration(base.ctx.run, base.kind, force)
     method = AutoencoderScoring(base, float(calib["residual_threshold"]))
@@ -210,7 +211,7 @@ def calibrate_vae(run_dir: str | Path, manifest: str | Path | None = None, confi
     return _calibrate(load_baseline("vae", run_dir, config, model, preprocessor, device), manifest, progress)
 
 
-@writes_run("segment ae")
+@writes_run("segment ae", sharded=True)
 def segment_ae(run_dir: str | Path, manifest: str | Path | None = None, sets: Sequence[str] | None = None,
                input_dir: str | Path | None = None, output_dir: str | Path | None = None, *,
                config: Config | None = None, model: torch.nn.Module | None = None,
@@ -223,7 +224,7 @@ def segment_ae(run_dir: str | Path, manifest: str | Path | None = None, sets: Se
     return _segment(base, manifest, sets, input_dir, output_dir, progress, force)
 
 
-@writes_run("segment vae")
+@writes_run("segment vae", sharded=True)
 def segment_vae(run_dir: str | Path, manifest: str | Path | None = None, sets: Sequence[str] | None = None,
                 input_dir: str | Path | None = None, output_dir: str | Path | None = None, *,
                 config: Config | None = None, model: torch.nn.Module | None = None,

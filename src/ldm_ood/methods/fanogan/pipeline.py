@@ -29,6 +29,7 @@ from ..calibration_files import check_calibration
 from ..context import Preprocessing, writes_run
 from ..outputs import write_segmentation
 from ..runner import run_method
+from ..sharding import on_main
 from ..segment.pipeline import FIELDS
 from .batch import fanogan_batch, fanogan_context
 from .calibration import METHOD, calibrate_fanogan, load_calibration
@@ -66,7 +67,7 @@ class FanoganScoring:
                 for i, (case, meta) in enumerate(zip(cases, metas))]
 
 
-@writes_run("segment fanogan")
+@writes_run("segment fanogan", sharded=True)
 def segment_fanogan(
     run_dir: str | Path,
     manifest: str | Path | None = None,
@@ -92,7 +93,7 @@ def segment_fanogan(
     ctx, model = fanogan_context(run_dir, config, model, preprocessor, device)
     calib = load_calibration(ctx.run)
     if "residual_threshold" not in calib:
-        calibrate_fanogan(ctx.run.root, config=ctx.cfg, model=model, preprocessor=ctx.preprocessor,
+        on_main(calibrate_fanogan, ctx.run.root, config=ctx.cfg, model=model, preprocessor=ctx.preprocessor,
                           device=ctx.device, progress=progress, force=force)
         calib = load_calibration(ctx.run)
     calibrated = check_calibration(ctx.run, METHOD, force)

@@ -182,7 +182,7 @@ class OODScorer:
             self._set_precision(self._measure_precision(tuple(x.shape[2:])))
         rec = reconstruct(m.first_stage, m.unet, self.scheduler, x, self.starts, seeds, m.scale_factor,
                           m.latent_multiple, self.execution, self.bf16_of("unet"), self.unet_batch,
-                          encode_bf16=self.bf16_of("first_stage"))
+                          encode_bf16=self.bf16_of("first_stage"), sampler=self.cfg.sampler)
         self.calls.calls += rec.calls.calls
         self.calls.evals += rec.calls.evals
         return measure(m.first_stage, rec, x, self.similarity, self.t_values, self.map_t_values,
@@ -312,7 +312,7 @@ def score_rows(cal: OODCalibration, voxel: VoxelStats, met: ScanMetrics) -> tupl
     return row, amap
 
 
-@writes_run("score ldm")
+@writes_run("score ldm", sharded=True)
 def score_ldm(
     run_dir: str | Path,
     manifest: str | Path | None = None,

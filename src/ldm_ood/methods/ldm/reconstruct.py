@@ -3,7 +3,10 @@
 A scan ``x`` is encoded once, ``z = E(x)`` (scaled by the LDM's ``scale_factor`` and zero-padded to
 the UNet's ``latent_multiple``). For every start ``t`` the latent is noised with its own seeded
 noise, ``z_t = sqrt(ᾱ_t) z + sqrt(1 − ᾱ_t) ε`` (``scheduler.add_noise``), and denoised back to 0 on
-the inference grid with PLMS (MONAI ``PNDMScheduler(skip_prk_steps=True)``) or DDIM (η = 0).
+the inference grid with PLMS (MONAI ``PNDMScheduler(skip_prk_steps=True)``), DDIM (η = 0),
+DPM-Solver++(2M) (:mod:`ldm_ood.samplers.dpm_solver`, on DDIM's grid), or in one step: ``one_step``
+takes ``x̂_0`` from a single UNet call at each start (:mod:`ldm_ood.samplers.one_step`; its grid is
+every training timestep, so each t is used as is).
 
 **t-values.** The default ``num_t_values`` = N starts are the midpoints of N equal bins of
 ``[0, T]``: ``t_k = round((k + ½)·T/N)``. For the paper (N = 50, T = 1000, 100 PLMS steps) these
@@ -48,7 +51,9 @@ from monai.networks.schedulers import DDIMScheduler, PNDMScheduler
 
 from ...models.diffusion import CallCounter, crop_latent, pad_latent, predict_noise
 from ...models.first_stage import decode, encode
+from ...samplers.dpm_solver import DPMSolverPP2M
 from ...samplers.noise import make_noise, noised_chains
+from ...samplers.one_step import OneStepChains
 from ...samplers.plms import PLMSHistory
 
 Execution = Literal["batched", "sequential", "reference"]
@@ -89,10 +94,15 @@ def chain_starts(*t_value_sets: Sequence[int], grid: np.ndarray) -> tuple[int, .
     return tuple(sorted(starts))
 
 
-# ----------------------------------------------------------------------------- UNet evaluation
-
-
 # ----------------------------------------------------------------------------- denoising
+
+#: the per-chain samplers of the samplers that are not a MONAI scheduler's own ``step``
+CHAIN_SAMPLERS = {"dpmpp_2m": DPMSolverPP2M, "one_step": OneStepChains}
+
+
+def sampler_of(scheduler: PNDMScheduler | DDIMScheduler, sampler: str | None) -> str:
+    """``sampler``, or the scheduler's own (``plms`` for PNDM, else ``ddim``) when None."""
+    return sampler or ("plms" if isinstance(scheduler, PNDMScheduler) else "ddim")
 
 
 @torch.no_grad()
@@ -106,6 +116,7 @@ def denoise_latents(
     bf16: bool = False,
     unet_batch: int | None = None,
     counter: CallCounter | None = None,
+    sampler: str | None = None,
 ) -> torch.Tensor:
     """Noise ``z0`` to each start and denoise back to 0 (paper 000 §2.2).
 
@@ -117,6 +128,9 @@ def denoise_latents(
         noise: ``(B, n, C, *s)``; chain ``(b, i)`` uses ``noise[b, i]`` in every execution.
         execution: ``"batched"``, ``"sequential"`` (fresh history per chain) or ``"reference"``.
         unet_batch: max chains per UNet call (memory bound); None = all active chains at once.
+        sampler: ``plms`` | ``ddim`` | ``dpmpp_2m`` | ``one_step`` (``build_inference_scheduler``'s);
+            None: the scheduler's own (PLMS or DDIM). For ``dpmpp_2m`` and ``one_step`` the
+            ``sequential`` and ``reference`` executions are the same: a fresh history per chain.
     Returns:
         denoised latents ``(B, n, C, *s)`` fp32 (still scaled and padded).
     """
@@ -128,29 +142,57 @@ def denoise_latents(
     z0 = z0.float()
     noise = noise.to(device=z0.device, dtype=torch.float32)
     grid = inference_grid(scheduler)
+    sampler = sampler_of(scheduler, sampler)
     if execution == "batched":
-        return _denoise_batched(unet, scheduler, z0, starts, noise, grid, bf16, unet_batch, counter)
+        return _denoise_batched(unet, scheduler, z0, starts, noise, grid, bf16, unet_batch, counter, sampler)
+    if sampler in CHAIN_SAMPLERS:
+        return _denoise_per_start(unet, scheduler, z0, starts, noise, grid, bf16, unet_batch, counter, sampler)
     return _denoise_sequential(unet, scheduler, z0, starts, noise, grid, execution == "reference", bf16, unet_batch, counter)
 
 
-def _denoise_batched(unet, scheduler, z0, starts, noise, grid, bf16, unet_batch, counter) -> torch.Tensor:
+def _denoise_batched(unet, scheduler, z0, starts, noise, grid, bf16, unet_batch, counter, sampler) -> torch.Tensor:
     B, n = noise.shape[:2]
     shape = tuple(z0.shape[1:])
     chain_start = torch.tensor(list(starts) * B, dtype=torch.long)  # chain b*n + i starts at starts[i]
     x = noised_chains(scheduler, z0.repeat_interleave(n, dim=0), noise.reshape(B * n, *shape), chain_start.to(z0.device))
-    plms = isinstance(scheduler, PNDMScheduler)
+    plms = sampler == "plms"
     history = PLMSHistory(scheduler, B * n, shape, z0.device) if plms else None
+    chain_sampler = CHAIN_SAMPLERS[sampler](scheduler, B * n, shape, z0.device) if sampler in CHAIN_SAMPLERS else None
     for s in grid:
-        chains = ((chain_start >= int(s)) & (chain_start > 0)).nonzero().squeeze(1)
+        active = (chain_start >= int(s)) & (chain_start > 0)
+        if chain_sampler is not None and chain_sampler.single_step:
+            active &= chain_start == int(s)
+        chains = active.nonzero().squeeze(1)
         if chains.numel() == 0:
             continue
         idx = chains.to(z0.device)
         eps = predict_noise(unet, x[idx], int(s), bf16, unet_batch, counter)
         if plms:
             x[idx] = history.step(eps, int(s), x[idx], chains)
+        elif chain_sampler is not None:
+            x[idx] = chain_sampler.step(eps, int(s), x[idx], chains)
         else:  # DDIM is stateless: one MONAI step for all active chains (η = 0, deterministic)
             x[idx] = scheduler.step(eps, int(s), x[idx], eta=0.0)[0]
     return x.reshape(B, n, *shape)
+
+
+def _denoise_per_start(unet, scheduler, z0, starts, noise, grid, bf16, unet_batch, counter, sampler) -> torch.Tensor:
+    """One start at a time (ascending), each with a fresh :data:`CHAIN_SAMPLERS` state for the batch's chains."""
+    B, n = noise.shape[:2]
+    out = torch.empty_like(noise)
+    chains = torch.arange(B)
+    for i in sorted(range(n), key=lambda k: starts[k]):
+        t0 = int(starts[i])
+        if t0 == 0:
+            out[:, i] = z0
+            continue
+        chain_sampler = CHAIN_SAMPLERS[sampler](scheduler, B, tuple(z0.shape[1:]), z0.device)
+        x = scheduler.add_noise(original_samples=z0, noise=noise[:, i], timesteps=torch.full((B,), t0, dtype=torch.long))
+        for s in grid[grid <= t0][: 1 if chain_sampler.single_step else None]:
+            eps = predict_noise(unet, x, int(s), bf16, unet_batch, counter)
+            x = chain_sampler.step(eps, int(s), x, chains)
+        out[:, i] = x
+    return out
 
 
 def _denoise_sequential(unet, scheduler, z0, starts, noise, grid, leaky, bf16, unet_batch, counter) -> torch.Tensor:
@@ -215,18 +257,20 @@ def reconstruct(
     unet_batch: int | None = None,
     noise: torch.Tensor | None = None,
     encode_bf16: bool | None = None,
+    sampler: str | None = None,
 ) -> Reconstructions:
     """Encode ``x (B, C_in, *S)`` once and reconstruct its latent from every start (paper 000 §2.2).
 
     ``noise`` (``(B, n, C, *s_padded)``) overrides the seeded noise of :func:`make_noise`;
-    ``bf16`` is the UNet's precision, ``encode_bf16`` the encoder's (default: ``bf16``).
+    ``bf16`` is the UNet's precision, ``encode_bf16`` the encoder's (default: ``bf16``); ``sampler``:
+    as :func:`denoise_latents`.
     """
     z = encode_latents(first_stage, x, bf16 if encode_bf16 is None else encode_bf16)
     z_pad, spatial = pad_latent(z * scale_factor, multiple)
     if noise is None:
         noise = make_noise(tuple(z_pad.shape[1:]), len(starts), seeds)
     calls = CallCounter()
-    lat = denoise_latents(unet, scheduler, z_pad, starts, noise, execution, bf16, unet_batch, calls)
+    lat = denoise_latents(unet, scheduler, z_pad, starts, noise, execution, bf16, unet_batch, calls, sampler)
     B, n = lat.shape[:2]
     lat = crop_latent(lat.flatten(0, 1), spatial) / scale_factor
     return Reconstructions(tuple(int(s) for s in starts), lat.reshape(B, n, *lat.shape[1:]), z, calls)

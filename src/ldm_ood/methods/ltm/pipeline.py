@@ -159,7 +159,7 @@ def _row(score: LTMScore, calib: LTMCalibration | None, map_path: Path) -> dict[
     }
 
 
-@writes_run("score ltm")
+@writes_run("score ltm", sharded=True)
 def score_ltm(
     run_dir: str | Path,
     manifest: str | Path | None = None,

@@ -32,6 +32,7 @@ from ..calibration_files import check_calibration
 from ..context import Preprocessing, writes_run
 from ..outputs import write_segmentation
 from ..runner import run_method
+from ..sharding import on_main
 from .batch import ImageScore, SegmentModels, case_seeds, segment_batch, segment_context
 from .calibration import calibrate_segment, load_calibration
 from .shared_scores import SharedImageScores, score_key
@@ -110,7 +111,7 @@ class SegmentScoring:
                 for i, (case, meta) in enumerate(zip(cases, metas))]
 
 
-@writes_run("segment")
+@writes_run("segment", sharded=True)
 def segment(
     run_dir: str | Path,
     manifest: str | Path | None = None,
@@ -147,8 +148,8 @@ def segment(
             raise BundleError(run.root, f"variant {variant} was not calibrated in the run this bundle was exported "
                                         f"from (calibrated: {', '.join(calib.get('variants', {})) or 'none'}); "
                                         f"calibrate it there (`ldm-ood calibrate --method segment`) and export again")
-        calibrate_segment(run.root, config=cfg, variants=[variant], recalibrate=False, models=models,
-                          preprocessor=preprocessor, device=device, force=force)
+        on_main(calibrate_segment, run.root, config=cfg, variants=[variant], recalibrate=False, models=models,
+                preprocessor=preprocessor, device=device, force=force)
         calib, thr = load_calibration(run)
     threshold = calib["variants"][variant]["residual_threshold"]
     kl_thr = thr.get(spec.kl_key) if spec.kl_key else None

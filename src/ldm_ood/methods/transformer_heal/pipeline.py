@@ -30,6 +30,7 @@ from ..calibration_files import check_calibration
 from ..context import Preprocessing, writes_run
 from ..outputs import write_segmentation
 from ..runner import run_method
+from ..sharding import on_main
 from ..segment.pipeline import FIELDS
 from .batch import HealModels, case_seeds, heal_batch, heal_context
 from .calibration import calibrate_heal, load_heal_calibration
@@ -82,7 +83,7 @@ def _segment(method: str, run_dir, manifest, sets, input_dir, output_dir, config
     ctx, models = heal_context(method, run_dir, config, models, preprocessor, device, force)
     calib = load_heal_calibration(method, ctx, models)
     if calib is None:
-        calibrate_heal(method, ctx.run.root, manifest, ctx.cfg, models=models, preprocessor=ctx.preprocessor,
+        on_main(calibrate_heal, method, ctx.run.root, manifest, ctx.cfg, models=models, preprocessor=ctx.preprocessor,
                        device=ctx.device, progress=progress, force=force)
         calib = load_heal_calibration(method, ctx, models)
     calibrated = check_calibration(ctx.run, method, force)
@@ -116,7 +117,7 @@ def calibrate_ensemble(
                           device=device, progress=progress, force=force)
 
 
-@writes_run("segment transformer")
+@writes_run("segment transformer", sharded=True)
 def segment_transformer(
     run_dir: str | Path, manifest: str | Path | None = None, sets: Sequence[str] | None = None,
     input_dir: str | Path | None = None, output_dir: str | Path | None = None, *, config: Config | None = None,
@@ -131,7 +132,7 @@ def segment_transformer(
                     device, progress, force)
 
 
-@writes_run("segment ensemble")
+@writes_run("segment ensemble", sharded=True)
 def segment_ensemble(
     run_dir: str | Path, manifest: str | Path | None = None, sets: Sequence[str] | None = None,
     input_dir: str | Path | None = None, output_dir: str | Path | None = None, *, config: Config | None = None,

@@ -168,3 +168,28 @@ def test_reconstruct_encodes_once_pads_and_start_zero_is_identity():
     assert imgs.shape == (6, 1, 16, 16, 16)
     # decoded t = 0 chain equals the first stage's own reconstruction
     torch.testing.assert_close(imgs[0:1], fs.decode_stage_2_outputs(rec.z[0:1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "one_step"])
+def test_the_score_sampler_setting_selects_dpm_solver_or_the_single_step_estimate(sampler):
+    from ldm_ood.methods.ldm.pipeline import OODScorer, ScoringModels
+    from ldm_ood.methods.ldm.similarity import mse
+
+    torch.manual_seed(0)
+    fs = build_first_stage(CFG.first_stage, spatial_dims=3).eval()
+    models = ScoringModels(fs, _unet(), 1.0, 4, CFG.ldm, 3)
+    cfg = CFG.score.model_copy(update={"sampler": sampler, "num_t_values": 4, "map_t_values": (250,)})
+    scorer = OODScorer(models, cfg, similarity={"mse": mse}, bf16=False)
+    x = torch.rand(1, 1, 16, 16, 16)
+    met = scorer.measure(x, seeds=[3])
+    assert scorer.settings["sampler"] == sampler and met.values["mse"].shape == (1, 4)
+    grid = inference_grid(scorer.scheduler)
+    if sampler == "one_step":  # every t as asked (125, 250, 375, 625, 875), one UNet call per start
+        assert scorer.starts == (125, 250, 375, 625, 875) and scorer.calls.calls == 5
+    else:  # DDIM's grid (999, 888, ..., 0); one batched call per grid step below the highest start
+        assert scorer.starts == snap_to_grid((125, 250, 375, 625, 875), grid)
+        assert scorer.calls.calls == int((grid <= max(scorer.starts)).sum())
+    z = reconstruct(fs, models.unet, scorer.scheduler, x, scorer.starts, [3], multiple=4, sampler=sampler)
+    ref = denoise_latents(models.unet, scorer.scheduler, z.z, scorer.starts,  # a 4³ latent: no padding
+                          make_noise((4, 4, 4, 4), len(scorer.starts), [3]), "sequential", sampler=sampler)
+    torch.testing.assert_close(z.latents, ref, rtol=1e-5, atol=1e-5)  # batched chains == one start at a time
