@@ -60,14 +60,16 @@ def _launch(cmd: list[str], *args: str) -> subprocess.CompletedProcess:
 
 
 def _outputs(folders: list[Path]) -> dict[str, object]:
-    """Every CSV (rows without ``seconds``) and image (array and affine) under ``folders``, by relative path."""
+    """Every CSV (rows without the timings ``seconds``, ``score_seconds``) and image (array and affine) under
+    ``folders``, by relative path."""
     out: dict[str, object] = {}
     for folder in folders:
         for path in sorted(folder.rglob("*")):
             key = str(path.relative_to(folder.parent))
             if path.suffix == ".csv":
                 with path.open(newline="") as fh:
-                    out[key] = [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+                    out[key] = [{k: v for k, v in row.items() if k not in ("seconds", "score_seconds")}
+                                for row in csv.DictReader(fh)]
             elif path.is_file() and not path.name.startswith("."):  # not a temporary of a killed atomic write
                 image = nib.load(path)
                 array = np.asarray(image.dataobj)
