@@ -10,8 +10,9 @@ Drawn from the per-scan records ``<case>.json`` (:mod:`ldm_ood.methods.scan_reco
   with its anomaly map overlaid on the scan's own grid (the map written beside it), three planes
   through the map's hottest region (a 2D image: the image); the record as a table and the model id;
 * ``index.html`` (:func:`write_group_report`): every scan sorted by score, highest first, each row a
-  thumbnail (the axial plane of its page), its score, percentile and flag and a link to its
-  page; then the scans that could not be scored, with their error.
+  thumbnail (the axial plane through the centre of the scan's signal, the same plane for every scan, so
+  they compare), its score, percentile and flag and a link to its page; then the scans that could not be
+  scored, with their error.
 
 Every page is one self-contained HTML file (inline CSS, images embedded as base64 PNG, no script, no
 link but to the folder's own pages). Inputs are shown through the run's intensity preprocessing
@@ -98,11 +99,12 @@ class ScanViews:
     peak: bool = False
 
 
-def scan_views(scan: np.ndarray, amap: np.ndarray, affine: np.ndarray | None, map_affine: np.ndarray | None = None
-               ) -> ScanViews:
+def scan_views(scan: np.ndarray, amap: np.ndarray, affine: np.ndarray | None, map_affine: np.ndarray | None = None,
+               at: tuple[int, ...] | None = None) -> ScanViews:
     """The planes of ``scan`` (2D ``(X, Y)`` or 3D ``(X, Y, Z)``, in [0, 1]) and of its anomaly map
-    ``amap`` on the same grid. ``ValueError`` when the map is not on the scan's grid (another shape, or
-    ``map_affine`` not ``affine``): it is drawn on the scan's own grid, never resampled."""
+    ``amap`` on the same grid, through the map's hottest region (or the voxel ``at``). ``ValueError`` when
+    the map is not on the scan's grid (another shape, or ``map_affine`` not ``affine``): it is drawn on the
+    scan's own grid, never resampled."""
     scan, amap = np.asarray(scan, dtype=np.float32), np.asarray(amap, dtype=np.float32)
     if amap.shape != scan.shape:
         raise ValueError(f"the anomaly map has shape {amap.shape}, the scan {scan.shape}: not on the scan's grid")
@@ -111,8 +113,8 @@ def scan_views(scan: np.ndarray, amap: np.ndarray, affine: np.ndarray | None, ma
     vmax = figures.map_vmax(amap)
     if scan.ndim == 2:
         return ScanViews(("slice",), display_views(scan), display_views(amap), vmax)
-    voxel = hottest_voxel(amap)
-    peak = voxel is not None
+    voxel = hottest_voxel(amap) if at is None else tuple(int(i) for i in at)
+    peak = voxel is not None and at is None
     voxel = voxel if voxel is not None else tuple(s // 2 for s in scan.shape)
     ras = ras_index(voxel, scan.shape, affine)
     world = None if affine is None else tuple(float(c) for c in (np.asarray(affine) @ [*voxel, 1.0])[:3])
@@ -138,7 +140,7 @@ def hottest_voxel(amap: np.ndarray) -> tuple[int, ...] | None:
 
 
 def thumbnail(views: ScanViews, cell: int = 112) -> bytes:
-    """PNG bytes of the axial plane (or the 2D image) with the map over it, about ``cell`` px wide."""
+    """PNG bytes of the axial plane of ``views`` (or the 2D image) with the map over it, about ``cell`` px wide."""
     from matplotlib.image import imsave
 
     panel = Panel(views.views[-1], overlay=views.map_views[-1], overlay_cmap=figures.MAP_CMAP, alpha=0.6,
@@ -148,13 +150,27 @@ def thumbnail(views: ScanViews, cell: int = 112) -> bytes:
     return buf.getvalue()
 
 
-def load_views(record: ScanRecord, out_dir: str | Path, display: Display) -> ScanViews:
-    """The record's scan (``input``) and its map (``outputs["map"]`` in ``out_dir``) as :class:`ScanViews`."""
+def foreground_centre(scan: np.ndarray) -> tuple[int, ...]:
+    """The voxel at the centre of mass of ``scan``'s signal (values above 5 % of its range): the plane every
+    thumbnail of a folder is drawn through, so thumbnails compare; the grid's centre for a blank scan."""
+    a = np.nan_to_num(np.asarray(scan, dtype=np.float64))
+    lo, hi = float(a.min()), float(a.max())
+    mask = a > lo + 0.05 * (hi - lo)
+    if hi <= lo or not mask.any():
+        return tuple(s // 2 for s in a.shape)
+    return tuple(int(round(c.mean())) for c in np.nonzero(mask))
+
+
+def load_views(record: ScanRecord, out_dir: str | Path, display: Display) -> tuple[ScanViews, ScanViews]:
+    """The record's scan (``input``) and its map (``outputs["map"]`` in ``out_dir``) as :class:`ScanViews`:
+    through the map's hottest region (the page) and through the scan's centre (the thumbnail)."""
     if "map" not in record.outputs:
         raise ValueError(f"{record.case_id}: the record names no anomaly map")
     scan = read_image(record.input, allow_constant=True)
     amap = read_image(Path(out_dir) / record.outputs["map"], allow_constant=True)
-    return scan_views(display.scan(scan.array), amap.array, scan.affine, amap.affine)
+    x = display.scan(scan.array)
+    return (scan_views(x, amap.array, scan.affine, amap.affine),
+            scan_views(x, amap.array, scan.affine, amap.affine, at=foreground_centre(x)))
 
 
 def scan_page_name(case_id: str) -> str:
@@ -262,7 +278,7 @@ def write_scan_report(record: ScanRecord, out_dir: str | Path, reference: Operat
     Raises (nothing written) when the scan or its map cannot be read or the map is not on the scan's grid."""
     if record.failed:
         raise ValueError(f"{record.case_id}: not scored ({record.error}); it has no page")
-    views = views if views is not None else load_views(record, out_dir, display)
+    views = views if views is not None else load_views(record, out_dir, display)[0]
     css, words = verdict(record)
     fig = figures.scan_overlay(views.views, views.map_views, views.planes, views.vmax,
                                title=f"{record.case_id}: scan and anomaly map", aspects=views.aspects)
@@ -293,7 +309,7 @@ def _thumbnail_cell(record: ScanRecord, out_dir: Path, display: Display, link: s
                     png: bytes | None = None) -> tuple[str, str]:
     """``(table cell, note)``: the linked thumbnail (``png``, else drawn here), or a dash and why it could not be drawn."""
     try:
-        img = _png(png or thumbnail(load_views(record, out_dir, display)), f"{record.case_id} thumbnail")
+        img = _png(png or thumbnail(load_views(record, out_dir, display)[1]), f"{record.case_id} thumbnail")
     except Exception as err:  # noqa: BLE001 - one scan's thumbnail never loses the page
         return "<td>—</td>", f"no thumbnail: {type(err).__name__}: {err}"
     return (f'<td><a href="{link}">{img}</a></td>' if link else f"<td>{img}</td>"), ""
@@ -344,7 +360,7 @@ def write_group_report(out_dir: str | Path, display: Display = Display(),
         '<table class="scans"><tr><th>#</th><th>view + map</th><th>case</th><th>score</th>'
         "<th>percentile</th><th>flag</th><th>note</th></tr>" + "".join(rows) + "</table>" if rows
         else '<p class="note">No scored scans in this folder.</p>',
-        '<p class="caption">view: the axial plane of the scan\'s page (a 2D image: the image) with the anomaly map over '
+        '<p class="caption">view: the axial plane through the centre of the scan (a 2D image: the image) with the anomaly map over '
         "it; percentile: of the validation scans scoring at or below the scan. Click a thumbnail or a case for its "
         "page.</p>",
     ]
@@ -405,9 +421,9 @@ def write_qc_reports(out_dir: str | Path, run_dir: str | Path | None = None) -> 
             continue
         try:
             reference, unavailable = _reference(run, record, cache)
-            views = load_views(record, out, display)
+            views, centred = load_views(record, out, display)
             result.pages.append(write_scan_report(record, out, reference, display, unavailable, views))
-            thumbnails[record.case_id] = thumbnail(views)
+            thumbnails[record.case_id] = thumbnail(centred)
         except Exception as err:  # noqa: BLE001 - one scan's page never loses the others
             result.failed[record.case_id] = f"{type(err).__name__}: {err}"
             (out / scan_page_name(record.case_id)).unlink(missing_ok=True)

@@ -203,3 +203,17 @@ def test_score_folder_with_report_from_the_cli(tmp_path):
     index = (out / "index.html").read_text()
     assert "broken" in index and index.count('href="f0.html"') == 2  # thumbnail and name link to the page
     assert "--report needs" in CliRunner().invoke(app, ["score", "--run", str(run.root), "--report"]).output
+
+
+def test_thumbnails_are_drawn_through_the_centre_of_the_scans_signal():
+    from ldm_ood.report.qc import foreground_centre, scan_views
+
+    scan = np.zeros((10, 12, 14), np.float32)
+    scan[2:6, 4:10, 6:14] = 1.0  # the signal's centre of mass: voxel (3.5, 6.5, 9.5)
+    assert foreground_centre(scan) == (4, 6, 10)  # rounded half to even
+    amap = np.zeros_like(scan)
+    amap[8, 1, 1] = 5.0  # hot far from the signal: the page's planes go there, the thumbnail's do not
+    centre = foreground_centre(scan)
+    views = scan_views(scan, amap, np.eye(4), np.eye(4), at=centre)
+    assert views.voxel == centre and not views.peak
+    assert foreground_centre(np.zeros((4, 4, 4))) == (2, 2, 2)
