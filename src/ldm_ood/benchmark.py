@@ -137,9 +137,9 @@ def _segmentation_run(run: RunDir, variants: Sequence[str], baselines: Sequence[
     from .methods.segment.pipeline import calibrate_segment, segment
 
     _train_all(run, ["first_stage", "ldm"], timings, tag)
-    if not run.segment_calibration_path.exists():
+    if not run.segment_calibration_path.exists():  # every variant at once: one calibration id for all their rows
         with timings.stage(f"{tag}/calibrate_segment"):
-            calibrate_segment(run.root)
+            calibrate_segment(run.root, variants=list(variants))
     for variant in variants:
         with timings.stage(f"{tag}/segment_{variant}"):
             segment(run.root, variant=variant)
