@@ -52,6 +52,7 @@ from monai.networks.schedulers import DDIMScheduler, PNDMScheduler
 from ...models.diffusion import CallCounter, crop_latent, pad_latent, predict_noise
 from ...models.first_stage import decode, encode
 from ...samplers.dpm_solver import DPMSolverPP2M
+from ...samplers.ddim import ddim_step
 from ...samplers.noise import make_noise, noised_chains
 from ...samplers.one_step import OneStepChains
 from ...samplers.plms import PLMSHistory
@@ -98,6 +99,17 @@ def chain_starts(*t_value_sets: Sequence[int], grid: np.ndarray) -> tuple[int, .
 
 #: the per-chain samplers of the samplers that are not a MONAI scheduler's own ``step``
 CHAIN_SAMPLERS = {"dpmpp_2m": DPMSolverPP2M, "one_step": OneStepChains}
+
+
+def next_grid_step(grid: np.ndarray, k: int) -> int:
+    """The timestep after ``grid[k]`` (descending grid), −1 after the last (the clean sample).
+
+    DDIM steps to this timestep. MONAI's ``DDIMScheduler.step`` steps to ``t − T // n_steps`` instead,
+    which is not the next timestep of its own grid when ``T / n_steps`` is not an integer (25 steps:
+    999 → 959 instead of 957; 10 steps: 999 → 899 instead of 888), so the chain would be labelled with
+    the wrong noise level.
+    """
+    return int(grid[k + 1]) if k + 1 < len(grid) else -1
 
 
 def sampler_of(scheduler: PNDMScheduler | DDIMScheduler, sampler: str | None) -> str:
@@ -158,7 +170,7 @@ def _denoise_batched(unet, scheduler, z0, starts, noise, grid, bf16, unet_batch,
     plms = sampler == "plms"
     history = PLMSHistory(scheduler, B * n, shape, z0.device) if plms else None
     chain_sampler = CHAIN_SAMPLERS[sampler](scheduler, B * n, shape, z0.device) if sampler in CHAIN_SAMPLERS else None
-    for s in grid:
+    for k, s in enumerate(grid):
         active = (chain_start >= int(s)) & (chain_start > 0)
         if chain_sampler is not None and chain_sampler.single_step:
             active &= chain_start == int(s)
@@ -171,8 +183,8 @@ def _denoise_batched(unet, scheduler, z0, starts, noise, grid, bf16, unet_batch,
             x[idx] = history.step(eps, int(s), x[idx], chains)
         elif chain_sampler is not None:
             x[idx] = chain_sampler.step(eps, int(s), x[idx], chains)
-        else:  # DDIM is stateless: one MONAI step for all active chains (η = 0, deterministic)
-            x[idx] = scheduler.step(eps, int(s), x[idx], eta=0.0)[0]
+        else:  # DDIM is stateless: one step for all active chains (η = 0, deterministic)
+            x[idx] = ddim_step(scheduler, eps, int(s), next_grid_step(grid, k), x[idx])
     return x.reshape(B, n, *shape)
 
 
@@ -208,12 +220,13 @@ def _denoise_sequential(unet, scheduler, z0, starts, noise, grid, leaky, bf16, u
         if not leaky:
             sch.set_timesteps(scheduler.num_inference_steps)  # resets ets / counter: fresh history
         x = sch.add_noise(original_samples=z0, noise=noise[:, i], timesteps=torch.full((B,), t0, dtype=torch.long))
-        for s in grid[grid <= t0]:
+        chain_grid = grid[grid <= t0]
+        for k, s in enumerate(chain_grid):
             eps = predict_noise(unet, x, int(s), bf16, unet_batch, counter)
             if isinstance(sch, PNDMScheduler):
                 x, _ = sch.step(eps, int(s), x)
             else:
-                x, _ = sch.step(eps, int(s), x, eta=0.0)
+                x = ddim_step(sch, eps, int(s), next_grid_step(chain_grid, k), x)
         out[:, i] = x
     return out
 
