@@ -117,6 +117,9 @@ def test_calibrate_then_segment_writes_maps_on_the_input_grid_and_resumes(run_an
     assert a_rows[0]["calibration_id"] != before and a_rows[0]["score_key"] == c_rows[0]["score_key"] != ""
     assert [r["pred_score"] for r in a_rows] == [r["pred_score"] for r in c_rows]
     assert all(r["score_seconds"] == "" for r in a_rows)
+    # the id is the variant's own: calibrating a left c's id as it was, so c's file resumes without --force
+    again = segment(run.root, variant="c", sets=["sprites"], device="cpu")
+    assert again.skipped == 3 and again.segmented == 0 and read_records(path)[0]["calibration_id"] == before
 
 
 def test_segment_variant_a_calibrates_itself_and_reports_bad_files(run_and_manifest, tmp_path):

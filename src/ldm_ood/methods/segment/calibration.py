@@ -15,6 +15,7 @@ Nothing is written when a validation value or a statistic is not finite (``NonFi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from ...artifacts.atomic import atomic_write
+from ...artifacts.integrity import file_sha256
 from ...config import Config
 from ...errors import BatchFailures
 from ...runs import RunDir
@@ -169,3 +171,27 @@ def calibrate_segment(
         "segment", run.segment_calibration_path, len(calib.get("val_scores", {})), scfg.fpr, None, id=cid,
         files={"kl_thresholds": run.segment_thresholds_path, "input_domain": run.input_domain_path("segment")},
         details={"residual_thresholds": {k: v["residual_threshold"] for k, v in calib["variants"].items()}})
+
+
+def variant_calibration_id(run: RunDir, whole_id: str, calib: dict[str, Any], thr: dict[str, torch.Tensor],
+                           spec: VariantSpec) -> str:
+    """The calibration id a variant's rows carry: 12 hex digits of the hash of what that variant reads
+    (``""`` when the run's calibration has no record, as :func:`..calibration_files.check_calibration`).
+
+    That is the statistics every variant shares (validation image scores, percentile, seed), the input
+    domain, the variant's residual threshold, and its KL t-set and per-position thresholds; the networks
+    are checked by ``check_calibration`` before. Calibrating one more variant later adds its entries to
+    the shared files (the run's calibration id changes) but not this id, so the other variants' score
+    files are still accepted; a recalibrated variant gets a new id and its old rows are refused.
+    """
+    if not whole_id:
+        return ""
+    own: dict[str, Any] = {k: v for k, v in calib.items() if k not in ("kl", "variants")}
+    own["variant"] = calib.get("variants", {}).get(spec.name)
+    domain = run.input_domain_path("segment")
+    own["input_domain"] = file_sha256(domain) if domain.exists() else None
+    if spec.kl_key:
+        own["kl"] = calib.get("kl", {}).get(spec.kl_key)
+        tensor = thr[spec.kl_key].detach().float().contiguous().numpy()
+        own["kl_thresholds"] = [hashlib.sha256(tensor.tobytes()).hexdigest(), list(tensor.shape)]
+    return hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()[:12]

@@ -17,7 +17,7 @@ written last: a case with a ``.txt`` is done) into the output folder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence, get_args
 
@@ -34,7 +34,7 @@ from ..outputs import write_segmentation
 from ..runner import run_method
 from ..sharding import on_main
 from .batch import ImageScore, SegmentModels, case_seeds, segment_batch, segment_context
-from .calibration import calibrate_segment, load_calibration
+from .calibration import calibrate_segment, load_calibration, variant_calibration_id
 from .shared_scores import SharedImageScores, score_key
 from .variants import VariantSpec, variant_spec
 
@@ -155,6 +155,7 @@ def segment(
     kl_thr = thr.get(spec.kl_key) if spec.kl_key else None
 
     calibrated = check_calibration(run, "segment", force)
+    calibrated = replace(calibrated, id=variant_calibration_id(run, calibrated.id, calib, thr, spec))
     key = score_key(calibrated.model_id, cfg.segment, models.bf16)
     shared = None if input_dir is not None else SharedImageScores(
         run, key, [v for v in get_args(Variant) if v != variant], cfg.segment.score_subsample_num_t is not None)
