@@ -128,5 +128,20 @@ def test_the_cpu_plan_trains_each_level_then_the_seed_replicate():
     assert expected_results(plan)[0] == {"l2": ["ldm", "ltm"], "l3": ["ldm", "ltm"], "l2_seed1": ["ldm", "ltm"]}
     assert default_plan("cpu", [3]).seeds == {}  # the replicate follows its level
     assert default_plan("demo").seeds == {} and detection_runs(default_plan("demo")) == [("l2", 2, None)]
-    over = seed_overrides(1)
-    assert [over[s]["optim"]["seed"] for s in ("first_stage", "ldm", "transformer")] == [1, 1, 1] and over["score"]["seed"] == 1
+    from ldm_ood.benchmark import _run_config
+
+    cfg = _run_config(plan, "cpu", "m.csv", seed_overrides(1), 2)  # the replicate's config: a valid cpu config
+    assert [c.optim.seed for c in (cfg.first_stage, cfg.ldm, cfg.transformer)] == [1, 1, 1] and cfg.score.seed == 1
+    assert cfg.first_stage.levels == 2 and _run_config(plan, "cpu", "m.csv", {}, 3).first_stage.optim.seed == 0
+
+
+def test_cli_benchmark_quick_reaches_run_benchmark(monkeypatch, tmp_path):
+    import ldm_ood.benchmark as bench
+    from ldm_ood.cli import app
+
+    calls = []
+    monkeypatch.setattr(bench, "run_benchmark", lambda preset, out, levels=None, part="all", quick=False:
+                        calls.append((preset, levels, part, quick)))
+    assert CliRunner().invoke(app, ["benchmark", "--out", str(tmp_path), "--quick"]).exit_code == 0
+    assert CliRunner().invoke(app, ["benchmark", "--out", str(tmp_path), "--level", "4"]).exit_code == 0
+    assert calls == [("cpu", None, "all", True), ("cpu", [4], "all", False)]
