@@ -100,7 +100,48 @@ def test_benchmark_parts_select_the_papers_runs(monkeypatch):
     bench.run_benchmark("cpu", "x")
     seg, det, both = plans
     assert (seg.levels, seg.ltm, seg.segmentation, seg.table3_levels) == ([], False, True, [3])
-    assert (det.levels, det.segmentation) == ([2], False)
-    assert (both.levels, both.segmentation) == ([2], True)
+    assert (det.levels, det.segmentation, det.seeds) == ([2, 3], False, {2: [1]})
+    assert (both.levels, both.segmentation) == ([2, 3], True)
+    assert seg.seeds == {}  # no detection run, no replicate
     with pytest.raises(ValueError, match="part must be one of"):
         bench.run_benchmark("cpu", "x", part="everything")
+
+
+def test_quick_runs_the_quick_preset_once_per_level(monkeypatch):
+    import ldm_ood.benchmark as bench
+
+    plans = []
+    monkeypatch.setattr(bench, "run_plan", lambda plan, out: plans.append(plan))
+    bench.run_benchmark("cpu", "x", quick=True)
+    (quick,) = plans
+    assert (quick.preset, quick.levels, quick.seeds, quick.table3_levels) == ("cpu-quick", [2], {}, [3])
+    assert expected_results(quick)[0] == {"l2": ["ldm", "ltm"]}
+    with pytest.raises(ValueError, match="no quick variant"):
+        bench.run_benchmark("paper", "x", quick=True)
+
+
+def test_the_cpu_plan_trains_each_level_then_the_seed_replicate():
+    from ldm_ood.benchmark import detection_runs, seed_overrides
+
+    plan = default_plan("cpu")
+    assert detection_runs(plan) == [("l2", 2, None), ("l3", 3, None), ("l2_seed1", 2, 1)]
+    assert expected_results(plan)[0] == {"l2": ["ldm", "ltm"], "l3": ["ldm", "ltm"], "l2_seed1": ["ldm", "ltm"]}
+    assert default_plan("cpu", [3]).seeds == {}  # the replicate follows its level
+    assert default_plan("demo").seeds == {} and detection_runs(default_plan("demo")) == [("l2", 2, None)]
+    from ldm_ood.benchmark import _run_config
+
+    cfg = _run_config(plan, "cpu", "m.csv", seed_overrides(1), 2)  # the replicate's config: a valid cpu config
+    assert [c.optim.seed for c in (cfg.first_stage, cfg.ldm, cfg.transformer)] == [1, 1, 1] and cfg.score.seed == 1
+    assert cfg.first_stage.levels == 2 and _run_config(plan, "cpu", "m.csv", {}, 3).first_stage.optim.seed == 0
+
+
+def test_cli_benchmark_quick_reaches_run_benchmark(monkeypatch, tmp_path):
+    import ldm_ood.benchmark as bench
+    from ldm_ood.cli import app
+
+    calls = []
+    monkeypatch.setattr(bench, "run_benchmark", lambda preset, out, levels=None, part="all", quick=False:
+                        calls.append((preset, levels, part, quick)))
+    assert CliRunner().invoke(app, ["benchmark", "--out", str(tmp_path), "--quick"]).exit_code == 0
+    assert CliRunner().invoke(app, ["benchmark", "--out", str(tmp_path), "--level", "4"]).exit_code == 0
+    assert calls == [("cpu", None, "all", True), ("cpu", [4], "all", False)]

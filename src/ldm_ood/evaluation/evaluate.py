@@ -42,6 +42,7 @@ from .inputs import (
     segmentation_calibration,
 )
 from .metrics import Pooling, auroc, average_precision, fpr_at_tpr
+from .seeds import seed_stability
 from .segmentation import pixel_metrics, seconds_per_100
 from .stats import bootstrap_ci, delong_test, significance_marker
 from .summary import (
@@ -246,6 +247,7 @@ def evaluate(
         _evaluate_detection(name, run, not_test, summary, n_boot, seed)
         _evaluate_segmentation(name, run, cases, summary, pooling, seed)
         summary.precision[name] = run_precision(run)
+    summary.seed_stability = seed_stability(summary)
     summary.save(Path(out) if out is not None else RunDir(next(iter(runs.values()))).summary_path)
     if print_tables:
         from .tables import print_summary

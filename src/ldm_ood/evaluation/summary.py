@@ -4,7 +4,8 @@
 AUPRC, FPR@95TPR per method and OOD set; DeLong LDM vs LTM; paper 001 Table 1: ⌈DICE⌉, Dice at
 the validation threshold, pixel AUPRC, image-level AUROC/AUPRC) and the :class:`ScoreWarning` rows:
 every expected method and set whose scores are missing or non-finite (:mod:`.completeness`), which
-the tables mark and the terminal and the report show. Labels: set ``id`` is negative, every other
+the tables mark and the terminal and the report show; and, for a run trained again with another seed,
+the :class:`SeedStabilityRow` of every method and set (:mod:`.seeds`). Labels: set ``id`` is negative, every other
 set positive. Far-OOD sets are named ``far_*``, near-OOD everything else
 (:func:`order_sets` gives the table order).
 """
@@ -116,6 +117,25 @@ class SegmentationResult:
 
 
 @dataclass
+class SeedStabilityRow:
+    """One method on one OOD set in a base run and its replicate run, another seed (AUROC, 95 % CI each;
+    ``stable``: each AUROC inside the other's CI, :mod:`.seeds`)."""
+
+    base: str
+    replicate: str
+    seed: int
+    method: str
+    set: str
+    auroc: float | None
+    auroc_low: float | None
+    auroc_high: float | None
+    auroc_replicate: float | None
+    auroc_replicate_low: float | None
+    auroc_replicate_high: float | None
+    stable: bool
+
+
+@dataclass
 class ScoreWarning:
     """An expected method's scores on one set (``set`` None: on every set) are missing or non-finite.
 
@@ -149,6 +169,8 @@ class Summary:
     warnings: list[ScoreWarning] = field(default_factory=list)
     #: per run: ``{"<network> (<use>)": PrecisionChoice.as_dict()}`` of training and scoring
     precision: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: every method and set of a replicate run (``l2_seed1``) beside its base run (``l2``): :mod:`.seeds`
+    seed_stability: list[SeedStabilityRow] = field(default_factory=list)
 
     # ---- lookups
     def detection_for(self, run: str, method: str, set_name: str) -> DetectionResult | None:
@@ -184,6 +206,7 @@ class Summary:
             "notes": list(self.notes),
             "warnings": [asdict(w) for w in self.warnings],
             "precision": dict(self.precision),
+            "seed_stability": rows(self.seed_stability),
         }
 
     @classmethod
@@ -200,6 +223,7 @@ class Summary:
             notes=list(d.get("notes", [])),
             warnings=build(ScoreWarning, d.get("warnings", [])),
             precision=dict(d.get("precision", {})),
+            seed_stability=build(SeedStabilityRow, d.get("seed_stability", [])),
         )
 
     def save(self, path: str | Path) -> Path:

@@ -4,6 +4,8 @@
   method × run (VQ-GAN level), AUC × 100. Where the DeLong test of LDM vs LTM on the same run is
   significant, the better of the two cells is marked: ``strong`` (p < 0.001; bold in the paper,
   ``**`` in text) or ``weak`` (p < 0.05; underlined in the paper, ``*`` in text).
+- :func:`paper000_table1_grid` — the same per VQ-GAN level (runs ``l<level>``) beside paper 000 Table 1's
+  values of that level, with each seed replicate's LTM / LDM and a "not a result yet" flag (:mod:`.seeds`);
 - :func:`paper001_table1_grid` — paper 001 Table 1 beside the paper's numbers, with CIs and time;
 - :func:`paper001_table3_grid` — paper 001 Table 3's analogue on the haemorrhage set, ordered by time;
 - :func:`segmentation_grid` — every segmentation row: ⌈DICE⌉, Dice at the validation threshold,
@@ -20,16 +22,18 @@ Renderings: :func:`to_rich` (terminal), :func:`to_markdown`; the HTML report ren
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .seeds import NOT_A_RESULT, replicate_of, seed_stability, unstable_methods
 from .summary import METHOD_LABELS, SegmentationResult, Summary, is_far, order_sets, segment_method
 
-MARK_TEXT = {"strong": "**", "weak": "*", "warning": "†", "": ""}
-MARK_STYLE = {"strong": "bold", "weak": "underline", "warning": "bold red", "": ""}
+MARK_TEXT = {"strong": "**", "weak": "*", "warning": "†", "unstable": "", "": ""}
+MARK_STYLE = {"strong": "bold", "weak": "underline", "warning": "bold red", "unstable": "yellow", "": ""}
 WARNING_CAPTION = "†: scores missing or non-finite for this method and set (see the warnings); n/a†: none finite."
 SHORT_LABELS = {"ldm": "LDM", "ltm": "LTM", "ldm_mse": "MSE", "ldm_lpips": "LPIPS"}
 
@@ -64,37 +68,145 @@ def _pretty_set(name: str) -> str:
 
 def table1_grid(summary: Summary, methods: list[str] | None = None) -> Grid:
     """Paper 000 Table 1: AUC × 100 per OOD set (rows) × run and method (columns)."""
-    methods = methods or [m for m in ("ltm", "ldm", "ldm_mse", "ldm_lpips") if m in summary.methods()]
-    warned = [w for w in summary.warnings if w.method in SHORT_LABELS]
+    methods = methods or _table1_methods(summary)
+    warned = _table1_warnings(summary)
     runs = [r for r in summary.runs if any(d.run == r for d in summary.detection) or any(w.run == r for w in warned)]
     grid = Grid(
         title="AUROC × 100, ID test vs each OOD set (paper 000 Table 1 layout)",
         columns=["Set"] + [SHORT_LABELS[m] for _ in runs for m in methods],
         groups=[(r, len(methods)) for r in runs],
-        caption="DeLong test LDM vs LTM on the same run: ** / bold p < 0.001, * / underlined p < 0.05 "
-        "(mark on the better of the two). MSE / LPIPS: LDM with one metric only. "
+        caption=DELONG_CAPTION + " MSE / LPIPS: LDM with one metric only. "
         "n/a: undefined (one class); —: not scored." + (f" {WARNING_CAPTION}" if warned else ""),
     )
-    last_section = None
+    for section, s in _table1_rows(summary, warned):
+        grid.rows.append((section, [Cell(_pretty_set(s))] + [c for r in runs for c in _run_cells(summary, r, s, methods)]))
+    return grid
+
+
+DELONG_CAPTION = ("DeLong test LDM vs LTM on the same run: ** / bold p < 0.001, * / underlined p < 0.05 "
+                  "(mark on the better of the two).")
+
+
+def _table1_methods(summary: Summary) -> list[str]:
+    return [m for m in ("ltm", "ldm", "ldm_mse", "ldm_lpips") if m in summary.methods()]
+
+
+def _table1_warnings(summary: Summary) -> list:
+    return [w for w in summary.warnings if w.method in SHORT_LABELS]
+
+
+def _table1_rows(summary: Summary, warned: list) -> list[tuple[str | None, str]]:
+    """``(section or None, set)`` of every Table 1 row: far-OOD sets, then near-OOD, a section at each change."""
+    rows, last = [], None
     for s in order_sets([*(d.set for d in summary.detection), *(w.set for w in warned if w.set is not None)]):
         section = "Far-OOD" if is_far(s) else "Near-OOD"
-        cells = [Cell(_pretty_set(s))]
-        for r in runs:
-            dl = summary.delong_for(r, s)
-            auc = {m: (d.auroc if (d := summary.detection_for(r, m, s)) else "missing") for m in methods}
-            winner = None
-            if dl and dl.marker and dl.auc_ldm is not None and dl.auc_ltm is not None:
-                winner = "ldm" if dl.auc_ldm >= dl.auc_ltm else "ltm"
-            for m in methods:
-                a = auc[m]
-                warning = bool(summary.warnings_for(r, m, s))
-                if a == "missing":
-                    cells.append(Cell("n/a", "warning") if warning else Cell("—"))
-                    continue
-                mark = ("strong" if dl.marker == "**" else "weak") if winner == m and dl else ""
-                cells.append(Cell(fmt(a, 100, 1), "warning" if warning else mark))
-        grid.rows.append((section if section != last_section else None, cells))
-        last_section = section
+        rows.append((section if section != last else None, s))
+        last = section
+    return rows
+
+
+def _run_cells(summary: Summary, run: str, set_name: str, methods: list[str]) -> list[Cell]:
+    """AUC × 100 of each of ``methods`` of ``run`` on ``set_name``; the DeLong mark (LDM vs LTM) on the better."""
+    dl = summary.delong_for(run, set_name)
+    winner = None
+    if dl and dl.marker and dl.auc_ldm is not None and dl.auc_ltm is not None:
+        winner = "ldm" if dl.auc_ldm >= dl.auc_ltm else "ltm"
+    cells = []
+    for m in methods:
+        d = summary.detection_for(run, m, set_name)
+        warning = bool(summary.warnings_for(run, m, set_name))
+        if d is None:
+            cells.append(Cell("n/a", "warning") if warning else Cell("—"))
+            continue
+        mark = ("strong" if dl.marker == "**" else "weak") if winner == m and dl else ""
+        cells.append(Cell(fmt(d.auroc, 100, 1), "warning" if warning else mark))
+    return cells
+
+
+#: paper 000 Table 1 (AUC × 100; None: N/A, no 2-level LTM): the built-in set -> (the paper's row, {level: (LTM, LDM)}).
+#: Near-OOD rows are the same corruptions; far-OOD rows are the paper's dataset closest to the built-in class
+#: (the head MR template; a cropped brain MR for the Hippocampal MR crops; abdomen, chest and a real
+#: abdominal CT slice for the Decathlon CTs); classes without an analogue have no paper values.
+PAPER_000_TABLE1: dict[str, tuple[str, dict[int, tuple[float | None, float]]]] = {
+    "far_mr_t1": ("Head MR", {2: (None, 72.0), 3: (0.0, 100.0), 4: (100.0, 100.0)}),
+    "far_mr_brain_crop": ("Hippocampal MR", {2: (None, 3.51), 3: (0.0, 100.0), 4: (100.0, 100.0)}),
+    "far_ct_abdomen": ("Liver CT", {2: (None, 100.0), 3: (100.0, 100.0), 4: (99.8, 100.0)}),
+    "far_ct_chest": ("Lung CT", {2: (None, 100.0), 3: (89.0, 100.0), 4: (100.0, 100.0)}),
+    "far_ct_body": ("Pancreas CT", {2: (None, 100.0), 3: (100.0, 100.0), 4: (99.3, 100.0)}),
+    "noise_0.01": ("Noise σ = 0.01", {2: (None, 59.7), 3: (48.1, 59.3), 4: (50.7, 54.5)}),
+    "noise_0.1": ("Noise σ = 0.1", {2: (None, 100.0), 3: (57.5, 100.0), 4: (44.7, 100.0)}),
+    "noise_0.2": ("Noise σ = 0.2", {2: (None, 100.0), 3: (88.3, 100.0), 4: (45.6, 100.0)}),
+    "background_0.3": ("BG value = 0.3", {2: (None, 100.0), 3: (100.0, 100.0), 4: (100.0, 100.0)}),
+    "background_0.6": ("BG value = 0.6", {2: (None, 100.0), 3: (100.0, 100.0), 4: (100.0, 100.0)}),
+    "background_1.0": ("BG value = 1.0", {2: (None, 100.0), 3: (100.0, 100.0), 4: (100.0, 100.0)}),
+    "flip_lr": ("Flip L-R", {2: (None, 53.5), 3: (49.4, 61.2), 4: (51.1, 58.6)}),
+    "flip_ap": ("Flip A-P", {2: (None, 100.0), 3: (65.6, 100.0), 4: (90.7, 100.0)}),
+    "flip_is": ("Flip I-S", {2: (None, 100.0), 3: (69.7, 100.0), 4: (90.5, 100.0)}),
+    "chunk_top": ("Chunk top", {2: (None, 46.1), 3: (28.6, 94.6), 4: (97.6, 99.8)}),
+    "chunk_middle": ("Chunk middle", {2: (None, 94.4), 3: (22.0, 100.0), 4: (96.2, 100.0)}),
+    "skull_stripped": ("Skull stripped", {2: (None, 98.1), 3: (0.0, 100.0), 4: (100.0, 100.0)}),
+    "scale_0.01": ("Scaling 1%", {2: (None, 0.317), 3: (0.0, 100.0), 4: (100.0, 100.0)}),
+    "scale_0.1": ("Scaling 10%", {2: (None, 100.0), 3: (0.0, 100.0), 4: (100.0, 100.0)}),
+}
+
+_LEVEL_RUN = re.compile(r"^l(\d+)$")
+
+
+def level_runs(summary: Summary) -> dict[int, str]:
+    """``{VQ-GAN level: run}`` of the runs named ``l<level>`` (the benchmark's detection runs), by level."""
+    found = {int(m[1]): r for r in summary.runs if (m := _LEVEL_RUN.match(r))}
+    return dict(sorted(found.items()))
+
+
+def _paper_cells(set_name: str, level: int) -> list[Cell]:
+    values = PAPER_000_TABLE1.get(set_name, ("", {}))[1].get(level)
+    if values is None:
+        return [Cell("—"), Cell("—")]
+    return [Cell("N/A" if v is None else f"{v:g}") for v in values]
+
+
+def paper000_table1_grid(summary: Summary) -> Grid:
+    """Paper 000 Table 1 beside the paper: per VQ-GAN level (runs ``l<level>``) the LTM / LDM pair (DeLong
+    marks), LDM with MSE or LPIPS only, each replicate run's LTM / LDM (``l2_seed1``, :mod:`.seeds`) with a
+    ``seeds`` column that says "not a result yet" where an AUROC moved beyond a 95 % CI between seeds, and
+    the paper's LTM / LDM of the same level. The AUROCs' 95 % CIs are in ``summary.json`` and the detail grid."""
+    methods = _table1_methods(summary)
+    warned = _table1_warnings(summary)
+    levels = level_runs(summary)
+    stability = seed_stability(summary)
+    replicates = {lv: [(r, p[1]) for r in summary.runs if (p := replicate_of(r)) and p[0] == run]
+                  for lv, run in levels.items()}
+    columns, groups = ["Set"], []
+    for lv, run in levels.items():
+        cols = [SHORT_LABELS[m] for m in methods]
+        for _, seed in replicates[lv]:
+            cols += [f"LTM s{seed}", f"LDM s{seed}"] if "ltm" in methods else [f"LDM s{seed}"]
+        cols += (["seeds"] if replicates[lv] else []) + ["paper LTM", "paper LDM"]
+        columns += cols
+        groups.append((f"l = {lv} ({run})", len(cols)))
+    grid = Grid(
+        title="Paper 000 Table 1: AUROC × 100 per VQ-GAN level, beside the paper",
+        columns=columns, groups=groups,
+        caption=DELONG_CAPTION + " MSE / LPIPS: LDM with one metric only. s<k>: the same level trained and scored "
+        f"again with seed k; seeds: '{NOT_A_RESULT}' where an AUROC of the named method lies outside the other seed's "
+        "95 % bootstrap CI. Paper: Graham et al. 2023 Table 1 at the same level (N/A: no 2-level LTM); far-OOD rows "
+        "beside the paper's closest dataset (in brackets), —: no counterpart. 95 % CIs: summary.json."
+        + (f" {WARNING_CAPTION}" if warned else ""),
+    )
+    for section, s in _table1_rows(summary, warned):
+        paper_row = PAPER_000_TABLE1.get(s, ("", {}))[0]
+        label = _pretty_set(s) + (f" ({paper_row})" if paper_row and is_far(s) else "")
+        cells = [Cell(label)]
+        for lv, run in levels.items():
+            cells += _run_cells(summary, run, s, methods)
+            for rep, _ in replicates[lv]:
+                cells += _run_cells(summary, rep, s, [m for m in ("ltm", "ldm") if m in methods])
+            if replicates[lv]:
+                moved = unstable_methods(stability, run, s)
+                cells.append(Cell(f"{NOT_A_RESULT} ({', '.join(SHORT_LABELS[m] for m in moved)})" if moved else "ok",
+                                  "unstable" if moved else ""))
+            cells += _paper_cells(s, lv)
+        grid.rows.append((section, cells))
     return grid
 
 
@@ -283,7 +395,7 @@ def print_summary(summary: Summary, console: Console | None = None, warn_console
         if not console.is_terminal:  # piped / logged: don't squeeze the tables into 80 columns
             console = Console(width=160)
     if summary.detection or any(w.method in SHORT_LABELS for w in summary.warnings):
-        console.print(to_rich(table1_grid(summary)))
+        console.print(to_rich(paper000_table1_grid(summary) if level_runs(summary) else table1_grid(summary)))
     if summary.segmentation:
         console.print(to_rich(segmentation_grid(summary)))
         if any(r.n_masks for r in summary.segmentation):

@@ -346,3 +346,29 @@ def segmentation_grid(
         axes[r, 3].axis("off")
     _title(fig, title, 0.6)
     return fig
+
+
+def training_curves(curves: Mapping[str, tuple[Sequence[Mapping[str, float]], int | None]],
+                    title: str = "Training curves", ncols: int = 4) -> Figure:
+    """Train and validation loss per epoch, one panel per run, the selected (best validation) epoch marked.
+
+    Args:
+        curves: ``{run: (metrics.csv rows, best epoch or None)}``; each row has ``epoch``, ``loss``
+            (the mean training loss of the epoch) and ``val_loss`` (NaN on epochs without validation).
+    """
+    fig, axes = _grid(len(curves), ncols, (3.4, 2.7))
+    for ax, (name, (rows, best)) in zip(axes, curves.items()):
+        epoch = np.array([r.get("epoch", np.nan) for r in rows], dtype=float)
+        for key, label, colour in (("loss", "train", ID_COLOUR), ("val_loss", "validation", OOD_COLOUR)):
+            y = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+            ok = np.isfinite(y) & np.isfinite(epoch)
+            if ok.any():
+                ax.plot(epoch[ok], y[ok], marker="." if ok.sum() < 30 else None, color=colour, lw=1.2, label=label)
+        if best:
+            ax.axvline(best, color="0.4", ls="--", lw=0.8, label=f"best epoch {best}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, frameon=False)
+    _title(fig, title)
+    return fig

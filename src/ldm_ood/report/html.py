@@ -37,7 +37,8 @@ from ..evaluation.inputs import (
 )
 from ..evaluation.summary import DETECTION_METHODS, ID_SET, METHOD_LABELS, Summary, order_sets
 from ..evaluation.tables import (
-    MARK_TEXT, TABLE3_SET, Grid, detail_grid, paper001_table1_grid, paper001_table3_grid, segmentation_grid, table1_grid,
+    MARK_TEXT, TABLE3_SET, Grid, detail_grid, level_runs, paper000_table1_grid, paper001_table1_grid, paper001_table3_grid,
+    segmentation_grid, table1_grid,
 )
 from ..methods.records import read_records
 from ..runs import RunDir
@@ -48,7 +49,9 @@ from . import figures
 LOCALISED_SETS = ("chunk_top", "chunk_middle", "skull_stripped", "scale_0.01", "scale_0.1")
 BENCHMARK_FILES = (("memory.json", "Memory"), ("scoring.json", "Scoring time"), ("segment.json", "Segmentation time"))
 SECTION_TITLES = ("AUROC table", "Segmentation metrics", "ROC curves", "Score histograms", "Anomaly maps",
-                  "Segmentation examples", "Time and memory", "Precision", "Notes")
+                  "Segmentation examples", "Time and memory", "Precision", "Notes", "LTM training curves")
+#: the stage whose train / validation curve the report shows (the LTM trains to convergence: early stopping)
+CURVE_STAGE = "transformer"
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1300px;color:#222}
@@ -60,7 +63,7 @@ td:first-child,th:first-child{text-align:left} tr.section td{background:#fafafa;
 .strong{font-weight:bold} .weak{text-decoration:underline} .caption{color:#555;font-size:.85em;max-width:1100px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} .note{color:#666;font-size:.85em}
 .warnbox{border:2px solid #c00;background:#fff0f0;color:#600;padding:8px 16px;margin:16px 0;border-radius:4px}
-.warnbox h2{color:#c00;border:none;margin:4px 0} .warnbox table{background:#fff} td.warning{color:#c00;font-weight:bold}
+.unstable{color:#a60;font-style:italic} .warnbox h2{color:#c00;border:none;margin:4px 0} .warnbox table{background:#fff} td.warning{color:#c00;font-weight:bold}
 details{margin:8px 0} summary{cursor:pointer;color:#1f5fa8} .wide{overflow-x:auto;max-width:100%} td.txt{text-align:left}
 """
 
@@ -320,6 +323,40 @@ def _segmentation_examples(runs: Mapping[str, RunDir], manifests: Mapping[str, l
     return "".join(parts) or '<p class="note">No segmentation outputs with ground-truth masks.</p>'
 
 
+def _curves_section(runs: Mapping[str, RunDir], notes: list[str]) -> str:
+    """The LTM's train / validation loss per epoch of every run that trained one (``metrics.csv``)."""
+    from ..training.metrics import read_metrics
+
+    curves = {}
+    for name, run in runs.items():
+        path = run.metrics_path(CURVE_STAGE)
+        if not path.exists():
+            continue
+        try:
+            rows = read_metrics(path)
+            done = json.loads(run.done_path(CURVE_STAGE).read_text()) if run.done_path(CURVE_STAGE).exists() else {}
+        except (OSError, ValueError) as err:
+            notes.append(f"{name}: training curve unreadable ({path}: {err})")
+            continue
+        curves[name] = (rows, int(done["best_epoch"]) if done.get("best_epoch") else None)
+    if not curves:
+        return '<p class="note">No LTM trained.</p>'
+    fig = figures.training_curves(curves, title="LTM: mean next-token cross-entropy per epoch (early stopping on validation)")
+    return (_png(figures.to_png(fig), "LTM training curves")
+            + '<p class="caption">Dashed: the epoch whose weights were kept (lowest validation loss); training stops '
+              "after optim.patience epochs without improvement. Rows: each run's transformer/metrics.csv.</p>")
+
+
+def _detection_tables(summary: Summary) -> str:
+    """Paper 000 Table 1 per VQ-GAN level beside the paper when the runs are named ``l<level>``, else the run grid."""
+    if not (summary.detection or any(w.method in METHOD_LABELS for w in summary.warnings)):
+        return '<p class="note">No detection results.</p>'
+    if not level_runs(summary):
+        return grid_to_html(table1_grid(summary))
+    return (grid_to_html(paper000_table1_grid(summary))
+            + "<details><summary>Every run side by side</summary>" + grid_to_html(table1_grid(summary)) + "</details>")
+
+
 def _benchmark_section(benchmarks_dir: Path | None) -> str:
     parts = []
     for fname, title in BENCHMARK_FILES:
@@ -373,8 +410,7 @@ def build_report(
         f" · generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>",
         _warning_box(summary),
         f'<h2 id="auroc">{SECTION_TITLES[0]}</h2>',
-        grid_to_html(table1_grid(summary)) if summary.detection or any(w.method in METHOD_LABELS for w in summary.warnings)
-        else '<p class="note">No detection results.</p>',
+        _detection_tables(summary),
         "<details><summary>All detection metrics (bootstrap CI, AUPRC, FPR@95TPR, DeLong p)</summary>"
         + grid_to_html(detail_grid(summary)) + "</details>" if summary.detection else "",
         f'<h2 id="segmentation">{SECTION_TITLES[1]}</h2>',
@@ -383,6 +419,7 @@ def build_report(
          + "<details><summary>Every segmentation row</summary>"
          + grid_to_html(segmentation_grid(summary)) + "</details>") if summary.segmentation
         else '<p class="note">No segmentation results.</p>',
+        f'<h2 id="curves">{SECTION_TITLES[9]}</h2>', _curves_section(runs, notes),
         f'<h2 id="roc">{SECTION_TITLES[2]}</h2>', _roc_section(runs, scores),
         f'<h2 id="histograms">{SECTION_TITLES[3]}</h2>', _hist_section(runs, scores, notes),
         f'<h2 id="maps">{SECTION_TITLES[4]}</h2>', _overlay_section(runs, manifests, notes, max_cases),

@@ -9,6 +9,12 @@ preprocessing); the others return [0, 1] after min–max rescaling (paper 000 §
 =====================  ==========================================================================
 ``far_mr_t1``          real: nilearn's MNI152 T1 MR template, warped like a subject (anatomy.py)
 ``far_mr_epi``         real: nibabel's test EPI (``example4d.nii.gz``), random volume and pose
+``far_mr_brain_crop``  real: nibabel's test T1 (``anatomical.nii``, 66×82×50 mm around the ventricles, 2 mm),
+                       random pose (the role of the paper's cropped Hippocampal MR)
+``far_mr_phantom``     real: nibabel's Philips PAR/REC scan of a spherical phantom (EPI, 64×64×9 at
+                       3.75×3.75×8 mm, oblique), random dynamic and pose
+``far_ct_body``        real: pydicom's ``CT_small.dcm`` (an abdominal CT slice from NEMA's CT1_UNC, in HU)
+                       extruded along I–S as a body cylinder, random pose
 ``far_ct_abdomen``     abdomen CT phantom: body + fat, liver, spleen, kidneys, spine, aorta, gas
 ``far_ct_chest``       chest CT phantom: lungs (−850 HU), heart, ribs, sternum, spine, aorta
 ``far_shepp_logan``    3D Shepp–Logan phantom with jittered ellipsoids
@@ -145,25 +151,78 @@ def noise_texture(rng: np.random.Generator, shape, affine) -> tuple[np.ndarray, 
     return minmax(ndi.gaussian_filter(rng.normal(size=shape), rng.uniform(0.5, 3.0))), False
 
 
-@functools.lru_cache(maxsize=1)
-def _epi() -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=4)
+def _nibabel_test_image(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(data (X, Y, Z[, T]) float32, affine (4, 4))`` of a file shipped in nibabel's ``tests/data``."""
     import nibabel as nib
 
-    path = os.path.join(os.path.dirname(nib.__file__), "tests", "data", "example4d.nii.gz")
-    img = nib.load(path)
+    img = nib.load(os.path.join(os.path.dirname(nib.__file__), "tests", "data", name))
     return np.asarray(img.get_fdata(dtype=np.float32)), np.asarray(img.affine, dtype=np.float64)
+
+
+def _posed_volume(rng: np.random.Generator, vol: np.ndarray, vol_affine: np.ndarray, shape, affine,
+                  cval: float = 0.0) -> np.ndarray:
+    """``vol`` (X, Y, Z; its RAS ``vol_affine``) resampled onto the grid, its centre at the grid's world
+    origin seen through a random pose (:func:`_posed_coords`); linear interpolation, ``cval`` outside."""
+    centre = vol_affine[:3, :3] @ ((np.array(vol.shape) - 1) / 2) + vol_affine[:3, 3]
+    q = _posed_coords(rng, shape, affine).reshape(3, -1) + centre[:, None]
+    inv = np.linalg.inv(vol_affine)
+    vox = inv[:3, :3] @ q + inv[:3, 3:4]
+    return ndi.map_coordinates(vol, vox, order=1, mode="constant", cval=cval).reshape(shape)
 
 
 def mr_epi(rng: np.random.Generator, shape, affine) -> tuple[np.ndarray, bool]:
     """One volume of nibabel's test EPI (128×96×24, oblique 2×2×2.2 mm), randomly posed on the grid."""
-    data, epi_affine = _epi()
+    data, epi_affine = _nibabel_test_image("example4d.nii.gz")
     vol = data[..., int(rng.integers(data.shape[-1]))]
-    centre = epi_affine[:3, :3] @ ((np.array(vol.shape) - 1) / 2) + epi_affine[:3, 3]
-    q = _posed_coords(rng, shape, affine).reshape(3, -1) + centre[:, None]
-    inv = np.linalg.inv(epi_affine)
-    vox = inv[:3, :3] @ q + inv[:3, 3:4]
-    out = ndi.map_coordinates(vol, vox, order=1, mode="constant", cval=0.0).reshape(shape)
-    return minmax(out), False
+    return minmax(_posed_volume(rng, vol, epi_affine, shape, affine)), False
+
+
+def mr_brain_crop(rng: np.random.Generator, shape, affine) -> tuple[np.ndarray, bool]:
+    """nibabel's test T1 (``anatomical.nii``: 33×41×25 at 2 mm, a crop around the lateral ventricles),
+    randomly posed: a real MR with a small field of view, zero-padded on the head grid."""
+    vol, vol_affine = _nibabel_test_image("anatomical.nii")
+    return minmax(_posed_volume(rng, vol, vol_affine, shape, affine)), False
+
+
+def mr_phantom(rng: np.random.Generator, shape, affine) -> tuple[np.ndarray, bool]:
+    """One dynamic of nibabel's PAR/REC phantom scan (``phantom_EPI_asc_CLEAR_2_1``: a spherical MR
+    phantom, 64×64×9 at 3.75×3.75×8 mm, oblique), randomly posed."""
+    data, vol_affine = _nibabel_test_image("phantom_EPI_asc_CLEAR_2_1.PAR")
+    vol = data[..., int(rng.integers(data.shape[-1]))]
+    return minmax(_posed_volume(rng, vol, vol_affine, shape, affine)), False
+
+
+#: ``CT_small.dcm`` was downsized from CT1_UNC's 512² to 128² without updating PixelSpacing (pydicom's
+#: test-file README): its true pixel is this many times the stored spacing (a 338 mm body field of view)
+CT_SMALL_DOWNSIZE = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _ct_slice() -> tuple[np.ndarray, np.ndarray]:
+    """``(hu (rows, cols) float32, in-plane affine (3, 3): (col, row, 1) -> RAS mm (x, y, 1), centred)``
+    of pydicom's ``CT_small.dcm``."""
+    import pydicom
+
+    path = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files", "CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    row_dir, col_dir = (np.asarray(ds.ImageOrientationPatient, dtype=np.float64).reshape(2, 3)[:, :2]
+                        * np.array([-1.0, -1.0]))  # LPS -> RAS, in-plane (x, y)
+    d_row, d_col = (float(v) * CT_SMALL_DOWNSIZE for v in ds.PixelSpacing)
+    m = np.eye(3)
+    m[:2, 0], m[:2, 1] = row_dir * d_col, col_dir * d_row  # column index moves along the row direction
+    m[:2, 2] = -m[:2, :2] @ ((np.array(hu.shape[::-1]) - 1) / 2)
+    return hu, m
+
+
+def ct_body(rng: np.random.Generator, shape, affine) -> tuple[np.ndarray, bool]:
+    """pydicom's real abdominal CT slice (HU) extruded along I–S, randomly posed; air (−1000 HU) outside."""
+    hu, m = _ct_slice()
+    q = _posed_coords(rng, shape, affine).reshape(3, -1)
+    col, row = (np.linalg.inv(m) @ np.vstack([q[:2], np.ones(q.shape[1])]))[:2]
+    out = ndi.map_coordinates(hu, np.vstack([row, col]), order=1, mode="constant", cval=-1000.0)
+    return out.reshape(shape).astype(np.float32), True
 
 
 def mr_t1_case(rng: np.random.Generator, shape, affine) -> tuple[np.ndarray, bool]:
@@ -175,8 +234,14 @@ def mr_t1_case(rng: np.random.Generator, shape, affine) -> tuple[np.ndarray, boo
 FAR_OOD_CLASSES: dict[str, FarFn] = {
     "far_mr_t1": mr_t1_case,
     "far_mr_epi": mr_epi,
+    "far_mr_brain_crop": mr_brain_crop,
+    "far_mr_phantom": mr_phantom,
+    "far_ct_body": ct_body,
     "far_ct_abdomen": ct_abdomen,
     "far_ct_chest": ct_chest,
     "far_shepp_logan": shepp_logan,
     "far_noise": noise_texture,
 }
+
+#: the classes drawn from real scans shipped inside installed packages (nilearn, nibabel, pydicom)
+REAL_FAR_OOD_CLASSES: tuple[str, ...] = ("far_mr_t1", "far_mr_epi", "far_mr_brain_crop", "far_mr_phantom", "far_ct_body")
