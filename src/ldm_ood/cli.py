@@ -331,6 +331,15 @@ def serve(
 # ----------------------------------------------------------------------------- evaluation
 
 
+def _check_map_filters(values: Optional[list[str]]) -> Optional[list[str]]:
+    from .evaluation.localisation import check_filter
+
+    try:
+        return [check_filter(v) for v in values] if values else values
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 @app.command()
 @_friendly
 def evaluate(
@@ -338,7 +347,7 @@ def evaluate(
     data: Optional[Path] = DataOpt,
     out: Optional[Path] = typer.Option(None, help="summary.json path (default: in the first run)."),
     map_filter: Optional[list[str]] = typer.Option(
-        None, "--map-filter", help="Anomaly-map post-processing for the localisation table, repeatable: none (the "
+        None, "--map-filter", callback=_check_map_filters, help="Anomaly-map post-processing for the localisation table, repeatable: none (the "
         "maps as saved, default), abs, gaussian<sigma>, median<k>, or steps joined by '+' (e.g. abs+gaussian1)."),
 ) -> None:
     """AUROC/AUPRC/FPR95 per OOD set, DeLong LDM vs LTM, segmentation Dice/AUPRC, map localisation → summary.json + table."""

@@ -43,7 +43,7 @@ from .inputs import (
     segment_variants,
     segmentation_calibration,
 )
-from .localisation import evaluate_localisation
+from .localisation import check_filter, evaluate_localisation
 from .metrics import Pooling, auroc, average_precision, fpr_at_tpr
 from .segmentation import pixel_metrics, seconds_per_100
 from .stats import bootstrap_ci, delong_test, significance_marker
@@ -236,6 +236,7 @@ def evaluate(
     runs = normalise_runs(run_dirs)
     if not runs:
         raise ValueError("no run directory given")
+    map_filters = [check_filter(f) for f in map_filters]  # before any work
     summary = Summary(runs={k: str(v) for k, v in runs.items()})
     for name, root in runs.items():
         run = RunDir(root)

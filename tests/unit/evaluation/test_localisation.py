@@ -140,3 +140,10 @@ def test_evaluate_writes_localisation_rows(tmp_path):
     assert again.localisation == s.localisation
     table = to_markdown(localisation_grid(s))
     assert "chunk top" in table and "0.833" in table and "1.000" in table
+
+
+def test_evaluate_refuses_an_unknown_filter_before_writing(tmp_path):
+    run, manifest = _tiny_localisation_run(tmp_path)
+    with pytest.raises(ValueError, match="unknown map filter 'gauss'"):
+        evaluate({"r": run}, manifest=manifest, print_tables=False, map_filters=("none", "gauss"))
+    assert not (run / "summary.json").exists()
