@@ -15,8 +15,10 @@ on the input's native grid) is scored against that region:
   with replacement (voxels of one scan are not independent), as ``segmentation.pixel_metrics`` does.
 * **map filters** (:func:`filter_map`): ``"none"`` is the method's map as saved (paper 000's
   definition). ``"gaussian<σ>"`` smooths it with a Gaussian of σ voxels (paper 001's filtered
-  residuals), ``"median<k>"`` takes a k³ median: post-processing options measured against the
-  paper map, never instead of it.
+  residuals), ``"median<k>"`` takes a k³ median, ``"abs"`` the two-sided |z|; steps join with ``+``
+  (``abs+gaussian1``): post-processing options measured against the paper map, never instead of it.
+  (A map of another error, the missing tissue ``max(x̂ − x, 0)``, is made at scoring time:
+  ``score.map_error``.)
 
 A map at a coarser resolution than the mask (an LTM token map not yet on the image grid) is brought
 to the mask's grid by ``methods.ltm.likelihood.upsample_map`` (nearest, an exact factor per axis).
