@@ -331,17 +331,29 @@ def serve(
 # ----------------------------------------------------------------------------- evaluation
 
 
+def _check_map_filters(values: Optional[list[str]]) -> Optional[list[str]]:
+    from .evaluation.localisation import check_filter
+
+    try:
+        return [check_filter(v) for v in values] if values else values
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 @app.command()
 @_friendly
 def evaluate(
     run: list[Path] = typer.Option(..., "--run", help="Run directory (repeat for several VQ-GAN levels)."),
     data: Optional[Path] = DataOpt,
     out: Optional[Path] = typer.Option(None, help="summary.json path (default: in the first run)."),
+    map_filter: Optional[list[str]] = typer.Option(
+        None, "--map-filter", callback=_check_map_filters, help="Anomaly-map post-processing for the localisation table, repeatable: none (the "
+        "maps as saved, default), abs, gaussian<sigma>, median<k>, or steps joined by '+' (e.g. abs+gaussian1)."),
 ) -> None:
-    """AUROC/AUPRC/FPR95 per OOD set, DeLong LDM vs LTM, segmentation Dice/AUPRC → summary.json + table."""
+    """AUROC/AUPRC/FPR95 per OOD set, DeLong LDM vs LTM, segmentation Dice/AUPRC, map localisation → summary.json + table."""
     from .evaluation.evaluate import evaluate as run_evaluate
 
-    run_evaluate({p.name: p for p in run}, manifest=data, out=out)
+    run_evaluate({p.name: p for p in run}, manifest=data, out=out, map_filters=map_filter or ("none",))
 
 
 @app.command()

@@ -183,6 +183,10 @@ class ScoreConfig(_HasPrecision):
         "per start; num_inference_steps does not apply)")
     metrics: tuple[Literal["mse", "lpips"], ...] = ("mse", "lpips")
     map_t_values: tuple[int, ...] = (100, 200, 300, 400)
+    map_error: Literal["absolute", "missing"] = Field(
+        default="absolute", description="the §2.3 map's error per t before its z-score: absolute |x − x̂_t| "
+        "(paper 000) | missing max(x̂_t − x, 0), the tissue the reconstruction puts back where the input has "
+        "less (removed tissue: chunks, skull stripping; benchmarks/bench_localisation.py)")
     batch_size: int = Field(default=1, ge=1, description="scans per batched reconstruction")
     precision: Precision = Field(default="auto", description="inference precision: auto | fp32 | bf16")
     sequential: bool = Field(default=False, description="one chain at a time, as the reference code")

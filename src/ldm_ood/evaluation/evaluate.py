@@ -7,7 +7,9 @@ Per run (files read by :mod:`.inputs`):
   FPR@95TPR; DeLong LDM vs LTM on the cases both scored (§3.3);
 - segmentation (paper 001 Table 1): per variant and set with masks, ⌈DICE⌉ (best threshold), Dice
   at the validation ``residual_threshold``, pixel AUPRC (voxels pooled or per scan) and the
-  image-level AUROC/AUPRC vs set ``id``.
+  image-level AUROC/AUPRC vs set ``id``;
+- localisation (:mod:`.localisation`): per detection method and set with region masks (the removed
+  chunk, the stripped skull), the saved maps' pixel AUROC/AUPRC against that region, per map filter.
 
 Whatever is missing (a method, a run, a set, a threshold, a mask) is skipped with a note in
 ``Summary.notes``; metrics undefined for a set (one class) are ``None`` (n/a). An *expected* method
@@ -34,13 +36,14 @@ from .inputs import (
     normalise_runs,
     read_score_column,
     read_threshold,
-    resolve_path,
+    rows_with_maps,
     run_manifest,
     run_precision,
     score_sets,
     segment_variants,
     segmentation_calibration,
 )
+from .localisation import check_filter, evaluate_localisation
 from .metrics import Pooling, auroc, average_precision, fpr_at_tpr
 from .seeds import seed_stability
 from .segmentation import pixel_metrics, seconds_per_100
@@ -133,11 +136,7 @@ def _maps_and_masks(name: str, variant: str, set_name: str, rows: list[dict[str,
                     notes: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The anomaly maps of ``rows`` that have a ground-truth mask, with their boolean masks."""
     maps, gts = [], []
-    for row in rows:
-        mask_path = masks.get((set_name, row["case_id"]))
-        map_path = resolve_path(row.get("map_path", ""), run)
-        if mask_path is None or map_path is None:
-            continue
+    for row, mask_path, map_path in rows_with_maps(rows, masks, set_name, run):
         try:
             amap = read_image(map_path, allow_constant=True).array
             gt = read_image(mask_path, allow_constant=True).array > 0.5
@@ -219,6 +218,7 @@ def evaluate(
     seed: int = 0,
     pooling: Pooling = "pooled",
     print_tables: bool = True,
+    map_filters: Iterable[str] = ("none",),
 ) -> Summary:
     """Evaluate every run's score files; write ``summary.json`` and print the tables.
 
@@ -231,10 +231,13 @@ def evaluate(
         pooling: voxels of all scans pooled (paper 001, default) or metrics averaged per scan.
         print_tables: print paper 000 Table 1 and the segmentation table with rich, and the warnings
             (stderr).
+        map_filters: anomaly-map post-processing of the localisation metrics (``"none"``: the maps as
+            saved; ``"gaussian<σ>"``, ``"median<k>"``: :func:`.localisation.filter_map`).
     """
     runs = normalise_runs(run_dirs)
     if not runs:
         raise ValueError("no run directory given")
+    map_filters = [check_filter(f) for f in map_filters]  # before any work
     summary = Summary(runs={k: str(v) for k, v in runs.items()})
     for name, root in runs.items():
         run = RunDir(root)
@@ -246,6 +249,7 @@ def evaluate(
         not_test = ({c.set for c in cases if c.split != "test"} - {c.set for c in cases if c.split == "test"}) if cases else set()
         _evaluate_detection(name, run, not_test, summary, n_boot, seed)
         _evaluate_segmentation(name, run, cases, summary, pooling, seed)
+        evaluate_localisation(name, run, cases, summary, filters=tuple(map_filters), seed=seed)
         summary.precision[name] = run_precision(run)
     summary.seed_stability = seed_stability(summary)
     summary.save(Path(out) if out is not None else RunDir(next(iter(runs.values()))).summary_path)

@@ -12,12 +12,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, get_args
+from typing import Iterable, Mapping, TypeVar, get_args
 
 from ..config import Variant
 from ..data.manifest import Case, read_manifest
 from ..methods.records import read_records
 from ..runs import RunDir
+
+T = TypeVar("T")
 
 
 def normalise_runs(run_dirs: Mapping[str, str | Path] | str | Path | Iterable[str | Path]) -> dict[str, Path]:
@@ -123,6 +125,18 @@ def resolve_path(raw: str, run: RunDir) -> Path | None:
     if p.is_absolute():
         return p
     return (run.root / p) if (run.root / p).exists() else p
+
+
+def rows_with_maps(rows: Iterable[Mapping[str, str]], lookup: Mapping[tuple[str, str], T], set_name: str,
+                   run: RunDir) -> list[tuple[Mapping[str, str], T, Path]]:
+    """``(row, lookup[(set_name, case_id)], map path)`` for the score rows that have both an entry in
+    ``lookup`` (e.g. a ground-truth mask) and a ``map_path``."""
+    out = []
+    for row in rows:
+        item, map_path = lookup.get((set_name, row["case_id"])), resolve_path(row.get("map_path", ""), run)
+        if item is not None and map_path is not None:
+            out.append((row, item, map_path))
+    return out
 
 
 def run_manifest(run: RunDir, manifest: str | Path | None, notes: list[str]) -> list[Case] | None:

@@ -2,7 +2,8 @@
 
 :class:`Summary` holds everything ``evaluate`` computed (paper 000 Table 1: AUROC with 95% CI,
 AUPRC, FPR@95TPR per method and OOD set; DeLong LDM vs LTM; paper 001 Table 1: ⌈DICE⌉, Dice at
-the validation threshold, pixel AUPRC, image-level AUROC/AUPRC) and the :class:`ScoreWarning` rows:
+the validation threshold, pixel AUPRC, image-level AUROC/AUPRC; the anomaly maps' pixel AUROC/AUPRC
+against a corruption's known region) and the :class:`ScoreWarning` rows:
 every expected method and set whose scores are missing or non-finite (:mod:`.completeness`), which
 the tables mark and the terminal and the report show; and, for a run trained again with another seed,
 the :class:`SeedStabilityRow` of every method and set (:mod:`.seeds`). Labels: set ``id`` is negative, every other
@@ -136,6 +137,29 @@ class SeedStabilityRow:
 
 
 @dataclass
+class LocalisationResult:
+    """Pixel AUROC / AUPRC of one detection method's anomaly maps against a corruption's known region
+    (:mod:`.localisation`): voxels pooled over the set's scans within ``domain`` (``head``: the
+    uncorrupted scan's tissue; ``fov``: the whole grid), the map post-processed by ``map_filter``
+    (``none``: the map as saved, the paper's), 95 % case-bootstrap intervals; ``region_fraction``:
+    the share of domain voxels in the region (a map that knows nothing has that AUPRC)."""
+
+    run: str
+    method: str
+    set: str
+    map_filter: str
+    domain: str
+    n_cases: int
+    pixel_auroc: float | None
+    pixel_auprc: float | None
+    pixel_auroc_low: float | None = None
+    pixel_auroc_high: float | None = None
+    pixel_auprc_low: float | None = None
+    pixel_auprc_high: float | None = None
+    region_fraction: float | None = None
+
+
+@dataclass
 class ScoreWarning:
     """An expected method's scores on one set (``set`` None: on every set) are missing or non-finite.
 
@@ -165,6 +189,7 @@ class Summary:
     detection: list[DetectionResult] = field(default_factory=list)
     delong: list[DeLongResultRow] = field(default_factory=list)
     segmentation: list[SegmentationResult] = field(default_factory=list)
+    localisation: list[LocalisationResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[ScoreWarning] = field(default_factory=list)
     #: per run: ``{"<network> (<use>)": PrecisionChoice.as_dict()}`` of training and scoring
@@ -203,6 +228,7 @@ class Summary:
             "detection": rows(self.detection),
             "delong": rows(self.delong),
             "segmentation": rows(self.segmentation),
+            "localisation": rows(self.localisation),
             "notes": list(self.notes),
             "warnings": [asdict(w) for w in self.warnings],
             "precision": dict(self.precision),
@@ -220,6 +246,7 @@ class Summary:
             detection=build(DetectionResult, d.get("detection", [])),
             delong=build(DeLongResultRow, d.get("delong", [])),
             segmentation=build(SegmentationResult, d.get("segmentation", [])),
+            localisation=build(LocalisationResult, d.get("localisation", [])),
             notes=list(d.get("notes", [])),
             warnings=build(ScoreWarning, d.get("warnings", [])),
             precision=dict(d.get("precision", {})),

@@ -165,7 +165,8 @@ def _colourbar(fig: Figure, im, ax, fraction: float = 0.03, pad: float = 0.01, c
 
 
 def overlay_grid(
-    cases: Sequence[tuple[str, np.ndarray, np.ndarray | None, Mapping[str, np.ndarray]]], title: str = "Anomaly maps"
+    cases: Sequence[tuple[str, np.ndarray, np.ndarray | None, Mapping[str, np.ndarray]]], title: str = "Anomaly maps",
+    regions: Sequence[np.ndarray | None] | None = None,
 ) -> Figure:
     """Paper 000 Fig. 1 style: per case (row), the input's tri-planar view, then each method's map
     over the input (same planes), side by side. Each map panel block has its own colour bar.
@@ -173,6 +174,8 @@ def overlay_grid(
     Args:
         cases: ``(label, image in [0, 1], affine or None, {method: map})``; image and maps 2D
             ``(X, Y)`` or 3D ``(X, Y, Z)`` on the same grid (maps of another shape are resampled).
+        regions: per case, an optional boolean region of the image's shape (the voxels a corruption
+            removed), outlined on every map panel.
     """
     n_planes = 3 if cases and np.asarray(cases[0][1]).ndim == 3 else 1
     n_methods = max((len(m) for *_, m in cases), default=0)
@@ -188,15 +191,20 @@ def overlay_grid(
         axes[r, 0].set_title(label, fontsize=9, loc="left")
         for m, (method, amap) in enumerate(maps.items()):
             mviews = display_views(_match(np.asarray(amap, dtype=np.float32), image.shape), affine)
+            region = regions[r] if regions is not None else None
+            rviews = display_views(np.asarray(region, np.float32), affine) if region is not None else [None] * len(views)
             vmax = map_vmax(np.concatenate([v.ravel() for v in mviews]))
             im = None
-            for k, (view, mview) in enumerate(zip(views, mviews)):
+            for k, (view, mview, rview) in enumerate(zip(views, mviews, rviews)):
                 ax = axes[r, n_planes * (m + 1) + k]
                 _show_image(ax, view, f"{method} map" if k == 0 else "")
                 im = _show_map(ax, mview, vmax)
+                if rview is not None and rview.any():
+                    ax.contour(rview, levels=[0.5], colors=[OOD_COLOUR], linewidths=0.8)
             if im is not None:
                 _colourbar(fig, im, axes[r, n_planes * (m + 1): n_planes * (m + 2)].tolist())
-    _title(fig, title + " — maps shown above 20 % of their 99.5th percentile", 0.6)
+    outline = " (outline: the corrupted region)" if regions is not None and any(x is not None for x in regions) else ""
+    _title(fig, title + " — maps shown above 20 % of their 99.5th percentile" + outline, 0.6)
     return fig
 
 

@@ -4,9 +4,10 @@ A warning box at the top lists every ``Summary.warnings`` row (an expected metho
 missing or non-finite on a set, with the counts); the tables mark those cells ``†``.
 
 Sections: AUROC table (paper 000 Table 1 layout with DeLong marks) and detailed metrics,
-segmentation metrics (paper 001 Table 1), ROC curves (small multiples per run), score histograms
+segmentation metrics (paper 001 Table 1) and the anomaly maps' localisation (pixel AUROC / AUPRC
+against the corrupted region, LDM beside LTM), ROC curves (small multiples per run), score histograms
 ID vs each OOD set with the operating threshold, tri-planar anomaly-map overlays for the spatially
-localised corruptions (LDM and LTM side by side, paper 000 Fig. 1), segmentation examples with
+localised corruptions (LDM and LTM side by side, paper 000 Fig. 1; the corrupted region outlined), segmentation examples with
 ground truth, the time / memory table from the benchmark JSON files, and the evaluation notes.
 """
 
@@ -37,8 +38,8 @@ from ..evaluation.inputs import (
 )
 from ..evaluation.summary import DETECTION_METHODS, ID_SET, METHOD_LABELS, Summary, order_sets
 from ..evaluation.tables import (
-    MARK_TEXT, TABLE3_SET, Grid, detail_grid, level_runs, paper000_table1_grid, paper001_table1_grid, paper001_table3_grid,
-    segmentation_grid, table1_grid,
+    MARK_TEXT, TABLE3_SET, Grid, detail_grid, level_runs, localisation_grid, paper000_table1_grid, paper001_table1_grid,
+    paper001_table3_grid, segmentation_grid, table1_grid,
 )
 from ..methods.records import read_records
 from ..runs import RunDir
@@ -260,12 +261,24 @@ def _display_input(run: RunDir, source: ScanSource, notes: list[str]) -> tuple[n
     return unit_intensity(img.array, data.modality, data.ct_window), img.affine
 
 
+def _region(case: Case, shape: tuple[int, ...], notes: list[str], where: str) -> np.ndarray | None:
+    """The case's region mask (the voxels its corruption removed) on the image's grid, or None."""
+    if case.mask is None:
+        return None
+    try:
+        region = read_image(case.mask, allow_constant=True).array > 0.5
+    except Exception as err:
+        notes.append(f"{where}: region outline skipped ({err})")
+        return None
+    return region if region.shape == tuple(shape) else None
+
+
 def _overlay_section(runs: Mapping[str, RunDir], manifests: Mapping[str, list[Case] | None], notes: list[str], max_cases: int) -> str:
     parts = []
     for name, run in runs.items():
         lookup = _case_lookup(manifests.get(name))
         sets = [s for s in LOCALISED_SETS if run.scores_path("ldm", s).exists() or run.scores_path("ltm", s).exists()]
-        rows = []
+        rows, regions = [], []
         for s in sets:
             by_method = {m: {r["case_id"]: r for r in read_records(run.scores_path(m, s))} for m in ("ldm", "ltm")}
             case_ids = list(dict.fromkeys([*by_method["ldm"], *by_method["ltm"]]))[:max_cases]
@@ -286,8 +299,9 @@ def _overlay_section(runs: Mapping[str, RunDir], manifests: Mapping[str, list[Ca
                     continue
                 if maps:
                     rows.append((f"{s}: {cid}", image, affine, maps))
+                    regions.append(_region(case, image.shape, notes, f"{name}/{s}/{cid}"))
         if rows:
-            fig = figures.overlay_grid(rows, title=f"Anomaly maps, run {name} (input | LDM | LTM)")
+            fig = figures.overlay_grid(rows, title=f"Anomaly maps, run {name} (input | LDM | LTM)", regions=regions)
             parts.append(_png(figures.to_png(fig), f"anomaly maps {name}"))
     return "".join(parts) or '<p class="note">No anomaly maps of the localised corruptions (' + ", ".join(LOCALISED_SETS) + ").</p>"
 
@@ -422,7 +436,9 @@ def build_report(
         f'<h2 id="curves">{SECTION_TITLES[9]}</h2>', _curves_section(runs, notes),
         f'<h2 id="roc">{SECTION_TITLES[2]}</h2>', _roc_section(runs, scores),
         f'<h2 id="histograms">{SECTION_TITLES[3]}</h2>', _hist_section(runs, scores, notes),
-        f'<h2 id="maps">{SECTION_TITLES[4]}</h2>', _overlay_section(runs, manifests, notes, max_cases),
+        f'<h2 id="maps">{SECTION_TITLES[4]}</h2>',
+        grid_to_html(localisation_grid(summary)) if summary.localisation else "",
+        _overlay_section(runs, manifests, notes, max_cases),
         f'<h2 id="segmentation-examples">{SECTION_TITLES[5]}</h2>', _segmentation_examples(runs, manifests, notes, max_cases),
         f'<h2 id="benchmarks">{SECTION_TITLES[6]}</h2>', _benchmark_section(None if benchmarks_dir is None else Path(benchmarks_dir)),
         f'<h2 id="precision">{SECTION_TITLES[7]}</h2>', _precision_section(summary),

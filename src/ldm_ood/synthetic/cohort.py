@@ -23,6 +23,7 @@ Layout of ``out``::
     manifest.csv  manifest_2d.csv  preview.png  README.txt
     id/{train,val,test}/<case>.nii.gz   brain_masks/<case>.nii.gz (uint8, for skull stripping)
     near/<kind>/<case>.nii.gz           far/<class>/<case>.nii.gz
+    near_masks/<kind>/<case>.nii.gz     (uint8: the voxels a localised corruption removed, the manifest's mask)
     2d/{train,val}/<case>.nii.gz        2d/test/{id,sprites,sprites_masks,haemorrhage,haemorrhage_masks}/<case>.nii.gz
 
 Everything derives from ``seed`` through per-case generators: the same seed gives byte-identical
@@ -41,7 +42,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import SynthConfig, load_config
-from ..data.corruptions import NEAR_OOD_KINDS, add_sprites, case_rng, corrupt_array
+from ..data.corruptions import NEAR_OOD_KINDS, REGION_KINDS, add_sprites, case_rng, corrupt_array, corruption_region
 from ..data.io import write_image
 from ..data.manifest import Case, write_manifest
 from ..data.transforms import from_unit_range_ct, to_unit_range_ct
@@ -105,7 +106,11 @@ def _write_near(test, affine: np.ndarray, out: Path, seed: int, progress: Progre
         for n, (cid, x, brain) in enumerate(test):
             y = corrupt_array(x, affine, kind, case_rng(seed, kind, cid), brain_mask=brain)
             path = write_image(out / "near" / kind / f"{cid}.nii.gz", from_unit_range_ct(y), affine)
-            cases.append(Case(cid, path, set=kind, split="test"))
+            mask = None
+            if kind in REGION_KINDS:  # the removed voxels: ground truth for the anomaly maps
+                region = corruption_region(x, affine, kind, brain_mask=brain).astype(np.uint8)
+                mask = write_image(out / "near_masks" / kind / f"{cid}.nii.gz", region, affine)
+            cases.append(Case(cid, path, mask=mask, set=kind, split="test"))
             _tick(progress, "near", k * len(test) + n + 1, total)
     return cases
 
@@ -215,6 +220,7 @@ Near-OOD scans and non-CT far-OOD classes are defined on the [0, 1] scale and st
 manifest.csv: 3D (set id: train/val/test; near-OOD sets named by corruption; far-OOD sets far_*).
 manifest_2d.csv: axial slices (set id: train/val/test; sets sprites and haemorrhage: test, with masks).
 brain_masks/: brain masks of the ID scans (used for skull stripping).
+near_masks/<kind>/: the voxels chunk_top, chunk_middle and skull_stripped removed (the manifest's mask column).
 """
 
 

@@ -15,8 +15,11 @@ from ldm_ood.data.corruptions import (
     add_sprites,
     anatomical_axis,
     brain_mask_heuristic,
+    chunk_slices,
     corrupt_array,
+    REGION_KINDS,
     corrupt_folder,
+    corruption_region,
     head_mask,
 )
 from ldm_ood.data.io import read_image, write_image
@@ -201,3 +204,30 @@ def test_corrupt_folder_writes_hu_and_reports_bad_file(tmp_path, tiny_head):
     res = corrupt_folder("scale_0.1", tmp_path / "unit", tmp_path / "scaled", ct_window=None)
     assert [p.name for p in res.written] == ["c.npy"] and not res.failures
     np.testing.assert_array_equal(np.load(tmp_path / "scaled" / "c.npy"), img * np.float32(0.1))
+
+
+@pytest.mark.parametrize("kind", REGION_KINDS)
+@pytest.mark.parametrize("permuted", [False, True])
+def test_region_is_exactly_the_removed_voxels(tiny_head, kind, permuted):
+    img, affine, brain = tiny_head
+    if permuted:  # axis 0 is I-S here: the chunk is cut along another array axis
+        img, brain, affine = np.transpose(img, (2, 0, 1)).copy(), np.transpose(brain, (2, 0, 1)).copy(), PERMUTED
+    out = corrupt_array(img, affine, kind, np.random.default_rng(0), brain_mask=brain)
+    region = corruption_region(img, affine, kind, brain_mask=brain)
+    assert region.dtype == bool and region.shape == img.shape
+    np.testing.assert_array_equal(region, out != img)  # every changed voxel, and only those
+    assert region.any() and (out[region] == 0).all() and (img[region] > 0).all()
+    if kind == "skull_stripped":  # the removed voxels are the head's tissue outside the brain
+        np.testing.assert_array_equal(region, ~brain & (img > 0))
+    else:  # inside the removed slab: all of it that held tissue
+        axis, sl = chunk_slices(kind, img, affine)
+        slab = np.moveaxis(np.zeros(img.shape, bool), axis, 0)
+        slab[sl] = True
+        np.testing.assert_array_equal(region, np.moveaxis(slab, 0, axis) & (img > 0))
+
+
+@pytest.mark.parametrize("kind", ["noise_0.1", "flip_lr", "scale_0.1", "background_0.3"])
+def test_kinds_without_a_region_are_refused(tiny_head, kind):
+    img, affine, _ = tiny_head
+    with pytest.raises(ValueError, match="no localised region"):
+        corruption_region(img, affine, kind)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ldm_ood.config import load_config
-from ldm_ood.data.corruptions import NEAR_OOD_KINDS, case_rng, corrupt_array
+from ldm_ood.data.corruptions import NEAR_OOD_KINDS, REGION_KINDS, case_rng, corrupt_array
 from ldm_ood.data.io import read_image, read_mask
 from ldm_ood.data.manifest import read_manifest, select, set_names
 from ldm_ood.data.transforms import Preprocessor, to_unit_range_ct
@@ -78,6 +78,27 @@ def test_near_ood_files_are_the_corrupted_id_test_scans(tiny):
         expected = corrupt_array(x, img.affine, kind, case_rng(3, kind, src.case_id), brain_mask=brain)
         got = to_unit_range_ct(read_image(case.path, allow_constant=True).array)
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_localised_sets_carry_the_removed_voxels_as_mask(tiny):
+    result, _ = tiny
+    cases = read_manifest(result.manifest)
+    ids = {c.case_id: c for c in select(cases, split="test", set_name="id")}
+    for kind in NEAR_OOD_KINDS:
+        near = select(cases, set_name=kind)
+        assert near
+        if kind not in REGION_KINDS:
+            assert all(c.mask is None for c in near), kind
+            continue
+        for c in near:
+            assert c.mask == result.out / "near_masks" / kind / f"{c.case_id}.nii.gz"
+            mask = read_image(c.mask, allow_constant=True)
+            before = to_unit_range_ct(read_image(ids[c.case_id].path).array)
+            after = to_unit_range_ct(read_image(c.path, allow_constant=True).array)
+            np.testing.assert_array_equal(mask.affine, read_image(c.path, allow_constant=True).affine)
+            removed = np.abs(before - after) > 1e-6
+            np.testing.assert_array_equal(mask.array > 0.5, removed)  # the mask is what the corruption removed
+            assert removed.any() and np.abs(after[removed]).max() < 1e-6
 
 
 def test_2d_manifest_and_sprite_masks(tiny):

@@ -114,6 +114,9 @@ class OODCalibration:
         for k in ("sampler", "num_inference_steps", "requantize", "metrics"):
             if k in self.settings and k in settings and self.settings[k] != settings[k]:
                 problems.append(f"{k} {settings[k]!r} != calibrated {self.settings[k]!r}")
+        ours, theirs = settings.get("map_error", "absolute"), self.settings.get("map_error", "absolute")
+        if ours != theirs:  # the voxel statistics z-score one kind of error map
+            problems.append(f"map_error {ours!r} != calibrated {theirs!r}")
         if problems:
             raise ValueError("scoring settings differ from the calibration (re-run calibrate): " + "; ".join(problems))
 

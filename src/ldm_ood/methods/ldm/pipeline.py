@@ -170,9 +170,12 @@ class OODScorer:
     @property
     def settings(self) -> dict[str, Any]:
         c = self.cfg
-        return {"sampler": c.sampler, "num_inference_steps": c.num_inference_steps, "requantize": c.requantize,
-                "metrics": self.metrics, "seed": c.seed, "precision": inference_precision.dtypes(self.precision),
-                "execution": self.execution}
+        out = {"sampler": c.sampler, "num_inference_steps": c.num_inference_steps, "requantize": c.requantize,
+               "metrics": self.metrics, "seed": c.seed, "precision": inference_precision.dtypes(self.precision),
+               "execution": self.execution}
+        if c.map_error != "absolute":  # the paper's map adds no key: calibrations made before it stay valid
+            out["map_error"] = c.map_error
+        return out
 
     @torch.no_grad()
     def measure(self, x: torch.Tensor, seeds: Sequence[int]) -> ScanMetrics:
@@ -187,7 +190,7 @@ class OODScorer:
         self.calls.evals += rec.calls.evals
         return measure(m.first_stage, rec, x, self.similarity, self.t_values, self.map_t_values,
                        requantize=self.cfg.requantize, bf16=self.bf16_of("first_stage"), decode_batch=self.decode_batch,
-                       measure_batch=self.measure_batch)
+                       measure_batch=self.measure_batch, map_error=self.cfg.map_error)
 
 
 def _measure_fn(scorer: OODScorer) -> Callable[[list[Case], torch.Tensor, list[Any]], list[ScanMetrics]]:

@@ -48,6 +48,18 @@ def mae_map(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x.float() - recon.float()).abs().mean(1)
 
 
+def missing_map(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Missing-tissue map ``max(x̂ − x, 0)`` averaged over channels: ``(K, C, *S) x2 -> (K, *S)``.
+
+    Where tissue was removed from the input, a reconstruction that restores it is brighter than the
+    input; where the input has something the model does not expect, it is darker (not counted)."""
+    return (recon.float() - x.float()).clamp_min(0).mean(1)
+
+
+#: ``score.map_error`` -> the per-t error map (``absolute``: paper 000 §2.3)
+MAP_ERRORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"absolute": mae_map, "missing": missing_map}
+
+
 def lpips_similarity(model: torch.nn.Module, spatial_dims: int, bf16: bool = False, batch_slices: int = 64) -> SimilarityFn:
     """LPIPS as a :data:`SimilarityFn`: 2D ``lpips_many`` or 2.5D ``lpips_volume_many`` (all slices,
     3 planes); the input's features are computed once for all its reconstructions. ``bf16``: the
@@ -82,7 +94,8 @@ class ScanMetrics:
     """Raw per-scan similarity values and MAE maps of a batch of ``B`` scans.
 
     ``values[m]``: ``(B, n_t)`` metric ``m`` at each of ``t_values``;
-    ``mae_maps``: ``(B, n_map, *S)`` |x − x̂_t| at each of ``map_t_values`` (image grid, fp32).
+    ``mae_maps``: ``(B, n_map, *S)`` |x − x̂_t| at each of ``map_t_values`` (image grid, fp32); with
+    ``map_error="missing"`` the missing-tissue map ``max(x̂_t − x, 0)`` instead.
     """
 
     t_values: tuple[int, ...]
@@ -108,6 +121,7 @@ def measure(
     decode_batch: int = 4,
     clamp: bool = True,
     measure_batch: int = 16,
+    map_error: str = "absolute",
 ) -> ScanMetrics:
     """Decode each chain once and measure it against its input.
 
@@ -119,7 +133,10 @@ def measure(
         decode_batch: chains decoded per first-stage call.
         measure_batch: a scan's decoded score reconstructions measured together (one call of each
             similarity function, sharing the input's LPIPS features).
+        map_error: the map's error per t, a key of :data:`MAP_ERRORS` (``score.map_error``).
     """
+    if map_error not in MAP_ERRORS:
+        raise ValueError(f"unknown map error {map_error!r}; use one of {', '.join(MAP_ERRORS)}")
     starts = list(rec.starts)
     missing = [t for t in (*t_values, *map_t_values) if t not in starts]
     if missing:
@@ -165,7 +182,7 @@ def measure(
         sel = map_chain[i]
         if bool(sel.any()):
             ref = x[b[sel].to(x.device)]
-            err = mae_map(imgs[sel.to(imgs.device)], ref.to(imgs.device)).cpu()
+            err = MAP_ERRORS[map_error](imgs[sel.to(imgs.device)], ref.to(imgs.device)).cpu()
             for r, (bb, ii) in enumerate(zip(b[sel].tolist(), i[sel].tolist())):
                 maps[bb, map_pos[ii]] = err[r]
     values = {m: v[:, [col[t] for t in t_values]] for m, v in by_chain.items()}

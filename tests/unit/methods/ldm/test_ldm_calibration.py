@@ -91,6 +91,10 @@ def test_check_compatible_names_the_difference():
         cal.check_compatible([100, 200], [100], {"sampler": "plms"})
     with pytest.raises(ValueError, match="sampler"):
         cal.check_compatible([100, 300], [100], {"sampler": "ddim"})
+    # a calibration without the key z-scored the paper's absolute error maps
+    with pytest.raises(ValueError, match="map_error 'missing' != calibrated 'absolute'"):
+        cal.check_compatible([100, 300], [100], {"sampler": "plms", "map_error": "missing"})
+    cal.check_compatible([100, 300], [100], {"sampler": "plms", "map_error": "absolute"})
 
 
 class _PlaneProbe(torch.nn.Module):
@@ -152,6 +156,14 @@ def test_measure_values_equal_metrics_of_decoded_reconstructions():
     assert held == [1, 1, 1, 1]  # measure_batch=1: one reconstruction per call, same values
     torch.testing.assert_close(met1.values["fake"], met.values["fake"])
     assert met.values["mse"].shape == (2, 2) and met.mae_maps.shape == (2, 2, 16, 16, 16)
+    # score.map_error = missing: the tissue each reconstruction puts back, max(x̂ − x, 0); same values
+    miss = measure(fs, rec, x, sim, t_values=(100, 500), map_t_values=(300, 500), decode_batch=4, map_error="missing")
+    torch.testing.assert_close(miss.values["mse"], met.values["mse"])
+    for b in range(2):
+        for k, i in enumerate((1, 2)):
+            torch.testing.assert_close(miss.mae_maps[b, k], (imgs[b, i, 0] - x[b, 0]).clamp_min(0))
+    with pytest.raises(ValueError, match="unknown map error"):
+        measure(fs, rec, x, sim, t_values=(100,), map_t_values=(300,), map_error="signed")
 
 
 def test_a_calibration_written_before_the_execution_rename_reads_with_the_new_key(tmp_path):
