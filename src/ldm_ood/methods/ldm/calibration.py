@@ -6,6 +6,16 @@ validation set, ``z = (d − μ_t) / σ_t``; the scan's score is the mean of all
 (``pred_score``; higher = more OOD). ``score_mse`` / ``score_lpips`` average one metric's z-scores.
 σ is the sample standard deviation (ddof = 1, as pandas in the reference ``ood_detection.py``).
 
+**Tails** (``score.tails``, kept in the calibration's ``settings["tails"]``): ``one_sided`` is the
+paper's score above, the signed mean z-score ``s``. A scan simpler than the training scans
+(smoother, less tissue in the field of view) reconstructs *better* than ID scans and gets a very
+negative ``s`` (Serrà et al. 2020), which a one-sided score ranks as the most normal scan of all.
+``two_sided`` scores ``|s|``: the distance of the mean z-score from the validation mean (every
+z-score has mean 0 over the validation scans, so ``s`` has too), so an abnormally good reconstruction
+is as anomalous as an equally abnormally bad one. ``score_mse`` / ``score_lpips`` stay signed (their
+sign says in which direction a scan deviates). Validation scores, threshold and percentile follow the
+calibration's tails. A calibration written before this option has no ``tails`` and scores one-sided.
+
 The §2.3 anomaly maps and their per-voxel statistics are in :mod:`.maps`.
 
 Operating point: the threshold is the (1 − fpr) quantile of the validation scores (numpy's linear
@@ -37,6 +47,9 @@ METRIC_STD_REL_FLOOR = 1e-3
 METRIC_STD_ABS_FLOOR = 1e-12
 
 
+#: ``one_sided``: the paper's signed mean z-score; ``two_sided``: its absolute value
+TAILS = ("one_sided", "two_sided")
+
 # ----------------------------------------------------------------------------- pure functions
 
 
@@ -56,6 +69,17 @@ def combine(z: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {f"score_{m}": np.asarray(v, dtype=np.float64).mean(axis=1) for m, v in z.items()}
     out["pred_score"] = np.concatenate([np.asarray(v, dtype=np.float64) for v in z.values()], axis=1).mean(axis=1)
     return out
+
+
+def tail_score(signed: np.ndarray, tails: str) -> np.ndarray:
+    """The image score of the signed mean z-scores ``signed (N,)``: itself (``one_sided``) or its absolute
+    value (``two_sided``: as far below the validation mean counts as far above it)."""
+    signed = np.asarray(signed, dtype=np.float64)
+    if tails == "one_sided":
+        return signed
+    if tails == "two_sided":
+        return np.abs(signed)
+    raise ValueError(f"unknown score tails {tails!r}; choose one of {', '.join(TAILS)}")
 
 
 def percentile_of(scores: np.ndarray, reference: Sequence[float]) -> np.ndarray:
@@ -79,7 +103,8 @@ class OODCalibration:
     """Everything scoring needs from the ID validation split (``calibration/ood.json``).
 
     ``mean[m][k]`` / ``std[m][k]``: metric m at ``t_values[k]`` (std floored);
-    ``val_scores``: validation ``pred_score`` per ``case_ids``; ``threshold`` at ``fpr``.
+    ``val_scores``: validation ``pred_score`` per ``case_ids`` (of the calibration's :attr:`tails`);
+    ``threshold`` at ``fpr``.
     """
 
     t_values: list[int]
@@ -94,11 +119,20 @@ class OODCalibration:
     std_floor: dict[str, float] = field(default_factory=lambda: {"metric_rel": METRIC_STD_REL_FLOOR, "metric_abs": METRIC_STD_ABS_FLOOR, "voxel": VOXEL_STD_FLOOR})
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def tails(self) -> str:
+        """``one_sided`` | ``two_sided`` (:func:`tail_score`); a calibration without it is one-sided."""
+        return str(self.settings.get("tails", "one_sided"))
+
     def score(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Scores of scans with raw ``values[m] (N, n_t)``: ``pred_score``, ``score_<m>``,
-        ``percentile``, ``flag`` (each ``(N,)``) and ``z_<m>`` ``(N, n_t)``."""
+        """Scores of scans with raw ``values[m] (N, n_t)``: ``pred_score`` (of :attr:`tails`),
+        ``signed_score`` (the one-sided score), ``score_<m>`` (signed), ``percentile``, ``flag`` (each
+        ``(N,)``) and ``z_<m>`` ``(N, n_t)``. Two-sided, ``flag`` is set for a scan far from the
+        validation scans in either direction."""
         z = zscores({m: values[m] for m in self.metrics}, self.mean, self.std)
         out: dict[str, np.ndarray] = combine(z)
+        out["signed_score"] = out["pred_score"]
+        out["pred_score"] = tail_score(out["signed_score"], self.tails)
         out["percentile"] = percentile_of(out["pred_score"], self.val_scores)
         out["flag"] = out["pred_score"] > self.threshold
         out.update({f"z_{m}": v for m, v in z.items()})
@@ -111,7 +145,7 @@ class OODCalibration:
             problems.append(f"t-values {list(t_values)} != calibrated {self.t_values}")
         if list(map_t_values) != self.map_t_values:
             problems.append(f"map t-values {list(map_t_values)} != calibrated {self.map_t_values}")
-        for k in ("sampler", "num_inference_steps", "requantize", "metrics"):
+        for k in ("sampler", "num_inference_steps", "requantize", "metrics", "tails"):
             if k in self.settings and k in settings and self.settings[k] != settings[k]:
                 problems.append(f"{k} {settings[k]!r} != calibrated {self.settings[k]!r}")
         if problems:
@@ -144,7 +178,8 @@ def fit_calibration(
     settings: Mapping[str, Any] | None = None,
 ) -> OODCalibration:
     """Fit per-t mean / std of every metric on validation ``values[m] (N_val, n_t)``, then score
-    the validation scans themselves for the score distribution and the operating threshold."""
+    the validation scans themselves for the score distribution and the operating threshold (of the
+    tails ``settings["tails"]``, one-sided when absent)."""
     metrics = list(values)
     mean, std = {}, {}
     for m in metrics:

@@ -172,7 +172,7 @@ class OODScorer:
         c = self.cfg
         return {"sampler": c.sampler, "num_inference_steps": c.num_inference_steps, "requantize": c.requantize,
                 "metrics": self.metrics, "seed": c.seed, "precision": inference_precision.dtypes(self.precision),
-                "execution": self.execution}
+                "execution": self.execution, "tails": c.tails}
 
     @torch.no_grad()
     def measure(self, x: torch.Tensor, seeds: Sequence[int]) -> ScanMetrics:
