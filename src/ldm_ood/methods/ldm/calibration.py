@@ -7,14 +7,18 @@ validation set, ``z = (d − μ_t) / σ_t``; the scan's score is the mean of all
 σ is the sample standard deviation (ddof = 1, as pandas in the reference ``ood_detection.py``).
 
 **Tails** (``score.tails``, kept in the calibration's ``settings["tails"]``): ``one_sided`` is the
-paper's score above, the signed mean z-score ``s``. A scan simpler than the training scans
-(smoother, less tissue in the field of view) reconstructs *better* than ID scans and gets a very
-negative ``s`` (Serrà et al. 2020), which a one-sided score ranks as the most normal scan of all.
-``two_sided`` scores ``|s|``: the distance of the mean z-score from the validation mean (every
-z-score has mean 0 over the validation scans, so ``s`` has too), so an abnormally good reconstruction
-is as anomalous as an equally abnormally bad one. ``score_mse`` / ``score_lpips`` stay signed (their
-sign says in which direction a scan deviates). Validation scores, threshold and percentile follow the
-calibration's tails. A calibration written before this option has no ``tails`` and scores one-sided.
+paper's score above: each metric's signed mean z-score ``s_m`` (``score_<m>``), and ``pred_score`` =
+their mean ``s`` (= the mean of all 2N z-scores). A scan simpler than the training scans (smoother,
+less tissue in the field of view) reconstructs *better* than ID scans and gets very negative z-scores
+(Serrà et al. 2020), which a one-sided score ranks as the most normal scans of all.
+``two_sided`` scores each metric by ``|s_m|``, its mean z-score's distance from the validation mean
+(every z-score has mean 0 over the validation scans), and ``pred_score`` = the mean of those over the
+metrics: an abnormally good reconstruction is as anomalous as an equally abnormally bad one, and a
+metric that deviates one way cannot cancel one that deviates the other way (a smoothed scan can have
+a lower MSE but a much higher LPIPS than ID scans). ``signed_score`` is ``s`` under both (negative =
+reconstructed better than the validation scans). Validation scores, threshold and percentile are of
+the calibration's ``pred_score``, so its flag fires in both directions. A calibration written before
+this option has no ``tails`` and scores one-sided.
 
 The §2.3 anomaly maps and their per-voxel statistics are in :mod:`.maps`.
 
@@ -72,8 +76,8 @@ def combine(z: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def tail_score(signed: np.ndarray, tails: str) -> np.ndarray:
-    """The image score of the signed mean z-scores ``signed (N,)``: itself (``one_sided``) or its absolute
-    value (``two_sided``: as far below the validation mean counts as far above it)."""
+    """A metric's score from its signed mean z-scores ``signed (N,)``: itself (``one_sided``) or its
+    absolute value (``two_sided``: as far below the validation mean counts as far above it)."""
     signed = np.asarray(signed, dtype=np.float64)
     if tails == "one_sided":
         return signed
@@ -125,14 +129,17 @@ class OODCalibration:
         return str(self.settings.get("tails", "one_sided"))
 
     def score(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Scores of scans with raw ``values[m] (N, n_t)``: ``pred_score`` (of :attr:`tails`),
-        ``signed_score`` (the one-sided score), ``score_<m>`` (signed), ``percentile``, ``flag`` (each
+        """Scores of scans with raw ``values[m] (N, n_t)``: ``score_<m>`` (of :attr:`tails`), ``pred_score``
+        (their mean), ``signed_score`` (the one-sided ``pred_score``), ``percentile``, ``flag`` (each
         ``(N,)``) and ``z_<m>`` ``(N, n_t)``. Two-sided, ``flag`` is set for a scan far from the
         validation scans in either direction."""
         z = zscores({m: values[m] for m in self.metrics}, self.mean, self.std)
-        out: dict[str, np.ndarray] = combine(z)
-        out["signed_score"] = out["pred_score"]
-        out["pred_score"] = tail_score(out["signed_score"], self.tails)
+        signed = combine(z)
+        out: dict[str, np.ndarray] = {f"score_{m}": tail_score(signed[f"score_{m}"], self.tails) for m in self.metrics}
+        # one-sided: the mean of all z-scores (= the mean of the per-metric means, as every metric has n_t)
+        out["pred_score"] = signed["pred_score"] if self.tails == "one_sided" else np.mean(
+            [out[f"score_{m}"] for m in self.metrics], axis=0)
+        out["signed_score"] = signed["pred_score"]
         out["percentile"] = percentile_of(out["pred_score"], self.val_scores)
         out["flag"] = out["pred_score"] > self.threshold
         out.update({f"z_{m}": v for m, v in z.items()})

@@ -164,29 +164,39 @@ def test_a_calibration_written_before_the_execution_rename_reads_with_the_new_ke
 
 
 def test_two_sided_score_matches_hand_computation_on_known_z_scores(tmp_path):
-    """Two-sided: |mean z| (distance of the mean z-score from the validation mean, 0); one-sided: mean z."""
+    """Two-sided: per metric |mean z| (distance from the validation mean, 0), averaged over the metrics;
+    one-sided: the mean of all z-scores."""
     one = fit_calibration(["a", "b", "c"], VAL, t_values=[100, 300], map_t_values=[100], fpr=0.5)
     two = fit_calibration(["a", "b", "c"], VAL, t_values=[100, 300], map_t_values=[100], fpr=0.5,
                           settings={"tails": "two_sided"})
     assert (one.tails, two.tails) == ("one_sided", "two_sided")
     assert two.mean == one.mean and two.std == one.std  # the tails change the score, not the statistics
-    # hand-picked raw values with known z-scores: mse z = (-2, -1), lpips z = (-1, 0) -> mean z = -1
-    sd_mse1 = one.std["mse"][1]
-    low = {"mse": np.array([[3.0 - 2 * 2.0, 5.0 - sd_mse1]]), "lpips": np.array([[0.2 - 0.1, 0.3]])}
-    s1, s2 = one.score(low), two.score(low)
+    mu, sd = one.mean, one.std
+
+    def raw(z_mse, z_lpips):  # raw metric values with the given z-scores
+        return {"mse": np.array([np.add(mu["mse"], np.multiply(z_mse, sd["mse"]))]),
+                "lpips": np.array([np.add(mu["lpips"], np.multiply(z_lpips, sd["lpips"]))])}
+
+    # too good in both metrics: z_mse = (-2, -1), z_lpips = (-1, 0)
+    s1, s2 = one.score(raw([-2, -1], [-1, 0])), two.score(raw([-2, -1], [-1, 0]))
     assert s1["z_mse"][0] == pytest.approx([-2.0, -1.0]) and s1["z_lpips"][0] == pytest.approx([-1.0, 0.0])
-    assert s1["pred_score"][0] == pytest.approx(-1.0) and s2["pred_score"][0] == pytest.approx(1.0)
-    assert s2["signed_score"][0] == pytest.approx(-1.0)
-    assert s2["score_mse"][0] == pytest.approx(-1.5) and s2["score_lpips"][0] == pytest.approx(-0.5)  # stay signed
-    # validation scores and threshold of the two-sided score: |signed validation scores|, their median
-    assert two.val_scores == pytest.approx(np.abs(one.val_scores))
-    assert two.threshold == pytest.approx(np.median(np.abs(one.val_scores)))
-    # the too-good scan: never flagged one-sided, flagged two-sided; percentile against |validation|
+    assert s1["score_mse"][0] == pytest.approx(-1.5) and s1["score_lpips"][0] == pytest.approx(-0.5)
+    assert s1["pred_score"][0] == pytest.approx(-1.0) == s1["signed_score"][0]
+    assert s2["score_mse"][0] == pytest.approx(1.5) and s2["score_lpips"][0] == pytest.approx(0.5)
+    assert s2["pred_score"][0] == pytest.approx((1.5 + 0.5) / 2) and s2["signed_score"][0] == pytest.approx(-1.0)
+    # opposite deviations do not cancel: z_mse = (2, 2), z_lpips = (-3, -1)
+    c1, c2 = one.score(raw([2, 2], [-3, -1])), two.score(raw([2, 2], [-3, -1]))
+    assert c1["pred_score"][0] == pytest.approx(0.0) and c2["pred_score"][0] == pytest.approx((2 + 2) / 2)
+    # validation scores and threshold of the two-sided score: (|s_mse| + |s_lpips|) / 2 per scan, their median
+    val = one.score(VAL)
+    hand = (np.abs(val["score_mse"]) + np.abs(val["score_lpips"])) / 2
+    assert two.val_scores == pytest.approx(hand) and two.threshold == pytest.approx(np.median(hand))
+    assert one.val_scores == pytest.approx(val["pred_score"])
+    # the too-good scan: never flagged one-sided, flagged two-sided; percentile against the validation scores
     assert not bool(s1["flag"][0]) and s1["percentile"][0] == 0.0
-    assert bool(s2["flag"][0]) and s2["percentile"][0] == pytest.approx(100 * np.mean(np.abs(one.val_scores) <= 1.0))
+    assert bool(s2["flag"][0]) and s2["percentile"][0] == pytest.approx(100 * np.mean(hand <= 1.0))
     # an equally bad scan scores the same two-sided
-    high = {"mse": np.array([[3.0 + 2 * 2.0, 5.0 + sd_mse1]]), "lpips": np.array([[0.3, 0.3]])}
-    assert two.score(high)["pred_score"][0] == pytest.approx(1.0) == one.score(high)["pred_score"][0]
+    assert two.score(raw([2, 1], [1, 0]))["pred_score"][0] == pytest.approx(1.0)
     # the tails are part of the calibration's settings: saved, and checked against the scorer's
     two.save(tmp_path / "ood.json")
     assert OODCalibration.load(tmp_path / "ood.json").tails == "two_sided"
@@ -244,4 +254,5 @@ def test_smoothed_input_scores_negative_one_sided_but_high_two_sided():
     assert s1["pred_score"][1] < -2.0 and s1["pred_score"][1] < s1["pred_score"][0]  # "more normal" than ID
     assert not bool(s1["flag"][1])  # the one-sided score cannot flag it
     assert s2["pred_score"][1] == pytest.approx(-s1["pred_score"][1]) and s2["pred_score"][1] > max(two.val_scores)
+    assert s2["signed_score"][1] == pytest.approx(s1["pred_score"][1])
     assert bool(s2["flag"][1]) and s2["percentile"][1] == 100.0
