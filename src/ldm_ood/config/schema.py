@@ -196,8 +196,8 @@ class ScoreConfig(_HasPrecision):
     tails: ScoreTails = Field(
         default="two_sided", description="image score of the mean z-score s: one_sided = s (paper 000 §2.2, "
         "higher = more OOD); two_sided = |s|, so a scan reconstructed abnormally well (simpler than the training "
-        "scans: smoother, less tissue) is flagged as well as one reconstructed abnormally badly (LDM scoring; "
-        "a calibration records its tails)")
+        "scans: smoother, less tissue) is flagged as well as one reconstructed abnormally badly; the LTM's NLL likewise "
+        "(|NLL − mean| / std over validation). A calibration records its tails")
     seed: int = 0
 
     @field_validator("metrics")
