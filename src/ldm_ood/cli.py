@@ -132,7 +132,7 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Output folder."),
     seed: Optional[int] = typer.Option(None, help="Seed (default: the preset's)."),
 ) -> None:
-    """Generate the built-in synthetic head-CT benchmark (ID, 14 near-OOD, far-OOD, 2D sprites)."""
+    """Generate the built-in synthetic head-CT benchmark (ID, 14 near-OOD + smoothed and fov_emptied, far-OOD, 2D sprites)."""
     from .synthetic.cohort import synth as run
 
     result = run(preset, out, seed=seed)
@@ -142,7 +142,7 @@ def synth(
 @app.command()
 @_friendly
 def corrupt(
-    kind: str = typer.Option(..., "--kind", help="Corruption (paper 000 §3.1), e.g. noise_0.1, flip_lr, chunk_top."),
+    kind: str = typer.Option(..., "--kind", help="Corruption (paper 000 §3.1), e.g. noise_0.1, flip_lr, chunk_top, smoothed, fov_emptied."),
     input_dir: Path = typer.Option(..., "--in", help="Folder of preprocessed scans."),
     output_dir: Path = typer.Option(..., "--out", help="Output folder."),
     seed: int = typer.Option(0, help="Seed of the random corruptions."),

@@ -65,7 +65,8 @@ def test_calibrate_then_score_writes_rows_maps_and_reports_failures(setup, score
     cal = OODCalibration.load(run.ood_calibration_path)
     # num_t_values 2 -> t = 250, 750; maps 250, 500; snapped down onto the grid 800, 600, 400, 200, 0
     assert cal.t_values == [200, 600] and cal.map_t_values == [200, 400]
-    assert len(cal.val_scores) == 3 and abs(np.mean(cal.val_scores)) < 1e-9  # z-scores of val average to 0
+    assert cal.tails == "two_sided" == cfg.score.tails  # the default
+    assert len(cal.val_scores) == 3 and min(cal.val_scores) >= 0.0  # distances from the validation mean
     assert "bad" in str(err) and "t0" not in str(err)
 
     rows = read_records(run.scores_path("ldm", "id"))
@@ -79,8 +80,9 @@ def test_calibrate_then_score_writes_rows_maps_and_reports_failures(setup, score
     for r in rows + noise_rows:
         z_mse = [(float(r[f"mse@{t}"]) - m) / s for t, m, s in zip(cal.t_values, cal.mean["mse"], cal.std["mse"])]
         z_lp = [(float(r[f"lpips@{t}"]) - m) / s for t, m, s in zip(cal.t_values, cal.mean["lpips"], cal.std["lpips"])]
-        assert float(r["pred_score"]) == pytest.approx(np.mean(z_mse + z_lp))
-        assert float(r["score_mse"]) == pytest.approx(np.mean(z_mse))
+        assert float(r["signed_score"]) == pytest.approx(np.mean(z_mse + z_lp))  # the paper's one-sided score
+        assert float(r["pred_score"]) == pytest.approx((abs(np.mean(z_mse)) + abs(np.mean(z_lp))) / 2)
+        assert float(r["score_mse"]) == pytest.approx(abs(np.mean(z_mse)))
         assert int(r["flag"]) == int(float(r["pred_score"]) > cal.threshold)
         img = nib.load(r["map_path"])
         assert img.shape == (18, 14, 20)

@@ -110,7 +110,7 @@ def _assert_scored(response, row, run, model_id=None):
     assert body["calibration_id"] == row["calibration_id"] and body["qc_reason"] is None
     assert body["model_id"] == (model_id or _model_id(run))
     assert body["threshold"] == _threshold(run) and body["fpr"] == 0.05 and body["method"] == "ldm"
-    assert body["metrics"] == {k: row[k] for k in ("score_mse", "score_lpips", "mse@200", "mse@600", "lpips@200",
+    assert body["metrics"] == {k: row[k] for k in ("score_mse", "score_lpips", "signed_score", "mse@200", "mse@600", "lpips@200",
                                                    "lpips@600")}
     assert body["seconds"] >= 0 and body["total_seconds"] >= body["queue_seconds"] >= 0
     return body

@@ -21,6 +21,9 @@ class _Strict(BaseModel):
 #: agree with fp32 and run faster (``ldm_ood.precision``); ``fp32`` / ``bf16`` force one.
 Precision = Literal["auto", "fp32", "bf16"]
 
+#: the image score of paper 000 (``methods.ldm.calibration.tail_score``): the signed mean z-score, or its absolute value
+ScoreTails = Literal["one_sided", "two_sided"]
+
 #: paper 001's segmentation variants: (a) reverse steps, (b) + masked residual, (c) masked healing (DDPM),
 #: (d) masked healing with DDIM
 Variant = Literal["a", "b", "c", "d"]
@@ -194,6 +197,11 @@ class ScoreConfig(_HasPrecision):
         default=True, description="snap denoised latents to the codebook before decoding (reference code)"
     )
     fpr: float = Field(default=0.05, gt=0, lt=1, description="operating point on validation")
+    tails: ScoreTails = Field(
+        default="two_sided", description="image score of the mean z-score s: one_sided = s (paper 000 §2.2, "
+        "higher = more OOD); two_sided = |s|, so a scan reconstructed abnormally well (simpler than the training "
+        "scans: smoother, less tissue) is flagged as well as one reconstructed abnormally badly; the LTM's NLL likewise "
+        "(|NLL − mean| / std over validation). A calibration records its tails")
     seed: int = 0
 
     @field_validator("metrics")

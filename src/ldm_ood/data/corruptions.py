@@ -24,6 +24,20 @@ anomaly maps (evaluation.localisation). Noise, scaling and flips change every vo
 have no region; ``background_<v>`` changes the air outside the head (its "region" is the complement
 of the head, not a localised anomaly) and is left out.
 
+Two more kinds, beyond the paper's table (:data:`SIMPLER_KINDS`), make inputs *simpler* than the
+training scans: a reconstruction-based (or likelihood-based) detector tends to find them *more*
+normal than in-distribution scans (Serrà et al. 2020), which a one-sided score cannot flag.
+
+``smoothed``        Gaussian blur of the whole image, σ = :data:`SMOOTH_SIGMA_VOXELS` (1 voxel) per
+                    array axis, as a soft reconstruction kernel would give (moderate: edges and
+                    texture soften, anatomy stays recognisable; values stay in [0, 1]).
+``fov_emptied``     a too-small reconstruction field of view: every voxel outside a cylinder along
+                    I–S (a disc in 2D), centred on the head's in-plane centroid, with radius
+                    :data:`FOV_RADIUS_FRACTION` (0.85) of the head's equivalent in-plane radius
+                    (√(largest axial head area / π)), is set to background 0. Moderate: it removes the
+                    scalp and skull at the widest slices (≈ 28 % of the largest axial head area) and
+                    keeps the brain.
+
 Randomness only comes from the ``rng`` / ``seed`` arguments (no global seeding).
 """
 
@@ -53,6 +67,14 @@ NEAR_OOD_KINDS: tuple[str, ...] = (
     "skull_stripped",
     "scale_0.01", "scale_0.1",
 )
+#: corruptions beyond paper 000's table whose result is *simpler* than an ID scan (smoother, less tissue)
+SIMPLER_KINDS: tuple[str, ...] = ("smoothed", "fov_emptied")
+#: every fixed-name corruption ``ldm-ood synth`` writes as a near-OOD set (the paper's 14, then these)
+CORRUPTION_KINDS: tuple[str, ...] = NEAR_OOD_KINDS + SIMPLER_KINDS
+#: σ of ``smoothed`` in voxels of the array it is applied to
+SMOOTH_SIGMA_VOXELS = 1.0
+#: radius of the field of view kept by ``fov_emptied``, as a fraction of the head's equivalent in-plane radius
+FOV_RADIUS_FRACTION = 0.85
 #: fraction of the array's I–S length removed by ``chunk_top`` / ``chunk_middle``
 CHUNK_FRACTION = 0.15
 #: voxels at or above this preprocessed intensity are bone for the skull-strip heuristic (100 HU)
@@ -141,6 +163,26 @@ def chunk_slices(kind: str, image: np.ndarray, affine: np.ndarray) -> tuple[int,
     return axis, slice(top, min(n, top + k))
 
 
+def emptied_fov_mask(image: np.ndarray, affine: np.ndarray, radius_fraction: float = FOV_RADIUS_FRACTION) -> np.ndarray:
+    """Boolean ``(*spatial)`` mask of the voxels ``fov_emptied`` sets to 0: outside the cylinder (3D, its
+    axis along I–S) or disc (2D) centred on the head's in-plane centroid, of radius ``radius_fraction``
+    × √(largest axial head area / π) in voxels of the in-plane axes. Raises ``ValueError`` for an image
+    without foreground."""
+    x = np.asarray(image)
+    head = head_mask(x, affine)
+    if not head.any():
+        raise ValueError("fov_emptied: image has no foreground")
+    axis = anatomical_axis(affine, 3, 2)[0] if x.ndim == 3 else None
+    planes = np.moveaxis(head, axis, 0) if axis is not None else head[None]
+    area = float(planes.reshape(planes.shape[0], -1).sum(axis=1).max())
+    radius = radius_fraction * np.sqrt(area / np.pi)
+    centre = np.argwhere(planes.any(axis=0)).mean(axis=0)  # of the head's projection along I–S
+    grids = np.meshgrid(*(np.arange(n) for n in planes.shape[1:]), indexing="ij")
+    outside = sum((g - c) ** 2 for g, c in zip(grids, centre)) > radius ** 2
+    outside = np.broadcast_to(outside, planes.shape)
+    return np.moveaxis(outside, 0, axis).copy() if axis is not None else outside[0].copy()
+
+
 # --------------------------------------------------------------------------- corruptions
 def corrupt_array(
     image: np.ndarray,
@@ -155,7 +197,7 @@ def corrupt_array(
     Args:
         image: ``(*spatial)`` float array in [0, 1] (2D or 3D), background 0.
         affine: its voxel-to-world matrix (4×4), used for the anatomical axes.
-        kind: one of :data:`NEAR_OOD_KINDS` (``noise_<σ>``, ``background_<v>``, ``scale_<f>``
+        kind: one of :data:`CORRUPTION_KINDS` (``noise_<σ>``, ``background_<v>``, ``scale_<f>``
             accept any number).
         rng: the only source of randomness (noise).
         brain_mask: boolean ``(*spatial)`` for ``skull_stripped``.
@@ -190,7 +232,11 @@ def corrupt_array(
         return np.where(brain_mask, x, np.float32(0.0)).astype(np.float32)
     if name == "scale":
         return (x * np.float32(float(arg))).astype(np.float32)
-    raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(NEAR_OOD_KINDS)}")
+    if kind == "smoothed":
+        return ndi.gaussian_filter(x, SMOOTH_SIGMA_VOXELS, mode="nearest").astype(np.float32)
+    if kind == "fov_emptied":
+        return np.where(emptied_fov_mask(x, affine), np.float32(0.0), x).astype(np.float32)
+    raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(CORRUPTION_KINDS)}")
 
 
 def corruption_region(
@@ -238,8 +284,8 @@ class Corrupt:
     """
 
     def __init__(self, kind: str, seed: int = 0, clip: bool = True):
-        if kind not in NEAR_OOD_KINDS and kind.partition("_")[0] not in ("noise", "background", "scale"):
-            raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(NEAR_OOD_KINDS)}")
+        if kind not in CORRUPTION_KINDS and kind.partition("_")[0] not in ("noise", "background", "scale"):
+            raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(CORRUPTION_KINDS)}")
         self.kind, self.clip = kind, clip
         self.set_random_state(seed)
 
@@ -399,8 +445,8 @@ def corrupt_folder(
     if any failed (``ldm-ood corrupt``).
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    if kind not in NEAR_OOD_KINDS:
-        raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(NEAR_OOD_KINDS)}")
+    if kind not in CORRUPTION_KINDS:
+        raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(CORRUPTION_KINDS)}")
     if not in_dir.is_dir():
         raise InputError(in_dir, "not a folder")
     files = sorted(p for p in in_dir.iterdir() if p.is_file() and suffix_of(p) in IMAGE_SUFFIXES)

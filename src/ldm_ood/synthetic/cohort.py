@@ -4,8 +4,9 @@ It plays the roles of paper 000's datasets (§3.1) and paper 001's MedNIST sprit
 
 * ``id`` — head CTs with real MNI152 anatomy (:mod:`.anatomy`), splits ``train`` / ``val`` / ``test``
   (CROMIS train/val, KCH test);
-* near-OOD — the 14 corruptions of paper 000 Table 1 (:data:`.corruptions.NEAR_OOD_KINDS`) applied
-  to every ID-test case, set named by the kind, split ``test``;
+* near-OOD — the 14 corruptions of paper 000 Table 1 (:data:`.corruptions.NEAR_OOD_KINDS`), then the
+  two that make a scan simpler (``smoothed``, ``fov_emptied``: :data:`.corruptions.SIMPLER_KINDS`),
+  applied to every ID-test case, set named by the kind, split ``test``;
 * far-OOD — the classes of :data:`.far_ood.FAR_OOD_CLASSES` (``far_`` prefix), split ``test``;
 * 2D — axial ``slice_size``² slices of separate subjects for train / val / test (set ``id``), the
   test slices with sprite lesions (set ``sprites``, with ground-truth masks), and the same test slices
@@ -42,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import SynthConfig, load_config
-from ..data.corruptions import NEAR_OOD_KINDS, REGION_KINDS, add_sprites, case_rng, corrupt_array, corruption_region
+from ..data.corruptions import CORRUPTION_KINDS, REGION_KINDS, add_sprites, case_rng, corrupt_array, corruption_region
 from ..data.io import write_image
 from ..data.manifest import Case, write_manifest
 from ..data.transforms import from_unit_range_ct, to_unit_range_ct
@@ -101,8 +102,8 @@ def _write_id(cfg: SynthConfig, out: Path, seed: int, progress: ProgressFn | Non
 
 
 def _write_near(test, affine: np.ndarray, out: Path, seed: int, progress: ProgressFn | None) -> list[Case]:
-    cases, total = [], len(test) * len(NEAR_OOD_KINDS)
-    for k, kind in enumerate(NEAR_OOD_KINDS):
+    cases, total = [], len(test) * len(CORRUPTION_KINDS)
+    for k, kind in enumerate(CORRUPTION_KINDS):
         for n, (cid, x, brain) in enumerate(test):
             y = corrupt_array(x, affine, kind, case_rng(seed, kind, cid), brain_mask=brain)
             path = write_image(out / "near" / kind / f"{cid}.nii.gz", from_unit_range_ct(y), affine)
@@ -217,7 +218,7 @@ def _preview(cases3d: list[Case], examples2d, out: Path) -> Path:
 _README = """Synthetic head-CT OOD benchmark (ldm-ood synth).
 All images are NIfTI in CT Hounsfield units; preprocess with the CT window [-15, 100] HU -> [0, 1].
 Near-OOD scans and non-CT far-OOD classes are defined on the [0, 1] scale and stored as -15 + 115*x HU.
-manifest.csv: 3D (set id: train/val/test; near-OOD sets named by corruption; far-OOD sets far_*).
+manifest.csv: 3D (set id: train/val/test; near-OOD sets named by corruption, smoothed and fov_emptied\nincluded; far-OOD sets far_*).
 manifest_2d.csv: axial slices (set id: train/val/test; sets sprites and haemorrhage: test, with masks).
 brain_masks/: brain masks of the ID scans (used for skull stripping).
 near_masks/<kind>/: the voxels chunk_top, chunk_middle and skull_stripped removed (the manifest's mask column).

@@ -9,7 +9,11 @@ from monai.data import MetaTensor
 
 from ldm_ood.data.corruptions import (
     CHUNK_FRACTION,
+    CORRUPTION_KINDS,
+    FOV_RADIUS_FRACTION,
     NEAR_OOD_KINDS,
+    SIMPLER_KINDS,
+    SMOOTH_SIGMA_VOXELS,
     Corrupt,
     Corruptd,
     add_sprites,
@@ -20,6 +24,7 @@ from ldm_ood.data.corruptions import (
     REGION_KINDS,
     corrupt_folder,
     corruption_region,
+    emptied_fov_mask,
     head_mask,
 )
 from ldm_ood.data.io import read_image, write_image
@@ -139,6 +144,66 @@ def test_scale_by_exact_factor(tiny_head, factor):
     np.testing.assert_array_equal(out, img * np.float32(factor))
 
 
+def _gradient_energy(x: np.ndarray) -> float:
+    """Mean squared finite-difference gradient: lower = smoother."""
+    return float(np.mean(sum(g.astype(np.float64) ** 2 for g in np.gradient(x))))
+
+
+def test_simpler_kinds_follow_the_table():
+    assert SIMPLER_KINDS == ("smoothed", "fov_emptied") and CORRUPTION_KINDS == NEAR_OOD_KINDS + SIMPLER_KINDS
+
+
+def test_smoothed_is_a_deterministic_gaussian_blur(tiny_head):
+    img, affine, _ = tiny_head
+    out = corrupt_array(img, affine, "smoothed", np.random.default_rng(0))
+    again = corrupt_array(img, affine, "smoothed", np.random.default_rng(123))
+    np.testing.assert_array_equal(out, again)  # no randomness
+    # the definition: a separable Gaussian of σ = 1 voxel per axis (scipy, 4 σ truncation, nearest edges)
+    assert SMOOTH_SIGMA_VOXELS == 1.0
+    k = np.exp(-0.5 * np.arange(-4, 5) ** 2)
+    k /= k.sum()
+    manual = img.astype(np.float64)
+    for axis in range(3):
+        manual = np.apply_along_axis(lambda v: np.convolve(np.pad(v, 4, mode="edge"), k, mode="valid"), axis, manual)
+    np.testing.assert_allclose(out, manual, atol=1e-6)
+    # measurably smoother, same tissue mass (the border is air), still a preprocessed image
+    assert _gradient_energy(out) < 0.5 * _gradient_energy(img)
+    assert out.sum() == pytest.approx(img.sum(), rel=1e-3)
+    assert out.min() >= 0.0 and out.max() <= 1.0 and out.dtype == np.float32
+
+
+def test_fov_emptied_zeroes_exactly_outside_a_centred_cylinder(tiny_head):
+    img, affine, _ = tiny_head  # head: ellipsoid with semi-axes 8 (i), 10 (j), 9 (k = I–S) voxels around (9.5, 11.5)
+    out = corrupt_array(img, affine, "fov_emptied", np.random.default_rng(0))
+    np.testing.assert_array_equal(out, corrupt_array(img, affine, "fov_emptied", np.random.default_rng(9)))
+    head = head_mask(img, affine)
+    area = head.sum(axis=(0, 1)).max()  # largest axial head area, voxels
+    radius = FOV_RADIUS_FRACTION * np.sqrt(area / np.pi)
+    ii, jj = np.indices(img.shape[:2])
+    ci, cj = np.argwhere(head.any(axis=2)).mean(axis=0)
+    outside = ((ii - ci) ** 2 + (jj - cj) ** 2 > radius ** 2)[:, :, None] & np.ones(img.shape, bool)
+    assert (ci, cj) == pytest.approx((9.5, 11.5))
+    np.testing.assert_array_equal(emptied_fov_mask(img, affine), outside)
+    assert np.all(out[outside] == 0.0)  # emptied: exactly background
+    np.testing.assert_array_equal(out[~outside], img[~outside])  # the rest untouched
+    widest = int(np.argmax(head.sum(axis=(0, 1))))
+    removed = (head[:, :, widest] & outside[:, :, widest]).sum() / head[:, :, widest].sum()
+    assert 0.15 < removed < 0.4  # moderate: scalp and skull at the widest slice, not the brain
+    assert (out > 0).sum() < (img > 0).sum()
+
+
+def test_fov_emptied_follows_the_anatomical_axis_and_works_in_2d(tiny_head):
+    img, _, _ = tiny_head
+    permuted = np.ascontiguousarray(np.transpose(img, (2, 0, 1)))  # array axis 0 is I–S under PERMUTED
+    mask = emptied_fov_mask(permuted, PERMUTED)
+    assert np.all(mask == mask[:1])  # a cylinder along the I–S array axis
+    np.testing.assert_array_equal(mask[0], emptied_fov_mask(img, np.diag([2.0, 2.0, 2.0, 1.0]))[:, :, 0])
+    sl = img[:, :, 10]
+    out2d = corrupt_array(sl, np.diag([2.0, 2.0, 1.0, 1.0]), "fov_emptied", np.random.default_rng(0))
+    m2d = emptied_fov_mask(sl, np.diag([2.0, 2.0, 1.0, 1.0]))
+    assert m2d.any() and np.all(out2d[m2d] == 0.0) and np.array_equal(out2d[~m2d], sl[~m2d])
+
+
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown corruption"):
         corrupt_array(np.zeros((3, 3, 3)), np.eye(4), "blur_2", np.random.default_rng(0))
@@ -204,6 +269,12 @@ def test_corrupt_folder_writes_hu_and_reports_bad_file(tmp_path, tiny_head):
     res = corrupt_folder("scale_0.1", tmp_path / "unit", tmp_path / "scaled", ct_window=None)
     assert [p.name for p in res.written] == ["c.npy"] and not res.failures
     np.testing.assert_array_equal(np.load(tmp_path / "scaled" / "c.npy"), img * np.float32(0.1))
+    # the simpler kinds apply to real scans too: the emptied field of view is the window's background (-15 HU)
+    write_image(tmp_path / "real" / "a.nii.gz", hu, affine)
+    corrupt_folder("fov_emptied", tmp_path / "real", tmp_path / "fov")
+    emptied = emptied_fov_mask(img, affine)
+    fov = read_image(tmp_path / "fov" / "a.nii.gz").array
+    assert emptied.any() and np.allclose(fov[emptied], -15.0) and np.allclose(fov[~emptied], hu[~emptied].clip(-15, 100))
 
 
 @pytest.mark.parametrize("kind", REGION_KINDS)

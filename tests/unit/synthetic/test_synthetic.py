@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ldm_ood.config import load_config
-from ldm_ood.data.corruptions import NEAR_OOD_KINDS, REGION_KINDS, case_rng, corrupt_array
+from ldm_ood.data.corruptions import CORRUPTION_KINDS, NEAR_OOD_KINDS, REGION_KINDS, SIMPLER_KINDS, case_rng, corrupt_array
 from ldm_ood.data.io import read_image, read_mask
 from ldm_ood.data.manifest import read_manifest, select, set_names
 from ldm_ood.data.transforms import Preprocessor, to_unit_range_ct
@@ -34,12 +34,12 @@ def test_manifest_sets_and_splits(tiny):
     assert [len(select(cases, split=s, set_name="id")) for s in ("train", "val", "test")] == [
         cfg.n_train, cfg.n_val, cfg.n_test]
     tests = set_names(cases, "test")
-    assert tests[0] == "id" and tuple(tests[1:15]) == NEAR_OOD_KINDS
+    assert tests[0] == "id" and tuple(tests[1:15]) == NEAR_OOD_KINDS and tuple(tests[15:17]) == SIMPLER_KINDS
     far = [s for s in tests if s.startswith("far_")]
     assert len(far) >= 5 and {"far_mr_t1", "far_mr_epi"} <= set(far)
-    assert all(len(select(cases, split="test", set_name=s)) == cfg.n_test for s in NEAR_OOD_KINDS)
+    assert all(len(select(cases, split="test", set_name=s)) == cfg.n_test for s in CORRUPTION_KINDS)
     assert all(len(select(cases, set_name=s)) == cfg.n_far_per_class for s in far)
-    assert set(tests) == set(NEAR_OOD_KINDS) | set(far) | {"id"}
+    assert set(tests) == set(CORRUPTION_KINDS) | set(far) | {"id"}
     assert result.counts["id"] == cfg.n_test and result.preview.is_file()
 
 

@@ -6,6 +6,20 @@ validation set, ``z = (d − μ_t) / σ_t``; the scan's score is the mean of all
 (``pred_score``; higher = more OOD). ``score_mse`` / ``score_lpips`` average one metric's z-scores.
 σ is the sample standard deviation (ddof = 1, as pandas in the reference ``ood_detection.py``).
 
+**Tails** (``score.tails``, kept in the calibration's ``settings["tails"]``): ``one_sided`` is the
+paper's score above: each metric's signed mean z-score ``s_m`` (``score_<m>``), and ``pred_score`` =
+their mean ``s`` (= the mean of all 2N z-scores). A scan simpler than the training scans (smoother,
+less tissue in the field of view) reconstructs *better* than ID scans and gets very negative z-scores
+(Serrà et al. 2020), which a one-sided score ranks as the most normal scans of all.
+``two_sided`` scores each metric by ``|s_m|``, its mean z-score's distance from the validation mean
+(every z-score has mean 0 over the validation scans), and ``pred_score`` = the mean of those over the
+metrics: an abnormally good reconstruction is as anomalous as an equally abnormally bad one, and a
+metric that deviates one way cannot cancel one that deviates the other way (a smoothed scan can have
+a lower MSE but a much higher LPIPS than ID scans). ``signed_score`` is ``s`` under both (negative =
+reconstructed better than the validation scans). Validation scores, threshold and percentile are of
+the calibration's ``pred_score``, so its flag fires in both directions. A calibration written before
+this option has no ``tails`` and scores one-sided.
+
 The §2.3 anomaly maps and their per-voxel statistics are in :mod:`.maps`.
 
 Operating point: the threshold is the (1 − fpr) quantile of the validation scores (numpy's linear
@@ -37,6 +51,9 @@ METRIC_STD_REL_FLOOR = 1e-3
 METRIC_STD_ABS_FLOOR = 1e-12
 
 
+#: ``one_sided``: the paper's signed mean z-score; ``two_sided``: its absolute value
+TAILS = ("one_sided", "two_sided")
+
 # ----------------------------------------------------------------------------- pure functions
 
 
@@ -56,6 +73,17 @@ def combine(z: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {f"score_{m}": np.asarray(v, dtype=np.float64).mean(axis=1) for m, v in z.items()}
     out["pred_score"] = np.concatenate([np.asarray(v, dtype=np.float64) for v in z.values()], axis=1).mean(axis=1)
     return out
+
+
+def tail_score(signed: np.ndarray, tails: str) -> np.ndarray:
+    """A metric's score from its signed mean z-scores ``signed (N,)``: itself (``one_sided``) or its
+    absolute value (``two_sided``: as far below the validation mean counts as far above it)."""
+    signed = np.asarray(signed, dtype=np.float64)
+    if tails == "one_sided":
+        return signed
+    if tails == "two_sided":
+        return np.abs(signed)
+    raise ValueError(f"unknown score tails {tails!r}; choose one of {', '.join(TAILS)}")
 
 
 def percentile_of(scores: np.ndarray, reference: Sequence[float]) -> np.ndarray:
@@ -79,7 +107,8 @@ class OODCalibration:
     """Everything scoring needs from the ID validation split (``calibration/ood.json``).
 
     ``mean[m][k]`` / ``std[m][k]``: metric m at ``t_values[k]`` (std floored);
-    ``val_scores``: validation ``pred_score`` per ``case_ids``; ``threshold`` at ``fpr``.
+    ``val_scores``: validation ``pred_score`` per ``case_ids`` (of the calibration's :attr:`tails`);
+    ``threshold`` at ``fpr``.
     """
 
     t_values: list[int]
@@ -94,11 +123,23 @@ class OODCalibration:
     std_floor: dict[str, float] = field(default_factory=lambda: {"metric_rel": METRIC_STD_REL_FLOOR, "metric_abs": METRIC_STD_ABS_FLOOR, "voxel": VOXEL_STD_FLOOR})
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def tails(self) -> str:
+        """``one_sided`` | ``two_sided`` (:func:`tail_score`); a calibration without it is one-sided."""
+        return str(self.settings.get("tails", "one_sided"))
+
     def score(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Scores of scans with raw ``values[m] (N, n_t)``: ``pred_score``, ``score_<m>``,
-        ``percentile``, ``flag`` (each ``(N,)``) and ``z_<m>`` ``(N, n_t)``."""
+        """Scores of scans with raw ``values[m] (N, n_t)``: ``score_<m>`` (of :attr:`tails`), ``pred_score``
+        (their mean), ``signed_score`` (the one-sided ``pred_score``), ``percentile``, ``flag`` (each
+        ``(N,)``) and ``z_<m>`` ``(N, n_t)``. Two-sided, ``flag`` is set for a scan far from the
+        validation scans in either direction."""
         z = zscores({m: values[m] for m in self.metrics}, self.mean, self.std)
-        out: dict[str, np.ndarray] = combine(z)
+        signed = combine(z)
+        out: dict[str, np.ndarray] = {f"score_{m}": tail_score(signed[f"score_{m}"], self.tails) for m in self.metrics}
+        # one-sided: the mean of all z-scores (= the mean of the per-metric means, as every metric has n_t)
+        out["pred_score"] = signed["pred_score"] if self.tails == "one_sided" else np.mean(
+            [out[f"score_{m}"] for m in self.metrics], axis=0)
+        out["signed_score"] = signed["pred_score"]
         out["percentile"] = percentile_of(out["pred_score"], self.val_scores)
         out["flag"] = out["pred_score"] > self.threshold
         out.update({f"z_{m}": v for m, v in z.items()})
@@ -111,7 +152,7 @@ class OODCalibration:
             problems.append(f"t-values {list(t_values)} != calibrated {self.t_values}")
         if list(map_t_values) != self.map_t_values:
             problems.append(f"map t-values {list(map_t_values)} != calibrated {self.map_t_values}")
-        for k in ("sampler", "num_inference_steps", "requantize", "metrics"):
+        for k in ("sampler", "num_inference_steps", "requantize", "metrics", "tails"):
             if k in self.settings and k in settings and self.settings[k] != settings[k]:
                 problems.append(f"{k} {settings[k]!r} != calibrated {self.settings[k]!r}")
         ours, theirs = settings.get("map_error", "absolute"), self.settings.get("map_error", "absolute")
@@ -147,7 +188,8 @@ def fit_calibration(
     settings: Mapping[str, Any] | None = None,
 ) -> OODCalibration:
     """Fit per-t mean / std of every metric on validation ``values[m] (N_val, n_t)``, then score
-    the validation scans themselves for the score distribution and the operating threshold."""
+    the validation scans themselves for the score distribution and the operating threshold (of the
+    tails ``settings["tails"]``, one-sided when absent)."""
     metrics = list(values)
     mean, std = {}, {}
     for m in metrics:

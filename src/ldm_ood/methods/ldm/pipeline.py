@@ -4,7 +4,7 @@
   the validation score distribution and operating threshold (``RunDir.ood_calibration_path``) and
   the per-voxel MAE-map statistics (``RunDir.ood_voxel_stats_path``) — see :mod:`.calibration`.
 * :func:`score_ldm` (manifest mode) writes ``scores/ldm/<set>.csv`` one row per scan as scans
-  finish (``case_id,set,pred_score,score_mse,score_lpips,percentile,flag,map_path,seconds`` then
+  finish (``case_id,set,pred_score,score_mse,score_lpips,signed_score,percentile,flag,map_path,seconds`` then
   ``mse@<t>`` …, ``lpips@<t>`` …) and the §2.3 anomaly maps to ``maps/ldm/<set>/<case>.nii.gz`` on
   the input's native grid and affine. Scans already in the CSV are skipped (resume). Folder mode
   (MOOD challenge layout, ``input_dir`` → ``output_dir``) writes ``<case>.txt`` (the score) and
@@ -54,8 +54,8 @@ from .maps import VoxelAccumulator, VoxelStats, anomaly_map, write_anomaly_map
 from .reconstruct import chain_starts, default_t_values, inference_grid, reconstruct, snap_to_grid
 from .similarity import ScanMetrics, SimilarityFn, lpips_similarity, measure, similarity_functions
 
-BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "percentile", "flag", "map_path", *RUNNER_COLUMNS,
-               "seconds")
+BASE_FIELDS = ("case_id", "set", "pred_score", "score_mse", "score_lpips", "signed_score", "percentile", "flag", "map_path",
+               *RUNNER_COLUMNS, "seconds")
 
 
 def fieldnames(metrics: Sequence[str], t_values: Sequence[int]) -> list[str]:
@@ -172,7 +172,7 @@ class OODScorer:
         c = self.cfg
         out = {"sampler": c.sampler, "num_inference_steps": c.num_inference_steps, "requantize": c.requantize,
                "metrics": self.metrics, "seed": c.seed, "precision": inference_precision.dtypes(self.precision),
-               "execution": self.execution}
+               "execution": self.execution, "tails": c.tails}
         if c.map_error != "absolute":  # the paper's map adds no key: calibrations made before it stay valid
             out["map_error"] = c.map_error
         return out
@@ -305,6 +305,7 @@ def score_rows(cal: OODCalibration, voxel: VoxelStats, met: ScanMetrics) -> tupl
         "pred_score": float(s["pred_score"][0]),
         "score_mse": float(s["score_mse"][0]) if "score_mse" in s else "",
         "score_lpips": float(s["score_lpips"][0]) if "score_lpips" in s else "",
+        "signed_score": float(s["signed_score"][0]),
         "percentile": float(s["percentile"][0]),
         "flag": int(bool(s["flag"][0])),
     }

@@ -22,9 +22,14 @@ honest resolution of the LTM, paper 000 §4) or linear (``bilinear``/``trilinear
 then inverted to the input's native grid and affine by the preprocessor
 (:mod:`ldm_ood.methods.ltm.pipeline`).
 
-Calibration (:class:`LTMCalibration`) keeps the validation NLL distribution: mean / std, the values,
-the operating threshold = the ``(1 − fpr)`` quantile (linear interpolation) of validation NLLs, and
-``percentile(s)`` = 100 · fraction of validation NLLs ≤ s; ``flag(s)`` = ``s > threshold``.
+Calibration (:class:`LTMCalibration`) keeps the validation NLL distribution: mean / std, the
+validation image scores ``values``, the operating threshold = the ``(1 − fpr)`` quantile (linear
+interpolation) of them, and ``percentile(s)`` = 100 · fraction of validation scores ≤ s; ``flag(s)`` =
+``s > threshold``. The image score follows ``score.tails`` (the calibration's ``tails``): one-sided it
+is the NLL itself (the paper's); two-sided it is ``|NLL − mean| / std`` over validation, since a scan
+simpler than the training scans (less tissue, blanker, smoother) is *more* likely under the model than
+any in-distribution scan (Serrà et al. 2020) and a one-sided NLL ranks it the most normal of all.
+A calibration written before ``tails`` existed has ``tails`` None and is one-sided.
 """
 
 from __future__ import annotations
@@ -202,7 +207,8 @@ def upsample_map(latent_map: torch.Tensor, grid: Sequence[int], interpolation: s
 
 @dataclass
 class LTMCalibration:
-    """Validation distribution of the LTM score (sum NLL, nats) and the operating threshold."""
+    """Validation distribution of the LTM's NLL (sum, nats: ``mean``, ``std``), the validation image
+    scores ``values`` (of ``tails``; one-sided: the NLLs) and the operating threshold on them."""
 
     mean: float
     std: float
@@ -212,28 +218,40 @@ class LTMCalibration:
     case_ids: list[str]
     orderings: list[str]
     score: str = "nll_sum"
+    tails: str | None = None  # None: written before score.tails (one-sided)
 
     @classmethod
-    def fit(cls, values: Sequence[float], case_ids: Sequence[str], fpr: float, orderings: Sequence[str]) -> "LTMCalibration":
-        """Statistics of validation NLLs ``values``; threshold = ``(1 − fpr)`` quantile."""
+    def fit(cls, values: Sequence[float], case_ids: Sequence[str], fpr: float, orderings: Sequence[str],
+            tails: str = "one_sided") -> "LTMCalibration":
+        """Statistics of validation NLLs ``values``; threshold = ``(1 − fpr)`` quantile of their image scores."""
         v = np.asarray(values, dtype=np.float64)
         if v.size == 0:
             raise ValueError("LTM calibration needs at least one validation case")
-        return cls(
-            mean=float(v.mean()),
-            std=float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            threshold=float(np.quantile(v, 1.0 - fpr)),
-            fpr=float(fpr),
-            values=[float(x) for x in v],
-            case_ids=list(case_ids),
-            orderings=list(orderings),
-        )
+        calib = cls(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else 0.0, threshold=float("nan"),
+                    fpr=float(fpr), values=[], case_ids=list(case_ids), orderings=list(orderings), tails=tails)
+        scores = calib.image_score(v)
+        calib.values = [float(x) for x in scores]
+        calib.threshold = float(np.quantile(scores, 1.0 - fpr))
+        return calib
+
+    def image_score(self, nll: float | np.ndarray) -> Any:
+        """The image score of NLL(s) ``nll`` (scalar or ``(N,)``): the NLL (one-sided) or ``|NLL − mean| /
+        std`` (two-sided; std floored as the LDM's metric std, :func:`..ldm.calibration.floored_std`)."""
+        from ..ldm.calibration import floored_std, tail_score
+
+        tails = self.tails or "one_sided"
+        if tails == "one_sided":
+            return tail_score(nll, tails) if np.ndim(nll) else float(nll)
+        z = (np.asarray(nll, dtype=np.float64) - self.mean) / float(floored_std(self.std, self.mean))
+        out = tail_score(z, tails)
+        return out if np.ndim(nll) else float(out)
 
     def percentile(self, score: float) -> float:
-        """100 · fraction of validation scores ≤ ``score``."""
+        """100 · fraction of validation scores ≤ ``score`` (an image score)."""
         return float(100.0 * np.mean(np.asarray(self.values) <= score))
 
     def flag(self, score: float) -> bool:
+        """``score`` (an image score) above the threshold."""
         return bool(score > self.threshold)
 
     def save(self, path: str | Path) -> None:

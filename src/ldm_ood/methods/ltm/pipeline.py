@@ -6,7 +6,7 @@ Same interface as the LDM pipeline (paper 000 §2.3/§3.2):
   ``RunDir.ltm_calibration_path``.
 * ``score_ltm`` (manifest mode) writes ``scores/ltm/<set>.csv`` row by row
   (``case_id,set,pred_score,percentile,flag,map_path,model_score,qc_reason,calibration_id,seconds,nll``; ``pred_score`` = sum NLL,
-  ``nll`` = mean NLL per token) and maps to ``maps/ltm/<set>/<case>.nii.gz``; finished cases are
+  or ``|NLL − mean| / std`` over validation with ``score.tails: two_sided``; ``nll`` = mean NLL per token) and maps to ``maps/ltm/<set>/<case>.nii.gz``; finished cases are
   skipped on a rerun. Folder mode (MOOD challenge layout, ``input_dir`` → ``output_dir``) writes
   ``<case>.txt`` (the score, one number, as the LDM's folder mode: :func:`..context.write_folder_score`)
   and ``<case>.nii.gz``; a case whose ``.txt`` exists is skipped. Without a calibration,
@@ -123,7 +123,7 @@ def calibrate_ltm(
             stats.append(getattr(item.meta, "stats", None))
     if not values:
         failures.raise_if_any("calibrate --method ltm")
-    calib = LTMCalibration.fit(values, ids, cfg.score.fpr, networks.kinds)
+    calib = LTMCalibration.fit(values, ids, cfg.score.fpr, networks.kinds, cfg.score.tails)
     require_finite_calibration(
         "ltm", run.ltm_calibration_path, asdict(calib), {"NLL": np.asarray(values, dtype=np.float64)},
         cause=f"the transformer or the first stage produces NaN/Inf; retrain it (`ldm-ood train transformer --run {run.root}`, "
@@ -149,11 +149,13 @@ def load_ltm_calibration(run: RunDir) -> LTMCalibration | None:
 
 
 def _row(score: LTMScore, calib: LTMCalibration | None, map_path: Path) -> dict[str, Any]:
-    """A CSV row's method columns (the runner adds case_id, set and seconds)."""
+    """A CSV row's method columns (the runner adds case_id, set and seconds): ``pred_score`` is the
+    calibration's image score of the NLL (the NLL itself without a calibration)."""
+    image = calib.image_score(score.nll) if calib else score.nll
     return {
-        "pred_score": score.nll,
-        "percentile": calib.percentile(score.nll) if calib else "",
-        "flag": int(calib.flag(score.nll)) if calib else "",
+        "pred_score": image,
+        "percentile": calib.percentile(image) if calib else "",
+        "flag": int(calib.flag(image)) if calib else "",
         "map_path": str(map_path),
         "nll": score.nll_per_token,
     }
@@ -207,6 +209,9 @@ def prepare_ltm(
             f"{run.ltm_calibration_path}: calibrated with orderings {calib.orderings}, scoring with "
             f"{networks.kinds}; rerun calibrate --method ltm"
         )
+    if calib is not None and calib.tails is not None and calib.tails != cfg.score.tails:
+        raise ConfigError(f"{run.ltm_calibration_path}: calibrated with score tails {calib.tails!r}, the configuration "
+                          f"has {cfg.score.tails!r}; rerun calibrate --method ltm")
     method = LTMScoring(networks, ltm_bf16(cfg, networks, device, run if record_precision else None), calib,
                         preprocessor, cfg.data.grid, map_interpolation)
     return PreparedScoring(Context(run, cfg, device, preprocessor), method, calibrated,

@@ -173,3 +173,98 @@ def test_a_calibration_written_before_the_execution_rename_reads_with_the_new_ke
     (tmp_path / "ood.json").write_text(json.dumps(data))
     old = OODCalibration.load(tmp_path / "ood.json")
     assert old.settings == {"execution": "batched"} and old.threshold == cal.threshold
+
+
+def test_two_sided_score_matches_hand_computation_on_known_z_scores(tmp_path):
+    """Two-sided: per metric |mean z| (distance from the validation mean, 0), averaged over the metrics;
+    one-sided: the mean of all z-scores."""
+    one = fit_calibration(["a", "b", "c"], VAL, t_values=[100, 300], map_t_values=[100], fpr=0.5)
+    two = fit_calibration(["a", "b", "c"], VAL, t_values=[100, 300], map_t_values=[100], fpr=0.5,
+                          settings={"tails": "two_sided"})
+    assert (one.tails, two.tails) == ("one_sided", "two_sided")
+    assert two.mean == one.mean and two.std == one.std  # the tails change the score, not the statistics
+    mu, sd = one.mean, one.std
+
+    def raw(z_mse, z_lpips):  # raw metric values with the given z-scores
+        return {"mse": np.array([np.add(mu["mse"], np.multiply(z_mse, sd["mse"]))]),
+                "lpips": np.array([np.add(mu["lpips"], np.multiply(z_lpips, sd["lpips"]))])}
+
+    # too good in both metrics: z_mse = (-2, -1), z_lpips = (-1, 0)
+    s1, s2 = one.score(raw([-2, -1], [-1, 0])), two.score(raw([-2, -1], [-1, 0]))
+    assert s1["z_mse"][0] == pytest.approx([-2.0, -1.0]) and s1["z_lpips"][0] == pytest.approx([-1.0, 0.0])
+    assert s1["score_mse"][0] == pytest.approx(-1.5) and s1["score_lpips"][0] == pytest.approx(-0.5)
+    assert s1["pred_score"][0] == pytest.approx(-1.0) == s1["signed_score"][0]
+    assert s2["score_mse"][0] == pytest.approx(1.5) and s2["score_lpips"][0] == pytest.approx(0.5)
+    assert s2["pred_score"][0] == pytest.approx((1.5 + 0.5) / 2) and s2["signed_score"][0] == pytest.approx(-1.0)
+    # opposite deviations do not cancel: z_mse = (2, 2), z_lpips = (-3, -1)
+    c1, c2 = one.score(raw([2, 2], [-3, -1])), two.score(raw([2, 2], [-3, -1]))
+    assert c1["pred_score"][0] == pytest.approx(0.0) and c2["pred_score"][0] == pytest.approx((2 + 2) / 2)
+    # validation scores and threshold of the two-sided score: (|s_mse| + |s_lpips|) / 2 per scan, their median
+    val = one.score(VAL)
+    hand = (np.abs(val["score_mse"]) + np.abs(val["score_lpips"])) / 2
+    assert two.val_scores == pytest.approx(hand) and two.threshold == pytest.approx(np.median(hand))
+    assert one.val_scores == pytest.approx(val["pred_score"])
+    # the too-good scan: never flagged one-sided, flagged two-sided; percentile against the validation scores
+    assert not bool(s1["flag"][0]) and s1["percentile"][0] == 0.0
+    assert bool(s2["flag"][0]) and s2["percentile"][0] == pytest.approx(100 * np.mean(hand <= 1.0))
+    # an equally bad scan scores the same two-sided
+    assert two.score(raw([2, 1], [1, 0]))["pred_score"][0] == pytest.approx(1.0)
+    # the tails are part of the calibration's settings: saved, and checked against the scorer's
+    two.save(tmp_path / "ood.json")
+    assert OODCalibration.load(tmp_path / "ood.json").tails == "two_sided"
+    with pytest.raises(ValueError, match="tails 'one_sided' != calibrated 'two_sided'"):
+        two.check_compatible([100, 300], [100], {"tails": "one_sided"})
+    one.check_compatible([100, 300], [100], {"tails": "one_sided"})
+    with pytest.raises(ValueError, match="unknown score tails"):
+        fit_calibration(["a", "b", "c"], VAL, t_values=[100, 300], map_t_values=[100], fpr=0.5,
+                        settings={"tails": "both"})
+
+
+def test_operating_point_of_a_two_sided_calibration_flags_both_directions():
+    from ldm_ood.methods.operating_point import read_operating_point
+
+    two = fit_calibration(["a", "b", "c"], VAL, t_values=[100, 300], map_t_values=[100], fpr=0.5,
+                          settings={"tails": "two_sided"})
+    point = read_operating_point(json.loads(two.to_json()), "ldm")
+    assert point.val_scores == pytest.approx(tuple(two.val_scores)) and point.threshold == pytest.approx(two.threshold)
+    worse = {"mse": VAL["mse"].max(0, keepdims=True) * 2, "lpips": VAL["lpips"].max(0, keepdims=True) * 2}
+    better = {"mse": VAL["mse"].min(0, keepdims=True) / 2, "lpips": VAL["lpips"].min(0, keepdims=True) / 2}
+    for values, sign in ((worse, 1), (better, -1)):
+        s = two.score(values)
+        assert np.sign(s["signed_score"][0]) == sign
+        assert point.flag(float(s["pred_score"][0])) is True and bool(s["flag"][0])
+    # the validation scan closest to the validation mean is not flagged
+    assert point.flag(min(two.val_scores)) is False
+
+
+def test_smoothed_input_scores_negative_one_sided_but_high_two_sided():
+    """A tiny autoencoder-free reconstruction model: the reconstruction is a fixed 3-voxel box blur, which
+    loses high frequencies. Textured (ID-like) images lose detail; a smoothed copy of one loses almost
+    none, so its reconstruction error is abnormally low: a negative one-sided z, a high two-sided score."""
+    from scipy import ndimage as ndi
+
+    from ldm_ood.data.corruptions import corrupt_array
+
+    rng = np.random.default_rng(0)
+
+    def reconstruction_mse(x: np.ndarray) -> np.ndarray:
+        rec = ndi.uniform_filter(x, 3, mode="nearest")
+        # the "per-t" errors: the same model at three strengths (more of the blur at larger t)
+        return np.array([np.mean((x - (1 - w) * x - w * rec) ** 2) for w in (0.3, 0.6, 1.0)])
+
+    def textured() -> np.ndarray:
+        return np.clip(0.5 + 0.15 * ndi.gaussian_filter(rng.normal(size=(12, 12, 12)), 0.7), 0, 1).astype(np.float32)
+
+    val = np.stack([reconstruction_mse(textured()) for _ in range(10)])
+    one = fit_calibration([str(i) for i in range(10)], {"mse": val}, [1, 2, 3], [1], fpr=0.1)
+    two = fit_calibration([str(i) for i in range(10)], {"mse": val}, [1, 2, 3], [1], fpr=0.1,
+                          settings={"tails": "two_sided"})
+    test = textured()
+    smooth = corrupt_array(test, np.eye(4), "smoothed", rng)
+    values = {"mse": np.stack([reconstruction_mse(test), reconstruction_mse(smooth)])}
+    s1, s2 = one.score(values), two.score(values)
+    assert s1["pred_score"][1] < -2.0 and s1["pred_score"][1] < s1["pred_score"][0]  # "more normal" than ID
+    assert not bool(s1["flag"][1])  # the one-sided score cannot flag it
+    assert s2["pred_score"][1] == pytest.approx(-s1["pred_score"][1]) and s2["pred_score"][1] > max(two.val_scores)
+    assert s2["signed_score"][1] == pytest.approx(s1["pred_score"][1])
+    assert bool(s2["flag"][1]) and s2["percentile"][1] == 100.0

@@ -25,6 +25,7 @@ from ldm_ood.methods.ltm.likelihood import (
     token_nll,
     upsample_map,
 )
+from ldm_ood.methods.ldm.calibration import floored_std
 from ldm_ood.methods.ltm.pipeline import calibrate_ltm, score_ltm
 from ldm_ood.methods.records import read_records
 from ldm_ood.models.first_stage import build_first_stage, encode_indices
@@ -102,6 +103,33 @@ def test_calibration_statistics_by_hand(tmp_path):
     assert LTMCalibration.load(tmp_path / "ltm.json") == c
 
 
+def test_two_sided_calibration_by_hand(tmp_path):
+    """Two-sided: |NLL − mean| / std; an abnormally likely scan (low NLL) is flagged like an unlikely one."""
+    nll = [1.0, 2.0, 3.0, 4.0, 5.0]
+    c = LTMCalibration.fit(nll, list("abcde"), fpr=0.2, orderings=["raster_scan"], tails="two_sided")
+    sd = math.sqrt(2.5)
+    assert c.mean == 3.0 and c.std == pytest.approx(sd) and c.tails == "two_sided"
+    assert c.values == pytest.approx([2 / sd, 1 / sd, 0.0, 1 / sd, 2 / sd])
+    assert c.threshold == pytest.approx(2 / sd)  # 0.8 quantile of (0, 1, 1, 2, 2) / sd
+    low, high = c.image_score(3.0 - 3 * sd), c.image_score(3.0 + 3 * sd)
+    assert low == pytest.approx(3.0) == high and c.flag(low) and c.percentile(low) == 100.0
+    assert c.image_score(np.array([3.0, 3.0 + sd])) == pytest.approx([0.0, 1.0])
+    assert not c.flag(c.image_score(3.5))
+    # the one-sided score (the paper's) never flags the too-likely scan
+    one = LTMCalibration.fit(nll, list("abcde"), fpr=0.2, orderings=["raster_scan"], tails="one_sided")
+    assert one.image_score(3.0 - 3 * sd) == 3.0 - 3 * sd and not one.flag(one.image_score(3.0 - 3 * sd))
+    # a file written before score.tails existed scores one-sided
+    legacy = {k: v for k, v in one.__dict__.items() if k != "tails"}
+    (tmp_path / "old.json").write_text(json.dumps(legacy))
+    old = LTMCalibration.load(tmp_path / "old.json")
+    assert old.tails is None and old.image_score(7.0) == 7.0 and old.values == nll
+    # the operating point a two-sided calibration gives folder mode flags both directions
+    from ldm_ood.methods.operating_point import read_operating_point
+
+    point = read_operating_point(json.loads(json.dumps(c.__dict__)), "ltm")
+    assert point.threshold == pytest.approx(c.threshold) and point.flag(low) and point.flag(high)
+
+
 def test_ensemble_needs_one_model_per_ordering():
     cfg = load_config(preset="tiny", overrides={"transformer": {"ensemble_orderings": ["raster_scan", "s_curve"]}})
     with pytest.raises(ConfigError, match="one trained Transformer per ordering"):
@@ -139,10 +167,12 @@ def test_calibrate_and_score_write_records_and_maps_on_input_grid(tmp_path):
     summary = calibrate_ltm(run.root, manifest, config=CFG, networks=net, preprocessor=pre, device="cpu")
     calib = json.loads(run.ltm_calibration_path.read_text())
     assert summary.n == 3 and calib["case_ids"] == ["c0", "c1", "c2"]
-    # calibration values are the sum NLL of each case scored directly
-    x, _ = pre.load(cases[0].path)
-    assert calib["values"][0] == pytest.approx(score_image(net, x[None], bf16=CFG.score.precision == "bf16")[0].nll, rel=1e-6)
-    assert calib["mean"] == pytest.approx(np.mean(calib["values"]))
+    # the statistics are of the sum NLL of each case scored directly; values are their two-sided scores (the default)
+    nll = [score_image(net, pre.load(c.path)[0][None], bf16=CFG.score.precision == "bf16")[0].nll for c in cases[:3]]
+    assert calib["tails"] == "two_sided" == CFG.score.tails
+    assert calib["mean"] == pytest.approx(np.mean(nll), rel=1e-6) and calib["std"] == pytest.approx(np.std(nll, ddof=1), rel=1e-5)
+    sd = float(floored_std(np.std(nll, ddof=1), np.mean(nll)))  # this random net gives equal NLLs: the floor
+    assert calib["values"] == pytest.approx(np.abs(np.array(nll) - np.mean(nll)) / sd, rel=1e-4, abs=1e-4)
 
     res = score_ltm(run.root, manifest, config=CFG, networks=net, preprocessor=pre, device="cpu")
     assert res.scored == 4 and res.skipped == 0
@@ -152,7 +182,7 @@ def test_calibrate_and_score_write_records_and_maps_on_input_grid(tmp_path):
     c = LTMCalibration.load(run.ltm_calibration_path)
     assert float(r["percentile"]) == pytest.approx(c.percentile(float(r["pred_score"])))
     assert r["flag"] == str(int(float(r["pred_score"]) > c.threshold))
-    assert float(r["nll"]) == pytest.approx(float(r["pred_score"]) / 64, rel=1e-9)
+    assert float(r["pred_score"]) == pytest.approx(abs(float(r["nll"]) * 64 - c.mean) / floored_std(c.std, c.mean), rel=1e-6)
     img = nib.load(r["map_path"])
     assert img.shape == (18, 14, 16)
     np.testing.assert_allclose(img.affine, _affine(), atol=1e-5)
