@@ -10,6 +10,7 @@ the precision ``score.precision`` gave it (the encoder and decoder in the first 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -18,6 +19,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from ..artifacts.atomic import atomic_write_text
 from ..models.diffusion import pad_latent
 from ..models.first_stage import encoder_output
 from .networks import (
@@ -94,7 +96,11 @@ def scoring_engines(
     return ScoringEngines(fs, un, lp, choices)
 
 
-def report(choices: Mapping[str, EngineChoice]) -> None:
-    """One line per network on stderr: the engine it runs on and why."""
+def report(choices: Mapping[str, EngineChoice], record_dir: Path | None = None) -> None:
+    """One line per network on stderr (the engine it runs on and why) and, with ``record_dir`` (the run's
+    ``engines/``), the choices with their measurements in ``record_dir/choices.json``."""
     for c in choices.values():
         console.print(f"engine of {c.line()}" + (" [cached]" if c.cached else ""), highlight=False)
+    if record_dir is not None and choices:
+        atomic_write_text(Path(record_dir) / "choices.json",
+                          json.dumps({k: c.as_dict() for k, c in choices.items()}, indent=1, sort_keys=True))

@@ -34,6 +34,14 @@ def test_tiny_preset_scores_in_eager_exactly_as_before():
     assert scorer.engine_choices == {} and scorer.net is scorer.models
 
 
+def test_changing_the_engine_leaves_calibrations_valid():
+    from ldm_ood.config.changes import changed_fields, invalidated_artifacts
+
+    new = CFG.model_copy(update={"score": CFG.score.model_copy(update={"engine": "openvino"})})
+    assert changed_fields(CFG, new) == ["score.engine"] and invalidated_artifacts(["score.engine"]) == {}
+    assert "calibration/ldm" in invalidated_artifacts(["score.precision"])
+
+
 def test_scoring_on_exported_engines_equals_eager_fp32(tmp_path):
     models = _models()
     x = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(5))

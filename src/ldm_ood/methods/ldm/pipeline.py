@@ -251,7 +251,7 @@ def _setup(run_dir, config, models, similarity, preprocessor, device, sequential
                        artifact_dir=artifacts)
     inference_precision.report(scorer.precision, ctx.run if record else None)
     if sharding.world().is_main:
-        engine_scoring.report(scorer.engine_choices)
+        engine_scoring.report(scorer.engine_choices, artifacts if record else None)
     return ctx.run, ctx.cfg, scorer, ctx.preprocessor, ctx.device
 
 
