@@ -3,6 +3,8 @@ equal those of PyTorch eager fp32 (within float32 rounding carried through the s
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -58,3 +60,34 @@ def test_scoring_on_exported_engines_equals_eager_fp32(tmp_path):
     for m in ("mse", "lpips"):
         torch.testing.assert_close(got.values[m], ref.values[m], rtol=1e-3, atol=1e-6)
     torch.testing.assert_close(got.mae_maps, ref.mae_maps, rtol=1e-3, atol=1e-4)
+
+
+def test_score_command_path_runs_the_chosen_engines_and_keeps_the_calibration(tmp_path):
+    """``score_ldm`` of a calibrated tiny 2D run with ``score.engine: onnxruntime``: the calibration stays
+    valid, the exported files and ``engines/choices.json`` are in the run, and every score equals eager's."""
+    from tiny_runs import build_tiny_2d_run
+
+    from ldm_ood.errors import BatchError
+    from ldm_ood.methods.ldm.pipeline import calibrate_ldm, score_ldm
+    from ldm_ood.methods.records import read_records
+
+    run, _ = build_tiny_2d_run(tmp_path)
+    calibrate_ldm(run.root, progress=False)
+    with pytest.raises(BatchError, match="bad"):  # the tiny run's unreadable case, after the others
+        score_ldm(run.root, sets=["id"], progress=False)
+    path = run.scores_path("ldm", "id")
+    eager = {r["case_id"]: r for r in read_records(path)}
+    path.unlink()
+    cfg = run.load_config()
+    cfg.score.engine = "onnxruntime"
+    with pytest.raises(BatchError, match="bad"):
+        score_ldm(run.root, sets=["id"], config=cfg, progress=False)
+    engined = {r["case_id"]: r for r in read_records(path)}
+    choices = json.loads((run.engines_dir / "choices.json").read_text())
+    assert {k: c["engine"] for k, c in choices.items()} == dict.fromkeys(("encoder", "decoder", "unet", "lpips"),
+                                                                         "onnxruntime")
+    assert len(list(run.engines_dir.glob("*.onnx"))) == 4
+    assert eager.keys() == engined.keys() and len(eager) == 3
+    for case, row in eager.items():
+        for col in ("pred_score", *(k for k in row if "@" in k)):
+            assert float(engined[case][col]) == pytest.approx(float(row[col]), rel=1e-3, abs=1e-5), (case, col)
