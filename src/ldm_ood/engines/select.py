@@ -123,12 +123,14 @@ def checked_engine(name: str, spec: NetworkSpec, precision: str, artifact_dir: P
                    reference: list[torch.Tensor] | None = None) -> tuple[Engine, Agreement]:
     """:func:`build_engine` and its check on the probe against eager fp32 (:func:`reference_outputs`).
 
-    A reused exported file that fails is rebuilt once (with a warning); raises
+    A reused exported file that fails is rebuilt once (with a warning), unless the same file agrees at fp32
+    (then the file is intact and only the bf16 hint is too inaccurate for this network); raises
     :class:`EngineMismatchError` (naming the file) when the engine still disagrees."""
     reference = reference if reference is not None else reference_outputs(spec)
     engine, art = build_engine(name, spec, precision, artifact_dir)
     agreement = compare(engine(*spec.example), reference, precision)
-    if not agreement.ok and art is not None and art.reused:
+    if not agreement.ok and art is not None and art.reused and not _agrees_in_fp32(name, spec, precision, artifact_dir,
+                                                                                reference):
         warnings.warn(f"{art.paths[0]}: the cached {name} file of {spec.name} differs from PyTorch "
                       f"({agreement.describe()}); rebuilding it", stacklevel=2)
         engine, art = build_engine(name, spec, precision, artifact_dir, rebuild=True)
@@ -138,6 +140,18 @@ def checked_engine(name: str, spec: NetworkSpec, precision: str, artifact_dir: P
         raise EngineMismatchError(where, f"{name} {precision} output of {spec.name} differs from PyTorch fp32: "
                                          f"{agreement.describe()}")
     return engine, agreement
+
+
+def _agrees_in_fp32(name: str, spec: NetworkSpec, precision: str, artifact_dir: Path | None,
+                    reference: list[torch.Tensor]) -> bool:
+    """Whether the exported file of a ``precision`` engine that disagreed computes the network right in fp32."""
+    if precision == "fp32":
+        return False
+    try:
+        engine, _ = build_engine(name, spec, "fp32", artifact_dir)
+    except EngineUnavailableError:
+        return False
+    return compare(engine(*spec.example), reference, "fp32").ok
 
 
 def _facts(agreement: Agreement) -> dict[str, Any]:

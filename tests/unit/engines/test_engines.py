@@ -210,3 +210,20 @@ def test_forced_engine_that_disagrees_falls_back_to_eager_loudly(nets, tmp_path,
     with pytest.warns(UserWarning, match="running PyTorch eager instead"):
         eng, choice = choose_engine("openvino", spec, "fp32", tmp_path)
     assert eng.name == "eager" and choice.engine == "eager"
+
+
+def test_bf16_hint_too_inaccurate_rejects_the_engine_without_rebuilding_an_intact_file(nets, tmp_path, monkeypatch):
+    """The OpenVINO IR serves both hints: when only bf16 disagrees (as OpenVINO bf16 does on the cpu
+    preset's UNet), the file agrees in fp32, so it is kept and only the bf16 engine is rejected."""
+    spec = _spec(nets, "decoder")
+    _, art = build_engine("openvino", spec, "fp32", tmp_path)
+    written = {p: p.stat().st_mtime_ns for p in (*art.paths, art.manifest)}
+    original = openvino_engine.OpenVinoEngine.__call__
+    monkeypatch.setattr(openvino_engine.OpenVinoEngine, "__call__", lambda self, *x: [
+        y * (1.1 if self.precision == "bf16" else 1.0) for y in original(self, *x)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "rebuilding" warning
+        with pytest.raises(EngineMismatchError, match="openvino bf16 output of decoder differs"):
+            checked_engine("openvino", spec, "bf16", tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    assert checked_engine("openvino", spec, "fp32", tmp_path)[1].ok
