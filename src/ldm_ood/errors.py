@@ -17,6 +17,9 @@
 * :class:`BundleError`: a model bundle that cannot be used as asked (a newer format, not a bundle,
   a command that would write into it); a changed bundle file is an :class:`IntegrityError`;
 * :class:`BatchFailures` / :class:`BatchError`: per-item failures of a batch, raised at its end;
+* :class:`EngineUnavailableError`: an inference engine (``ldm_ood.engines``) whose package is not installed
+  or that cannot run a network; :class:`EngineMismatchError`: an engine (or its cached exported file)
+  whose outputs differ from PyTorch's beyond the engine's tolerance;
 * :class:`UploadError`: a scan uploaded to the scoring service is unusable (an HTTP 4xx);
   :class:`QueueFullError` / :class:`ServiceClosedError` (:class:`ServiceBusyError`): the service cannot
   take a scan now (429 / 503).
@@ -130,6 +133,16 @@ class BundleError(_PathProblem):
     """A model bundle (``ldm_ood.bundle``) cannot be used as asked: its format is newer than this
     version reads, it is not a bundle, or a command would write into it (a bundle is read-only:
     calibrate and train in the run it was exported from, then export again)."""
+
+
+class EngineUnavailableError(RuntimeError):
+    """An inference engine cannot be used here: its package is missing (``pip install ldm-ood[engines]``),
+    it has no kernel for the requested precision, or exporting the network to it failed."""
+
+
+class EngineMismatchError(_PathProblem):
+    """An engine's output on the probe input differs from PyTorch fp32 beyond its tolerance; names the
+    exported file (or the network, for an engine without one) and the measured error."""
 
 
 class RunLockedError(RuntimeError):

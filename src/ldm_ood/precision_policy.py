@@ -130,7 +130,8 @@ def cache_path() -> Path:
     return base / "ldm-ood" / "precision.json"
 
 
-def _read_cache(path: Path) -> dict:
+def read_cache(path: Path) -> dict:
+    """The JSON object in ``path``; ``{}`` when missing or unreadable (a machine cache is only a shortcut)."""
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
@@ -141,7 +142,7 @@ def _read_cache(path: Path) -> dict:
 def _write_cache(path: Path, key: str, choice: PrecisionChoice) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_cache(path)
+        data = read_cache(path)
         data[key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -189,7 +190,8 @@ def total_relative_error(test: Sequence[torch.Tensor], reference: Sequence[torch
     return 0.0 if num == 0 else (math.sqrt(num / den) if den > 0 else math.inf)
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall-clock seconds of ``repeats`` calls of ``fn`` (CUDA synchronised around each)."""
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -219,9 +221,9 @@ def measure(
     """Run ``probe(False)`` and ``probe(True)`` (one warm-up, then ``repeats`` timed calls each)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         ref = [t.detach().clone() for t in probe(False)]  # also the warm-up
-        t32 = _median_seconds(lambda: probe(False), repeats, device)
+        t32 = median_seconds(lambda: probe(False), repeats, device)
         test = [t.detach().clone() for t in probe(True)]
-        t16 = _median_seconds(lambda: probe(True), repeats, device)
+        t16 = median_seconds(lambda: probe(True), repeats, device)
     finite = all(bool(torch.isfinite(t).all()) for t in test)
     return Measurement(relative_errors(test, ref), total_relative_error(test, ref), t32, t16, finite)
 
@@ -259,7 +261,7 @@ def choose_precision(
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
     path = cache_path()
     if use_cache:
-        hit = _read_cache(path).get(key)
+        hit = read_cache(path).get(key)
         if isinstance(hit, dict):
             try:
                 return PrecisionChoice(**{**hit, "cached": True})

@@ -195,6 +195,11 @@ class RunDir:
         """``precision.json``: the precision each scoring network ran in (training's is ``<stage>/precision.json``)."""
         return self.root / "precision.json"
 
+    @property
+    def engines_dir(self) -> Path:
+        """``engines/``: networks exported to ONNX / OpenVINO IR, keyed by their weights (``ldm_ood.engines.artifacts``)."""
+        return self.root / "engines"
+
     def precision_path(self, stage: str) -> Path:
         return self.stage_dir(stage) / "precision.json"
 

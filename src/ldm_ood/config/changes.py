@@ -40,12 +40,19 @@ SECTION_ARTIFACTS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: fields that change how a network is run but not what it computes (beyond the engine's stated tolerance of
+#: PyTorch fp32, ``ldm_ood.engines``): changing them leaves every artifact valid
+RUNTIME_ONLY: frozenset[str] = frozenset({"score.engine"})
+
+
 def invalidated_artifacts(fields: list[str]) -> dict[str, list[str]]:
     """``{artifact: the given fields it was made with}`` for every artifact (of :data:`ARTIFACTS`, in that
     order) that a change of the dotted ``fields`` makes stale. A section not listed in
-    :data:`SECTION_ARTIFACTS` conservatively invalidates everything."""
+    :data:`SECTION_ARTIFACTS` conservatively invalidates everything; :data:`RUNTIME_ONLY` fields invalidate nothing."""
     hit: dict[str, list[str]] = {a: [] for a in ARTIFACTS}
     for field in fields:
+        if field in RUNTIME_ONLY:
+            continue
         for artifact in SECTION_ARTIFACTS.get(field.split(".")[0], ARTIFACTS):
             hit[artifact].append(field)
     return {a: fs for a, fs in hit.items() if fs}

@@ -20,6 +20,9 @@ class _Strict(BaseModel):
 #: ``auto``: bf16 only where a measured self-check on the run's own networks shows finite results that
 #: agree with fp32 and run faster (``ldm_ood.precision``); ``fp32`` / ``bf16`` force one.
 Precision = Literal["auto", "fp32", "bf16"]
+#: ``ldm_ood.engines``: ``auto`` measures each network's engines on this machine (cached) and keeps the fastest that
+#: matches PyTorch fp32 within its tolerance; the others force one (eager as a fallback, with a warning)
+Engine = Literal["auto", "eager", "compile", "onnxruntime", "openvino"]
 
 #: the image score of paper 000 (``methods.ldm.calibration.tail_score``): the signed mean z-score, or its absolute value
 ScoreTails = Literal["one_sided", "two_sided"]
@@ -192,6 +195,10 @@ class ScoreConfig(_HasPrecision):
         "less (removed tissue: chunks, skull stripping; benchmarks/bench_localisation.py)")
     batch_size: int = Field(default=1, ge=1, description="scans per batched reconstruction")
     precision: Precision = Field(default="auto", description="inference precision: auto | fp32 | bf16")
+    engine: Engine = Field(
+        default="auto", description="inference engine per network (first-stage encoder/decoder, UNet, LPIPS trunk): "
+        "auto (the fastest measured on this machine among those matching PyTorch fp32) | eager | compile | "
+        "onnxruntime | openvino")
     sequential: bool = Field(default=False, description="one chain at a time, as the reference code")
     requantize: bool = Field(
         default=True, description="snap denoised latents to the codebook before decoding (reference code)"

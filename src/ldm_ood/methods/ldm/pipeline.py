@@ -21,7 +21,7 @@ Networks, LPIPS and preprocessing are loaded from the run unless passed in (``mo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -30,13 +30,15 @@ import torch
 
 from ...config import Config, DiffusionConfig, ScoreConfig
 from ...data.manifest import Case
+from ...engines import scoring as engine_scoring
+from ...engines.select import EngineChoice
 from ...errors import BatchFailures
 from ...models.diffusion import CallCounter, build_inference_scheduler
 from ...precision import set_layout
 from ...precision_policy import PrecisionChoice
 from ...runs import RunDir
 from ...samplers.noise import case_seed
-from .. import inference_precision
+from .. import inference_precision, sharding
 from ..base import RUNNER_COLUMNS, CalibrationResult, DetectionFiles, PreparedScoring, RunResult
 from ..calibration_files import (
     check_calibration,
@@ -101,7 +103,10 @@ class OODScorer:
     the chains run are their union, each once. Precision: ``score.precision`` resolved per network
     (first stage, UNet, LPIPS) by :mod:`.inference_precision` on the run's ``grid`` (or on the
     first batch when no grid is given); ``bf16=True/False`` forces all three (LPIPS's first conv
-    and heads stay fp32 under bf16; see :mod:`.similarity`). ``decode_batch`` chains
+    and heads stay fp32 under bf16; see :mod:`.similarity`). Engines: ``score.engine`` resolved per
+    network (encoder, decoder, UNet, LPIPS trunk) by :mod:`ldm_ood.engines.scoring` once the grid is
+    known, exported files kept in ``artifact_dir`` (the run's ``engines/``); ``self.net`` holds the
+    networks as scoring calls them (the originals under ``eager``). ``decode_batch`` chains
     are decoded at a time; ``measure_batch`` of a scan's reconstructions share one LPIPS pass of
     the input (``similarity.measure``).
     """
@@ -117,8 +122,12 @@ class OODScorer:
         decode_batch: int = 4,
         measure_batch: int = 16,
         grid: Sequence[int] | None = None,
+        artifact_dir: Path | None = None,
     ):
         self.models, self.cfg = models, cfg
+        self.net, self.artifact_dir = models, artifact_dir
+        self.engine_choices: dict[str, EngineChoice] = {}
+        self._engines_ready = False
         image_grid = tuple(grid) if grid is not None else None
         self.execution = "reference" if (sequential or cfg.sequential) else "batched"
         self.unet_batch, self.decode_batch, self.measure_batch = unet_batch, decode_batch, measure_batch
@@ -139,6 +148,8 @@ class OODScorer:
                                  for k in ("first_stage", "unet", "lpips")})
         elif image_grid is not None:
             self._set_precision(self._measure_precision(image_grid))
+        if image_grid is not None:
+            self._select_engines(image_grid)
         self.calls = CallCounter()
 
     def _measure_precision(self, grid: tuple[int, ...]) -> dict[str, PrecisionChoice]:
@@ -162,6 +173,26 @@ class OODScorer:
         self.similarity = dict(self._given_similarity) if self._given_similarity is not None else similarity_functions(
             self.cfg.metrics, sd, m.lpips_model, self.bf16_of("lpips"))
 
+    def _select_engines(self, grid: tuple[int, ...]) -> None:
+        """``score.engine`` for each network at the batch sizes scoring calls it with (:mod:`ldm_ood.engines`)."""
+        self._engines_ready = True
+        if self.cfg.engine == "eager":
+            return
+        m = self.models
+        lp = m.lpips_model if self._given_similarity is None and "lpips" in self.metrics else None
+        chains = len(self.starts) * self.cfg.batch_size
+        batches = {"encoder": self.cfg.batch_size, "decoder": self.decode_batch,
+                   "unet": min(chains, self.unet_batch or chains), "lpips": min(64, grid[0]) if len(grid) == 3 else 16}
+        res = engine_scoring.scoring_engines(
+            self.cfg.engine, m.first_stage, m.unet, lp, grid, m.latent_multiple,
+            {k: self.bf16_of(k) for k in ("first_stage", "unet", "lpips")}, batches, max(*self.starts, 1),
+            self.artifact_dir)
+        self.engine_choices = res.choices
+        self.net = replace(m, first_stage=res.first_stage, unet=res.unet, lpips_model=res.lpips_model or m.lpips_model)
+        if lp is not None:
+            self.similarity = similarity_functions(self.cfg.metrics, m.spatial_dims, self.net.lpips_model,
+                                                   self.bf16_of("lpips"))
+
     def bf16_of(self, network: str) -> bool:
         """Whether ``network`` (first_stage | unet | lpips) runs under bf16 autocast."""
         c = self.precision.get(network)
@@ -180,9 +211,11 @@ class OODScorer:
     @torch.no_grad()
     def measure(self, x: torch.Tensor, seeds: Sequence[int]) -> ScanMetrics:
         """``x (B, 1, *grid)`` in [0, 1] → raw metric values ``(B, n_t)`` and MAE maps ``(B, n_map, *grid)``."""
-        m = self.models
         if not self.precision:
             self._set_precision(self._measure_precision(tuple(x.shape[2:])))
+        if not self._engines_ready:
+            self._select_engines(tuple(x.shape[2:]))
+        m = self.net
         rec = reconstruct(m.first_stage, m.unet, self.scheduler, x, self.starts, seeds, m.scale_factor,
                           m.latent_multiple, self.execution, self.bf16_of("unet"), self.unet_batch,
                           encode_bf16=self.bf16_of("first_stage"), sampler=self.cfg.sampler)
@@ -216,8 +249,12 @@ def _setup(run_dir, config, models, similarity, preprocessor, device, sequential
     ctx = load_context(run_dir, config, preprocessor, device)
     if models is None:
         models = load_scoring_models(ctx.run, ctx.cfg, ctx.device, force)
-    scorer = OODScorer(models, ctx.cfg.score, similarity=similarity, sequential=sequential, grid=ctx.cfg.data.grid)
+    artifacts = None if ctx.run.is_bundle or not ctx.run.root.is_dir() else ctx.run.engines_dir
+    scorer = OODScorer(models, ctx.cfg.score, similarity=similarity, sequential=sequential, grid=ctx.cfg.data.grid,
+                       artifact_dir=artifacts)
     inference_precision.report(scorer.precision, ctx.run if record else None)
+    if sharding.world().is_main:
+        engine_scoring.report(scorer.engine_choices, artifacts if record else None)
     return ctx.run, ctx.cfg, scorer, ctx.preprocessor, ctx.device
 
 
