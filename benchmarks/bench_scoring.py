@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import threading
 import time
@@ -273,7 +274,8 @@ def main() -> None:
     p.add_argument("--preset", default="cpu")
     p.add_argument("--run", default=None, help="trained run directory or model bundle (default: random-init networks)")
     p.add_argument("--scans", type=int, default=2, help="scans timed and scored per row")
-    p.add_argument("--cal-scans", type=int, default=4, help="other scans each row's calibration is fitted on")
+    p.add_argument("--cal-scans", type=int, default=4,
+                   help="other scans each row's calibration is fitted on (< 2: no calibration, no scores or Δ)")
     p.add_argument("--settings", default="paper,default,fast", help="rows, comma-separated (paper first: the ratios' base)")
     p.add_argument("--isolate-leak", action="store_true", help="add default_fp32: paper vs it is the shared PLMS history")
     p.add_argument("--no-lpips", action="store_true", help="MSE only")
@@ -295,7 +297,7 @@ def main() -> None:
     cal_x = _scans(args.cal_scans, tuple(cfg.data.grid), seed=1)
     cal_ids = [f"cal{i}" for i in range(args.cal_scans)]
 
-    peak = measure_peak(tuple(sorted({1, threads})), min_seconds=args.peak_seconds)
+    peak = measure_peak(tuple(sorted({1, threads, os.cpu_count() or 1})), min_seconds=args.peak_seconds)
     print("peak FLOP/s:", json.dumps({d: v["peak"] for d, v in peak.items()}), flush=True)
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
     rows: dict[str, dict] = {}
@@ -304,7 +306,8 @@ def main() -> None:
         score = ScoreConfig.model_validate({**cfg.score.model_dump(), "setting": setting})
         if name == "default_fp32":
             score = score.model_copy(update={"precision": "fp32"})
-        rows[name] = _run_row(name, models, score, x, ids, cal_x, cal_ids, calibrate=not score.sequential)
+        rows[name] = _run_row(name, models, score, x, ids, cal_x, cal_ids,
+                              calibrate=not score.sequential and args.cal_scans >= 2)
 
     # calibrations: each batched row its own; paper (same t-values) is scored with default's
     cals = {}

@@ -90,3 +90,16 @@ def test_the_frontier_figure_plots_every_setting_twice_on_a_log_axis():
     n_points = lambda ax: sum(len(c.get_offsets()) for c in ax.collections)  # noqa: E731
     assert n_points(left) == 3 + 2 and n_points(right) == 2 + 2  # the settings, then the two rings
     assert left.lines[0].get_xdata()[0] == pytest.approx(2654 / 50)
+
+
+def test_the_report_draws_a_frontier_json_found_beside_the_benchmarks(tmp_path):
+    from ldm_ood.report.html import _benchmark_section
+
+    rows = [{"name": "plms100_t50", "sampler": "plms", "unet_evaluations": 2654, "mean_auroc": 0.9, "worst_auroc": 0.8},
+            {"name": "ddim10_t10", "sampler": "ddim", "unet_evaluations": 44, "mean_auroc": 0.88, "worst_auroc": 0.7}]
+    (tmp_path / "frontier.json").write_text(json.dumps({
+        "settings": rows, "reference": "plms100_t50", "min_ratio": 50,
+        "selection": {"selected": "ddim10_t10", "within_ci": True}, "shared_history": None}))
+    page = _benchmark_section(tmp_path)
+    assert "Scoring cost frontier" in page and page.count("data:image/png;base64,") == 1
+    assert "ddim10_t10" in page and page.count("not measured") == 3  # the three JSON tables absent
