@@ -212,3 +212,16 @@ def achieved(usage: Mapping[str, ComponentUsage], dtype_of: Mapping[str, str], p
         "flops_per_scan": flops / scans, "seconds_per_scan": total / scans,
         "other_seconds_per_scan": (total - seconds) / scans, "achieved_flops_per_s": rate, "peak_dtype": whole_dtype,
         "percent_of_peak": 100 * rate / p if rate and p else None}}
+
+
+def best_peak(*peaks: Mapping[str, Any]) -> dict[str, Any]:
+    """Entry-wise maximum of several :func:`measure_peak` results (e.g. measured before and after a
+    benchmark on a shared machine: the peak is the best the machine was seen to do)."""
+    out: dict[str, Any] = {}
+    for p in peaks:
+        for dtype, kinds in p.items():
+            for kind, by_threads in kinds.items():
+                row = out.setdefault(dtype, {}).setdefault(kind, {})
+                for t, v in by_threads.items():
+                    row[t] = max(row.get(t, 0.0), v)
+    return out

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from ldm_ood.config import load_config
-from ldm_ood.evaluation.cost import ComponentMeter, ComponentUsage, achieved, count_flops, elementwise_flops
+from ldm_ood.evaluation.cost import (
+    ComponentMeter,
+    ComponentUsage,
+    achieved,
+    best_peak,
+    count_flops,
+    elementwise_flops,
+)
 from ldm_ood.methods.ldm.pipeline import OODScorer, ScoringModels
 from ldm_ood.methods.ldm.reconstruct import inference_grid, unet_evaluations
 from ldm_ood.models.diffusion import build_unet, latent_multiple
@@ -72,3 +79,10 @@ def test_achieved_flops_and_percent_of_peak_by_hand():
 
 def test_elementwise_flops_by_hand():
     assert elementwise_flops(voxels=1000, channels=1, n_mse=50, n_maps=4) == 3 * 1000 * 54
+
+
+def test_the_best_peak_is_the_entrywise_maximum():
+    a = {"fp32": {"matmul": {"1": 5.0, "2": 9.0}, "peak": {"1": 5.0, "2": 9.0}}}
+    b = {"fp32": {"matmul": {"1": 6.0, "2": 7.0}, "peak": {"1": 6.0, "2": 7.0}}, "bf16": {"peak": {"1": 3.0}}}
+    assert best_peak(a, b) == {"fp32": {"matmul": {"1": 6.0, "2": 9.0}, "peak": {"1": 6.0, "2": 9.0}},
+                               "bf16": {"peak": {"1": 3.0}}}
