@@ -358,6 +358,8 @@ def frontier_figure(rows: Sequence[Mapping], reference: str | None = None, selec
     "worst_auroc"}`` (``evaluation.frontier``); ``reference`` and ``selected`` are ringed; ``min_ratio`` draws
     the budget line at the reference's evaluations / ``min_ratio``."""
     fig, axes = _grid(2, 2, (4.6, 3.6))
+    w = fig.get_size_inches()[0]
+    fig.subplots_adjust(left=0.85 / w, wspace=0.4)  # room for AUROC tick labels of three decimals
     ref = next((r for r in rows if r["name"] == reference), None)
     for ax, key, label in zip(axes, ("mean_auroc", "worst_auroc"), ("mean AUROC over sets", "worst set AUROC")):
         for sampler, marker in SAMPLER_MARKERS.items():
@@ -365,12 +367,12 @@ def frontier_figure(rows: Sequence[Mapping], reference: str | None = None, selec
             if pts:
                 ax.scatter([r["unet_evaluations"] for r in pts], [r[key] for r in pts], marker=marker, s=28,
                            label=sampler, alpha=0.8)
-        for name, colour in ((reference, "black"), (selected, "red")):
+        for name, colour, side in ((reference, "black", "right"), (selected, "red", "left")):
             r = next((r for r in rows if r["name"] == name and r.get(key) is not None), None)
             if r is not None:
                 ax.scatter([r["unet_evaluations"]], [r[key]], s=120, facecolors="none", edgecolors=colour)
-                ax.annotate(r["name"], (r["unet_evaluations"], r[key]), fontsize=7, xytext=(4, 4),
-                            textcoords="offset points", color=colour)
+                ax.annotate(r["name"], (r["unet_evaluations"], r[key]), fontsize=7, xytext=(-6 if side == "right" else 6, -10),
+                            textcoords="offset points", color=colour, ha=side)
         if ref is not None and min_ratio:
             ax.axvline(ref["unet_evaluations"] / min_ratio, color="grey", ls="--", lw=0.8)
         ax.set_xscale("log")
