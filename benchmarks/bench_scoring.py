@@ -1,39 +1,43 @@
-"""Paper 000 scoring speed: sequential fp32 reference loop vs batched bf16 chains, side by side.
+"""Paper 000 scoring cost: the official setting, the project default and ``fast``, side by side.
 
-For the same scans, noise and networks, every mode computes the raw per-t metrics (MSE, 2.5D LPIPS)
-and MAE maps (``OODScorer.measure``: encode, multi-start reconstructions, decode, similarity):
+On the same networks and scans, each row scores with one named ``score.setting``
+(``config.schema.SCORE_SETTINGS``):
 
-* ``reference_fp32``: one chain at a time with one shared PLMS scheduler (the ``ddpm-ood`` loop), fp32,
-  each reconstruction decoded and measured alone (LPIPS: input and reconstruction through the trunk
-  for every chain, as ``lpips_volume`` per reconstruction);
-* ``batched_fp32``: all chains in one UNet call per grid step, fp32, the input's LPIPS features
-  computed once for its reconstructions (``lpips_volume_many``) (isolates batching);
-* ``batched_bf16``: the default: batched + bf16 autocast (UNet, first stage, LPIPS trunk) + channels-last.
+* ``paper`` (the official setting): 50 starts × 100 PLMS steps, one chain at a time with ONE shared PLMS
+  scheduler (``execution="reference"``: the ``ddpm-ood`` loop, whose PLMS history leaks from one chain
+  into the next), fp32, each reconstruction decoded and measured alone;
+* ``default``: the same grid, all chains batched with a fresh PLMS history per chain, the measured
+  precision (``score.precision: auto``);
+* ``fast``: 10 starts on a 10-step DDIM grid, batched, the measured precision;
+* ``default_fp32`` (``--isolate-leak``): ``default`` in fp32, so ``paper`` vs it is the shared history alone.
 
-One calibration (fitted on the reference metrics of the same scans) scores every mode, so the score
-differences come only from the mode. Reports seconds per scan (total and reconstruction-only),
-the speed-up, max |Δ pred_score| vs the reference, and the peak RSS growth of each mode.
+Per row: seconds per scan, UNet evaluations per scan (counted, and ``reconstruct.unet_evaluations``),
+both as a ratio to ``paper``, the largest |Δ pred_score| vs ``default`` (the per-chain-reset
+reference), and the whole path's cost (``evaluation.cost``): FLOPs per scan of each component
+(encode, codebook, UNet, decode, LPIPS; MSE and MAE maps by hand count), their achieved FLOP/s and %
+of this machine's measured peak (matmul and conv3d microbenchmarks, fp32 and bf16, 1 and N threads).
 
-Two more rows:
+Scores: ``paper`` and ``default`` share the t-values, so ``paper`` is scored with ``default``'s
+calibration (the Δ is then the execution's alone); ``fast`` has its own. Calibrations are fitted on
+``--cal-scans`` other scans of the same kind.
 
-* ``lpips``: the 2.5D LPIPS of one scan's score reconstructions: per reconstruction (``lpips_volume``,
-  fp32) vs features of the input once (``lpips_volume_many``) in fp32 and bf16, with their differences;
-* ``paper_unet``: the ``paper`` preset's UNet (channels 128/256/256) on this preset's latent, for the
-  reconstruction only (``denoise_latents``), reference fp32 vs batched bf16 (and the latents' relative
-  L2 error of batched bf16 vs the per-chain ``sequential`` fp32 loop), plus one batched UNet call in fp32 vs bf16 (bf16 gains more on wider convolutions). ``--paper-t-values`` chains (default
-  4) keep the fp32 reference loop short.
+    .venv/bin/python benchmarks/bench_scoring.py                         # cpu preset, random-init nets
+    .venv/bin/python benchmarks/bench_scoring.py --run runs/x            # a trained run's networks
+    .venv/bin/python benchmarks/bench_scoring.py --preset paper --scans 1 --cal-scans 2   # paper sizes (GPU)
 
-    .venv/bin/python benchmarks/bench_scoring.py                 # cpu preset sizes, random-init nets
-    .venv/bin/python benchmarks/bench_scoring.py --run runs/x    # a trained run's networks
+Two optional rows: ``--lpips-row`` (2.5D LPIPS per reconstruction vs input features once, fp32/bf16)
+and ``--paper-t-values N`` (the ``paper`` preset's UNet on this latent, reference fp32 vs batched bf16).
 
 Writes ``benchmarks/results/scoring.json``. Timings vary run to run on shared machines: compare
-modes within one run only.
+rows within one run only.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import platform
 import threading
 import time
@@ -42,7 +46,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm_ood.config import load_config
+from ldm_ood.artifacts.atomic import atomic_write_text
+from ldm_ood.config import ScoreConfig, load_config
+from ldm_ood.evaluation.cost import ComponentMeter, achieved, best_peak, elementwise_flops, measure_peak
+from ldm_ood.methods import inference_precision
 from ldm_ood.methods.ldm.calibration import fit_calibration
 from ldm_ood.methods.ldm.pipeline import OODScorer, ScoringModels, load_scoring_models
 from ldm_ood.methods.ldm.reconstruct import (
@@ -53,6 +60,7 @@ from ldm_ood.methods.ldm.reconstruct import (
     inference_grid,
     reconstruct,
     snap_to_grid,
+    unet_evaluations,
 )
 from ldm_ood.models.diffusion import build_inference_scheduler, build_unet, latent_multiple
 from ldm_ood.models.first_stage import build_first_stage
@@ -131,44 +139,62 @@ def _models(args, cfg) -> ScoringModels:
     return ScoringModels(fs, unet, 1.0, latent_multiple(cfg.ldm), cfg.ldm, cfg.data.spatial_dims, lp)
 
 
-def _run_mode(models, cfg, x, ids, sequential: bool, bf16: bool) -> dict:
-    import copy
+def _measure_all(scorer: OODScorer, x: torch.Tensor, seeds: list[int], bs: int) -> dict[str, np.ndarray]:
+    """Raw metric values ``{metric: (n, n_t)}`` of every scan, ``bs`` scans per batch."""
+    values: dict[str, list[np.ndarray]] = {k: [] for k in scorer.metrics}
+    for i in range(0, x.shape[0], bs):
+        met = scorer.measure(x[i : i + bs], seeds[i : i + bs])
+        for k in scorer.metrics:
+            values[k].append(met.values[k].numpy())
+    return {k: np.concatenate(v) for k, v in values.items()}
 
-    m = copy.deepcopy(models)  # prepare_for_inference changes memory format: keep modes independent
-    one = dict(decode_batch=1, measure_batch=1) if sequential else {}  # reference: one reconstruction at a time
-    scorer = OODScorer(m, cfg.score, sequential=sequential, bf16=bf16, **one)
-    bs = cfg.score.batch_size
-    seeds = [case_seed(cfg.score.seed, c) for c in ids]
-    values = {k: [] for k in scorer.metrics}
-    t_total = t_rec = 0.0
-    # warm-up (first-call allocations, oneDNN kernel selection) on one short chain, untimed
+
+def _run_row(name: str, models: ScoringModels, score: ScoreConfig, x, ids, cal_x, cal_ids, calibrate: bool) -> dict:
+    """One setting: warm-up, then the timed pass over ``x`` through a :class:`ComponentMeter`."""
+    m = copy.deepcopy(models)  # precision layouts change the networks: keep rows independent
+    one = dict(decode_batch=1, measure_batch=1) if score.sequential else {}  # official: one reconstruction at a time
+    scorer = OODScorer(m, score, grid=tuple(x.shape[2:]), **one)
+    bs = score.batch_size
+    seeds = [case_seed(score.seed, c) for c in ids]
+    meter = ComponentMeter()
+    # warm-up (first-call allocations, kernel selection, the meter's FLOPs per input shape) on one short chain
     full = scorer.starts, scorer.t_values, scorer.map_t_values
     s0 = (min(t for t in scorer.starts if t > 0),)
     scorer.starts = scorer.t_values = scorer.map_t_values = s0
-    scorer.measure(x[:bs], seeds[:bs])
+    with meter.watch(m):
+        scorer.measure(x[:bs], seeds[:bs])
     scorer.starts, scorer.t_values, scorer.map_t_values = full
     scorer.calls.calls = scorer.calls.evals = 0
-    with PeakRSS() as mem:
+    meter.reset()
+    values: dict[str, list[np.ndarray]] = {k: [] for k in scorer.metrics}
+    t_total = 0.0
+    with PeakRSS() as mem, meter.watch(m):
         for i in range(0, x.shape[0], bs):
             t0 = time.perf_counter()
             met = scorer.measure(x[i : i + bs], seeds[i : i + bs])
             t_total += time.perf_counter() - t0
             for k in scorer.metrics:
                 values[k].append(met.values[k].numpy())
-        # reconstruction alone (encode + all chains), timed separately
-        for i in range(0, x.shape[0], bs):
-            t0 = time.perf_counter()
-            reconstruct(m.first_stage, m.unet, scorer.scheduler, x[i : i + bs], scorer.starts, seeds[i : i + bs],
-                        m.scale_factor, m.latent_multiple, scorer.execution, bf16)
-            t_rec += time.perf_counter() - t0
     n = x.shape[0]
-    print(f"{scorer.execution} bf16={bf16}: {t_total / n:.2f} s/scan (reconstruct {t_rec / n:.2f})", flush=True)
+    evals = scorer.calls.evals / n
+    cal_values = (_measure_all(scorer, cal_x, [case_seed(score.seed, c) for c in cal_ids], bs) if calibrate else None)
+    print(f"{name}: {scorer.execution} {inference_precision.dtypes(scorer.precision)}: {t_total / n:.2f} s/scan, "
+          f"{evals:.0f} UNet evaluations/scan", flush=True)
     return {
-        "mode": scorer.execution, "bf16": bf16, "seconds_per_scan": t_total / n, "reconstruct_seconds_per_scan": t_rec / n,
-        "unet_calls_per_scan_batch": scorer.calls.calls / max(1, -(-n // bs)), "peak_rss_growth_mb": mem.growth_mb,
-        "values": {k: np.concatenate(v).tolist() for k, v in values.items()},
+        "setting": name, "execution": scorer.execution, "precision": inference_precision.dtypes(scorer.precision),
+        "sampler": score.sampler, "num_inference_steps": score.num_inference_steps, "num_t_values": len(scorer.t_values),
         "t_values": list(scorer.t_values), "map_t_values": list(scorer.map_t_values), "n_chains": len(scorer.starts),
+        "seconds_per_scan": t_total / n, "unet_evaluations_per_scan": evals,
+        "unet_evaluations_per_scan_by_hand": unet_evaluations(scorer.starts, inference_grid(scorer.scheduler), score.sampler),
+        "unet_calls_per_scan_batch": scorer.calls.calls / max(1, -(-n // bs)), "peak_rss_growth_mb": mem.growth_mb,
+        "values": {k: np.concatenate(v) for k, v in values.items()}, "cal_values": cal_values,
+        "_usage": meter.usage, "_dtype_of": {"encode": _dt(scorer, "first_stage"), "decode": _dt(scorer, "first_stage"),
+                                             "codebook": "fp32", "unet": _dt(scorer, "unet"), "lpips": _dt(scorer, "lpips")},
     }
+
+
+def _dt(scorer: OODScorer, network: str) -> str:
+    return "bf16" if scorer.bf16_of(network) else "fp32"
 
 
 def _timed(fn, repeat: int = 1):
@@ -246,75 +272,102 @@ def _paper_unet_row(cfg, latent: tuple[int, ...], n_t: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--run", default=None, help="trained run directory (default: random-init networks)")
-    p.add_argument("--scans", type=int, default=2)
-    p.add_argument("--num-t-values", type=int, default=None, help="override score.num_t_values")
-    p.add_argument("--steps", type=int, default=None, help="override score.num_inference_steps")
-    p.add_argument("--no-lpips", action="store_true", help="MSE only (LPIPS cost is the same in every mode)")
-    p.add_argument("--skip-batched-fp32", action="store_true")
-    p.add_argument("--paper-t-values", type=int, default=4, help="chains of the paper-size UNet row (0: skip it)")
+    p.add_argument("--run", default=None, help="trained run directory or model bundle (default: random-init networks)")
+    p.add_argument("--scans", type=int, default=2, help="scans timed and scored per row")
+    p.add_argument("--cal-scans", type=int, default=4,
+                   help="other scans each row's calibration is fitted on (< 2: no calibration, no scores or Δ)")
+    p.add_argument("--settings", default="paper,default,fast", help="rows, comma-separated (paper first: the ratios' base)")
+    p.add_argument("--isolate-leak", action="store_true", help="add default_fp32: paper vs it is the shared PLMS history")
+    p.add_argument("--no-lpips", action="store_true", help="MSE only")
+    p.add_argument("--lpips-row", action="store_true")
+    p.add_argument("--paper-t-values", type=int, default=0, help="chains of the paper-size UNet row (0: skip it)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--peak-seconds", type=float, default=0.5, help="time of each peak microbenchmark")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    score = {"bf16": True}
-    if args.num_t_values:
-        score["num_t_values"] = args.num_t_values
-    if args.steps:
-        score["num_inference_steps"] = args.steps
-    if args.no_lpips:
-        score["metrics"] = ("mse",)
+    threads = torch.get_num_threads()
     cfg = RunDir(args.run).load_config() if args.run else load_config(preset=args.preset)
-    cfg = cfg.model_copy(update={"score": cfg.score.model_copy(update=score)})
+    if args.no_lpips:
+        cfg = cfg.model_copy(update={"score": cfg.score.model_copy(update={"metrics": ("mse",)})})
     models = _models(args, cfg)
     x = _scans(args.scans, tuple(cfg.data.grid))
     ids = [f"scan{i}" for i in range(args.scans)]
+    cal_x = _scans(args.cal_scans, tuple(cfg.data.grid), seed=1)
+    cal_ids = [f"cal{i}" for i in range(args.cal_scans)]
 
-    runs = {"reference_fp32": _run_mode(models, cfg, x, ids, sequential=True, bf16=False)}
-    if not args.skip_batched_fp32:
-        runs["batched_fp32"] = _run_mode(models, cfg, x, ids, sequential=False, bf16=False)
-    runs["batched_bf16"] = _run_mode(models, cfg, x, ids, sequential=False, bf16=True)
+    peak_threads = tuple(sorted({1, threads, os.cpu_count() or 1}))
+    peak_before = measure_peak(peak_threads, min_seconds=args.peak_seconds)
+    print("peak FLOP/s:", json.dumps({d: v["peak"] for d, v in peak_before.items()}), flush=True)
+    names = [n.strip() for n in args.settings.split(",") if n.strip()]
+    rows: dict[str, dict] = {}
+    for name in names + (["default_fp32"] if args.isolate_leak else []):
+        setting = "default" if name == "default_fp32" else name
+        score = ScoreConfig.model_validate({**cfg.score.model_dump(), "setting": setting})
+        if name == "default_fp32":
+            score = score.model_copy(update={"precision": "fp32"})
+        rows[name] = _run_row(name, models, score, x, ids, cal_x, cal_ids,
+                              calibrate=not score.sequential and args.cal_scans >= 2)
 
-    lpips_row = _lpips_row(models, cfg, x, case_seed(cfg.score.seed, ids[0])) if models.lpips_model is not None else None
+    # the peak: the best of before and after the rows (a shared machine's load changes meanwhile)
+    peak_after = measure_peak(peak_threads, min_seconds=args.peak_seconds)
+    peak = best_peak(peak_before, peak_after)
+    # calibrations: each batched row its own; paper (same t-values) is scored with default's
+    cals = {}
+    for name, r in rows.items():
+        own = r["cal_values"] if r["cal_values"] is not None else (rows.get("default") or {}).get("cal_values")
+        if own is not None:
+            cals[name] = fit_calibration(cal_ids, own, r["t_values"], r["map_t_values"], cfg.score.fpr)
+    base = rows.get("paper") or next(iter(rows.values()))
+    for name, r in rows.items():
+        r["pred_score"] = cals[name].score(r["values"])["pred_score"].tolist() if name in cals else None
+        r["seconds_ratio_vs_paper"] = base["seconds_per_scan"] / r["seconds_per_scan"]
+        r["unet_evaluation_ratio_vs_paper"] = base["unet_evaluations_per_scan"] / r["unet_evaluations_per_scan"]
+        voxels = int(np.prod(cfg.data.grid))
+        r["cost"] = achieved(r.pop("_usage"), r.pop("_dtype_of"), peak, threads, args.scans, r["seconds_per_scan"] * args.scans)
+        r["cost"]["mse_and_maps_flops_per_scan_by_hand"] = elementwise_flops(
+            voxels, 1, r["num_t_values"] if "mse" in cfg.score.metrics else 0, len(r["map_t_values"]))
+    ref = rows.get("default")
+    for name, r in rows.items():
+        ok = ref is not None and r["pred_score"] is not None and ref["pred_score"] is not None
+        r["max_abs_score_diff_vs_default"] = (
+            float(np.abs(np.subtract(r["pred_score"], ref["pred_score"])).max()) if ok else None)
+    if "paper" in rows and "default_fp32" in rows and "default" in cals:
+        leak = cals["default"].score(rows["paper"]["values"])["pred_score"] - cals["default"].score(rows["default_fp32"]["values"])["pred_score"]
+        rows["paper"]["max_abs_score_diff_vs_default_fp32"] = float(np.abs(leak).max())
+
+    lpips_row = (_lpips_row(models, cfg, x, case_seed(cfg.score.seed, ids[0]))
+                 if args.lpips_row and models.lpips_model is not None else None)
     latent = (cfg.first_stage.embedding_dim, *(s // 2**cfg.first_stage.levels for s in cfg.data.grid))
     paper_row = _paper_unet_row(cfg, latent, args.paper_t_values) if args.paper_t_values else None
-
-    ref = runs["reference_fp32"]
-    cal = fit_calibration(ids, {k: np.asarray(v) for k, v in ref["values"].items()}, ref["t_values"], ref["map_t_values"], 0.05)
-    ref_scores = cal.score({k: np.asarray(v) for k, v in ref["values"].items()})["pred_score"]
-    for name, r in runs.items():
-        s = cal.score({k: np.asarray(v) for k, v in r["values"].items()})["pred_score"]
-        r["pred_score"] = s.tolist()
-        r["max_abs_score_diff_vs_reference"] = float(np.abs(s - ref_scores).max())
-    fast = runs["batched_bf16"]
     summary = {
         "preset": args.preset if not args.run else f"run:{args.run}",
-        "grid": list(cfg.data.grid), "scans": args.scans, "batch_size": cfg.score.batch_size,
-        "num_t_values": len(ref["t_values"]), "num_inference_steps": cfg.score.num_inference_steps,
-        "metrics": list(cfg.score.metrics), "n_chains": ref["n_chains"],
-        "speedup_total": ref["seconds_per_scan"] / fast["seconds_per_scan"],
-        "speedup_reconstruct": ref["reconstruct_seconds_per_scan"] / fast["reconstruct_seconds_per_scan"],
-        "max_abs_score_diff_bf16_batched_vs_fp32_reference": fast["max_abs_score_diff_vs_reference"],
-        "max_abs_score_diff_bf16_batched_vs_fp32_batched": (
-            float(np.abs(np.subtract(fast["pred_score"], runs["batched_fp32"]["pred_score"])).max())
-            if "batched_fp32" in runs else None),
-        "score_units": "z-scores: validation std of each metric (here the 2 benchmark scans)",
-        "val_score_std_for_scale": float(np.std(ref_scores, ddof=1)) if args.scans > 1 else None,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "peak_rss_growth_mb": {k: v["peak_rss_growth_mb"] for k, v in runs.items()},
+        "grid": list(cfg.data.grid), "scans": args.scans, "cal_scans": args.cal_scans, "batch_size": cfg.score.batch_size,
+        "metrics": list(cfg.score.metrics),
+        "score_units": "z-scores against each row's calibration (--cal-scans scans); paper uses default's",
+        "torch": torch.__version__, "threads": threads, "machine": platform.processor() or platform.machine(),
+        "peak_flops_per_s": peak, "peak_flops_per_s_before": peak_before, "peak_flops_per_s_after": peak_after,
+        "rows": {k: {kk: vv for kk, vv in v.items() if kk not in ("values", "cal_values")} for k, v in rows.items()},
         "lpips": lpips_row,
         "paper_unet_reconstruction": paper_row,
-        "modes": {k: {kk: vv for kk, vv in v.items() if kk != "values"} for k, v in runs.items()},
         "note": ("random-init networks (UNet output conv perturbed from zero)" if not args.run else "trained networks")
         + "; the machine may be shared: compare rows of one run only",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "modes"}, indent=2))
-    for k, v in runs.items():
-        print(f"{k:15s} {v['seconds_per_scan']:8.2f} s/scan  reconstruct {v['reconstruct_seconds_per_scan']:8.2f} s/scan  "
-              f"peak +{v['peak_rss_growth_mb']:.0f} MB  max|Δscore| {v['max_abs_score_diff_vs_reference']:.4f}")
+    atomic_write_text(args.out, json.dumps(summary, indent=2))
+    print(f"{'setting':13s} {'s/scan':>8s} {'UNet ev':>8s} {'x paper':>8s} {'ev x':>7s} {'max|Δ|':>8s} "
+          f"{'GFLOP/scan':>11s} {'GFLOP/s':>8s} {'%peak':>6s}")
+    for k, r in rows.items():
+        w = r["cost"]["whole_path"]
+        d = r["max_abs_score_diff_vs_default"]
+        print(f"{k:13s} {r['seconds_per_scan']:8.2f} {r['unet_evaluations_per_scan']:8.0f} {r['seconds_ratio_vs_paper']:8.2f} "
+              f"{r['unet_evaluation_ratio_vs_paper']:7.1f} {'-' if d is None else f'{d:.4f}':>8s} "
+              f"{w['flops_per_scan'] / 1e9:11.2f} {(w['achieved_flops_per_s'] or 0) / 1e9:8.2f} "
+              f"{w['percent_of_peak'] or 0:6.1f}")
+        for c, v in r["cost"]["components"].items():
+            print(f"    {c:9s} {v['dtype']} {v['flops_per_scan'] / 1e9:9.3f} GFLOP/scan {v['seconds_per_scan']:8.3f} s/scan "
+                  f"{(v['achieved_flops_per_s'] or 0) / 1e9:7.2f} GFLOP/s {v['percent_of_peak'] or 0:5.1f} % of peak")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from .schema import (
                      FirstStageConfig,
                      OptimConfig,
                      Precision,
+                     SCORE_SETTINGS,
                      ScoreConfig,
                      SegmentConfig,
                      SynthConfig,
@@ -28,7 +29,7 @@ from .schema import (
 
 __all__ = [
     "ARTIFACTS", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "FirstStageConfig", "OptimConfig",
-    "PAPER_CODEBOOK_SIZE", "PRESETS", "Precision", "SECTION_ARTIFACTS", "ScoreConfig", "SegmentConfig",
+    "PAPER_CODEBOOK_SIZE", "PRESETS", "Precision", "SCORE_SETTINGS", "SECTION_ARTIFACTS", "ScoreConfig", "SegmentConfig",
     "SynthConfig", "TransformerConfig", "Variant", "build_config", "changed_fields", "deep_merge", "invalidated_artifacts",
     "load_config", "override_config", "preset_dict", "read_yaml", "save_config",
 ]

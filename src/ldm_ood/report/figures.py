@@ -380,3 +380,38 @@ def training_curves(curves: Mapping[str, tuple[Sequence[Mapping[str, float]], in
         ax.legend(fontsize=6, frameon=False)
     _title(fig, title)
     return fig
+
+
+SAMPLER_MARKERS = {"plms": "o", "ddim": "s", "dpmpp_2m": "D", "one_step": "^"}
+
+
+def frontier_figure(rows: Sequence[Mapping], reference: str | None = None, selected: str | None = None,
+                    min_ratio: float | None = None, title: str = "Scoring cost vs AUROC") -> Figure:
+    """AUROC against UNet evaluations per scan (log scale), one point per setting: the mean over the test
+    sets (left) and the worst set (right). ``rows``: ``{"name", "sampler", "unet_evaluations", "mean_auroc",
+    "worst_auroc"}`` (``evaluation.frontier``); ``reference`` and ``selected`` are ringed; ``min_ratio`` draws
+    the budget line at the reference's evaluations / ``min_ratio``."""
+    fig, axes = _grid(2, 2, (4.6, 3.6))
+    w = fig.get_size_inches()[0]
+    fig.subplots_adjust(left=0.85 / w, wspace=0.4)  # room for AUROC tick labels of three decimals
+    ref = next((r for r in rows if r["name"] == reference), None)
+    for ax, key, label in zip(axes, ("mean_auroc", "worst_auroc"), ("mean AUROC over sets", "worst set AUROC")):
+        for sampler, marker in SAMPLER_MARKERS.items():
+            pts = [r for r in rows if r["sampler"] == sampler and r.get(key) is not None]
+            if pts:
+                ax.scatter([r["unet_evaluations"] for r in pts], [r[key] for r in pts], marker=marker, s=28,
+                           label=sampler, alpha=0.8)
+        for name, colour, side in ((reference, "black", "right"), (selected, "red", "left")):
+            r = next((r for r in rows if r["name"] == name and r.get(key) is not None), None)
+            if r is not None:
+                ax.scatter([r["unet_evaluations"]], [r[key]], s=120, facecolors="none", edgecolors=colour)
+                ax.annotate(r["name"], (r["unet_evaluations"], r[key]), fontsize=7, xytext=(-6 if side == "right" else 6, -10),
+                            textcoords="offset points", color=colour, ha=side)
+        if ref is not None and min_ratio:
+            ax.axvline(ref["unet_evaluations"] / min_ratio, color="grey", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("UNet evaluations per scan")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7, loc="lower right")
+    _title(fig, title)
+    return fig

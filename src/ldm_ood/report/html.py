@@ -49,6 +49,7 @@ from . import figures
 #: corruptions with a spatially localised effect: shown as anomaly-map overlays
 LOCALISED_SETS = ("chunk_top", "chunk_middle", "skull_stripped", "scale_0.01", "scale_0.1")
 BENCHMARK_FILES = (("memory.json", "Memory"), ("scoring.json", "Scoring time"), ("segment.json", "Segmentation time"))
+FRONTIER_FILE = "frontier.json"  # benchmarks/bench_frontier.py: AUROC vs UNet evaluations, drawn as a figure
 SECTION_TITLES = ("AUROC table", "Segmentation metrics", "ROC curves", "Score histograms", "Anomaly maps",
                   "Segmentation examples", "Time and memory", "Precision", "Notes", "LTM training curves")
 #: the stage whose train / validation curve the report shows (the LTM trains to convergence: early stopping)
@@ -383,6 +384,19 @@ def _benchmark_section(benchmarks_dir: Path | None) -> str:
             parts.append(_json_to_html(json.loads(path.read_text())) + f'<p class="note">from {_esc(path)}</p>')
         except (OSError, json.JSONDecodeError) as err:
             parts.append(f'<p class="note">not measured ({_esc(path)} unreadable: {_esc(err)})</p>')
+    frontier = None if benchmarks_dir is None else Path(benchmarks_dir) / FRONTIER_FILE
+    if frontier is not None and frontier.exists():  # benchmarks/bench_frontier.py's output, when present
+        parts.append("<h3>Scoring cost frontier</h3>")
+        try:
+            data = json.loads(frontier.read_text())
+            sel = data.get("selection") or {}
+            fig = figures.frontier_figure(data["settings"], data.get("reference"), sel.get("selected"),
+                                          data.get("min_ratio"))
+            parts.append(_png(figures.to_png(fig), "scoring cost frontier")
+                         + _json_to_html({"selection": sel, "shared_history": data.get("shared_history")})
+                         + f'<p class="note">from {_esc(frontier)}</p>')
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            parts.append(f'<p class="note">{_esc(frontier)} unreadable: {_esc(err)}</p>')
     return "".join(parts)
 
 

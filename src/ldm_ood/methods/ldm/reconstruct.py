@@ -95,6 +95,15 @@ def chain_starts(*t_value_sets: Sequence[int], grid: np.ndarray) -> tuple[int, .
     return tuple(sorted(starts))
 
 
+def unet_evaluations(starts: Sequence[int], grid: np.ndarray, sampler: str) -> int:
+    """UNet evaluations (chain-steps) of one scan's chains: a chain from start ``s > 0`` calls the UNet at
+    every grid timestep ``≤ s`` (0 included; PLMS, DDIM, DPM-Solver++(2M)), ``one_step`` once; a start of
+    0 calls it never. The same count in every execution (``CallCounter.evals`` per scan)."""
+    if sampler == "one_step":
+        return sum(1 for s in starts if int(s) > 0)
+    return sum(int((grid <= int(s)).sum()) for s in starts if int(s) > 0)
+
+
 # ----------------------------------------------------------------------------- denoising
 
 #: the per-chain samplers of the samplers that are not a MONAI scheduler's own ``step``
