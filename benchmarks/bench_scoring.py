@@ -48,6 +48,9 @@ import torch
 
 from ldm_ood.artifacts.atomic import atomic_write_text
 from ldm_ood.config import ScoreConfig, load_config
+from ldm_ood.data.io import read_image
+from ldm_ood.data.manifest import read_manifest
+from ldm_ood.data.transforms import Preprocessor
 from ldm_ood.evaluation.cost import ComponentMeter, achieved, best_peak, elementwise_flops, measure_peak
 from ldm_ood.methods import inference_precision
 from ldm_ood.methods.ldm.calibration import fit_calibration
@@ -112,6 +115,15 @@ def _scans(n: int, grid: tuple[int, ...], seed: int = 0) -> torch.Tensor:
         r = np.sqrt((g**2).sum(0)) + 0.05 * rng.standard_normal()
         out.append(np.clip((r < 0.8) * 0.6 + (np.abs(r - 0.85) < 0.05) * 0.4 + rng.normal(0, 0.02, grid), 0, 1))
     return torch.tensor(np.stack(out)[:, None], dtype=torch.float32)
+
+
+def _manifest_scans(manifest: str, cfg, split: str, n: int) -> torch.Tensor:
+    """The first ``n`` scans of set ``id`` and ``split`` in ``manifest``, preprocessed: ``(n, 1, *grid)``."""
+    cases = [c for c in read_manifest(manifest) if c.split == split and c.set == "id"][:n]
+    if len(cases) < n:
+        raise SystemExit(f"{manifest}: {len(cases)} ID scans of split {split!r}, {n} asked")
+    pre = Preprocessor(cfg.data)
+    return torch.stack([pre.apply(read_image(c.path))[0].float() for c in cases])
 
 
 def _nonzero_output(unet: torch.nn.Module) -> torch.nn.Module:
@@ -281,6 +293,8 @@ def main() -> None:
     p.add_argument("--no-lpips", action="store_true", help="MSE only")
     p.add_argument("--lpips-row", action="store_true")
     p.add_argument("--paper-t-values", type=int, default=0, help="chains of the paper-size UNet row (0: skip it)")
+    p.add_argument("--data", default=None, help="manifest: score its first ID-test scans and calibrate on its val "
+                   "scans (default: smooth head-like random volumes)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--peak-seconds", type=float, default=0.5, help="time of each peak microbenchmark")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -292,9 +306,10 @@ def main() -> None:
     if args.no_lpips:
         cfg = cfg.model_copy(update={"score": cfg.score.model_copy(update={"metrics": ("mse",)})})
     models = _models(args, cfg)
-    x = _scans(args.scans, tuple(cfg.data.grid))
+    x = _scans(args.scans, tuple(cfg.data.grid)) if args.data is None else _manifest_scans(args.data, cfg, "test", args.scans)
     ids = [f"scan{i}" for i in range(args.scans)]
-    cal_x = _scans(args.cal_scans, tuple(cfg.data.grid), seed=1)
+    cal_x = (_scans(args.cal_scans, tuple(cfg.data.grid), seed=1) if args.data is None
+             else _manifest_scans(args.data, cfg, "val", args.cal_scans))
     cal_ids = [f"cal{i}" for i in range(args.cal_scans)]
 
     peak_threads = tuple(sorted({1, threads, os.cpu_count() or 1}))
