@@ -90,12 +90,20 @@ def _delong_row(name: str, set_name: str, ldm: tuple[dict, dict], ltm: tuple[dic
                            _f(r.p_value), significance_marker(r.p_value))
 
 
+#: detection columns that older score files lack: evaluated where present, silently absent otherwise
+#: (``ldm_one_sided``: the paper's one-sided LDM score beside a two-sided ``pred_score``, ``score.tails``)
+OPTIONAL_COLUMNS = ("ldm_one_sided",)
+
+
 def _evaluate_detection(name: str, run: RunDir, not_test: set[str], summary: Summary, n_boot: int, seed: int) -> None:
     scores: dict[str, dict[str, dict[str, float]]] = {}  # method -> set -> case -> score
     columns: dict[str, dict[str, ScoreColumn]] = {}  # method -> set -> column read (for the warnings)
     for method, (folder, column) in DETECTION_METHODS.items():
         sets = score_sets(run, folder)
         columns[method] = {s: read_score_column(run.scores_path(folder, s), column) for s in sets}
+        if method in OPTIONAL_COLUMNS and all(c.n_missing == c.n_rows for c in columns[method].values()):
+            del columns[method]  # score files made before the column existed: nothing to say
+            continue
         if not sets:
             if method in ("ldm", "ltm"):
                 summary.notes.append(f"{name}: no {folder.upper()} scores (scores/{folder}/*.csv); skipped")

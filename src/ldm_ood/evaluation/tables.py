@@ -37,7 +37,7 @@ from .summary import METHOD_LABELS, SegmentationResult, Summary, is_far, order_s
 MARK_TEXT = {"strong": "**", "weak": "*", "warning": "†", "unstable": "", "": ""}
 MARK_STYLE = {"strong": "bold", "weak": "underline", "warning": "bold red", "unstable": "yellow", "": ""}
 WARNING_CAPTION = "†: scores missing or non-finite for this method and set (see the warnings); n/a†: none finite."
-SHORT_LABELS = {"ldm": "LDM", "ltm": "LTM", "ldm_mse": "MSE", "ldm_lpips": "LPIPS"}
+SHORT_LABELS = {"ldm": "LDM", "ltm": "LTM", "ldm_mse": "MSE", "ldm_lpips": "LPIPS", "ldm_one_sided": "LDM 1-sided"}
 
 
 @dataclass
@@ -90,7 +90,7 @@ DELONG_CAPTION = ("DeLong test LDM vs LTM on the same run: ** / bold p < 0.001, 
 
 
 def _table1_methods(summary: Summary) -> list[str]:
-    return [m for m in ("ltm", "ldm", "ldm_mse", "ldm_lpips") if m in summary.methods()]
+    return [m for m in ("ltm", "ldm", "ldm_mse", "ldm_lpips", "ldm_one_sided") if m in summary.methods()]
 
 
 def _table1_warnings(summary: Summary) -> list:

@@ -110,3 +110,20 @@ def test_order_sets_and_threshold_reader(tmp_path):
     assert read_threshold(p, "residual_threshold", "d") == 0.3
     assert read_threshold(p, "residual_threshold", "a") is None
     assert read_threshold(tmp_path / "none.json", "threshold") is None
+
+
+def test_the_one_sided_column_is_evaluated_where_present_and_silent_where_absent(tiny):
+    import csv
+
+    run, manifest = tiny
+    plain = evaluate({"l3": run}, manifest=manifest, n_boot=50, print_tables=False)
+    assert "ldm_one_sided" not in plain.methods() and not [n for n in plain.notes if "signed_score" in n]
+    for path in (run / "scores" / "ldm").glob("*.csv"):  # a two-sided run's files: signed_score beside pred_score
+        rows = list(csv.DictReader(path.open()))
+        with path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, [*rows[0].keys(), "signed_score"])
+            w.writeheader()
+            w.writerows({**r, "signed_score": -float(r["pred_score"])} for r in rows)
+    s = evaluate({"l3": run}, manifest=manifest, n_boot=50, print_tables=False)
+    for set_name in ("far_mr", "chunk_top"):  # a negated score ranks every pair the other way: 1 - AUROC
+        assert s.detection_for("l3", "ldm_one_sided", set_name).auroc == pytest.approx(1 - EXPECTED[("ldm", set_name)])

@@ -33,7 +33,8 @@ def test_each_method_resolves_to_functions_taking_the_runner_arguments(name):
 def test_evaluated_columns_come_from_the_detection_methods():
     assert [m.name for m in detection_methods()] == ["ldm", "ltm"]
     assert DETECTION_METHODS == {"ldm": ("ldm", "pred_score"), "ldm_mse": ("ldm", "score_mse"),
-                                 "ldm_lpips": ("ldm", "score_lpips"), "ltm": ("ltm", "pred_score")}
+                                 "ldm_lpips": ("ldm", "score_lpips"), "ldm_one_sided": ("ldm", "signed_score"),
+                                  "ltm": ("ltm", "pred_score")}
     assert METHOD_LABELS["ldm_mse"] == "LDM (MSE)" and METHOD_LABELS["ltm"] == "LTM"
     assert all(m.columns and next(iter(m.columns.values()))[0] == "pred_score" for m in detection_methods())
 
