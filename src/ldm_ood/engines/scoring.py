@@ -11,6 +11,7 @@ the precision ``score.precision`` gave it (the encoder and decoder in the first 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -51,6 +52,35 @@ class ScoringEngines:
         return {k: f"{c.engine} {c.precision}" for k, c in self.choices.items()}
 
 
+class EagerOnFailure:
+    """An engine that hands its network to PyTorch eager (``fallback``) for the rest of the session the first
+    time a call raises, with a loud warning naming the network and the error: an engine that passed its probe
+    can still fail on an input it was not probed with (e.g. inductor's stride guards after a recompile for
+    another batch size), and scoring must not stop for it."""
+
+    def __init__(self, engine, fallback: EagerEngine, network: str):
+        self.engine, self.fallback, self.network = engine, fallback, network
+        self.engine_name: str = engine.name
+        self.failed: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.fallback.name if self.failed else self.engine_name
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        if self.failed is None:
+            try:
+                return self.engine(*inputs)
+            except Exception as err:  # any engine fault: the network's result comes from PyTorch instead
+                self.failed = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+                warnings.warn(f"the {self.engine_name} engine of {self.network} failed on an input of shape "
+                              f"{tuple(inputs[0].shape)} ({self.failed}); {self.network} runs in PyTorch eager "
+                              f"from now on", RuntimeWarning, stacklevel=2)
+                console.print(f"[bold red]engine of {self.network}: {self.engine_name} failed at run time, "
+                              f"PyTorch eager from now on[/] ({self.failed})")
+        return self.fallback(*inputs)
+
+
 def _dtype(bf16: bool) -> str:
     return "bf16" if bf16 else "fp32"
 
@@ -86,6 +116,8 @@ def scoring_engines(
         specs["lpips"] = (lpips_trunk_spec(lpips_model, slices, batches["lpips"]), _dtype(bf16.get("lpips", False)))
     for name, (spec, precision) in specs.items():
         engines[name], choices[name] = choose_engine(requested, spec, precision, artifact_dir)
+        if not isinstance(engines[name], EagerEngine):
+            engines[name] = EagerOnFailure(engines[name], EagerEngine(spec.module, precision, spec.spatial_dims), name)
     run = {k: None if isinstance(e, EagerEngine) else e for k, e in engines.items()}
     fs = first_stage if run["encoder"] is None and run["decoder"] is None else EngineFirstStage(
         first_stage, run["encoder"], run["decoder"], image, latent)

@@ -91,3 +91,24 @@ def test_score_command_path_runs_the_chosen_engines_and_keeps_the_calibration(tm
     for case, row in eager.items():
         for col in ("pred_score", *(k for k in row if "@" in k)):
             assert float(engined[case][col]) == pytest.approx(float(row[col]), rel=1e-3, abs=1e-5), (case, col)
+
+
+def test_an_engine_that_fails_at_run_time_hands_its_network_to_eager_loudly(tmp_path):
+    models = _models()
+    x = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(6))
+    ref = OODScorer(models, CFG.score, bf16=False).measure(x, [3])
+    cfg = CFG.score.model_copy(update={"engine": "onnxruntime"})
+    scorer = OODScorer(models, cfg, bf16=False, grid=(16, 16, 16), artifact_dir=tmp_path)
+    guarded = scorer.net.unet.engine
+    calls = []
+
+    def broken(*inputs):  # e.g. inductor's stride guard on an input layout it was not probed with
+        calls.append(1)
+        raise AssertionError("expected size 32==32, stride 1==32768 at dim=1")
+
+    guarded.engine = broken
+    with pytest.warns(RuntimeWarning, match="engine of unet failed"):
+        got = scorer.measure(x, [3])
+    assert calls == [1] and guarded.failed.startswith("AssertionError") and guarded.name == "eager"
+    for m in ("mse", "lpips"):
+        torch.testing.assert_close(got.values[m], ref.values[m], rtol=1e-3, atol=1e-6)
