@@ -125,10 +125,20 @@ def checked_engine(name: str, spec: NetworkSpec, precision: str, artifact_dir: P
 
     A reused exported file that fails is rebuilt once (with a warning), unless the same file agrees at fp32
     (then the file is intact and only the bf16 hint is too inaccurate for this network); raises
-    :class:`EngineMismatchError` (naming the file) when the engine still disagrees."""
+    :class:`EngineMismatchError` (naming the file) when the engine still disagrees, and
+    :class:`EngineUnavailableError` when building it or running it on the probe raises (e.g. an inductor
+    stride guard), so every caller falls back or measures again instead of stopping."""
     reference = reference if reference is not None else reference_outputs(spec)
-    engine, art = build_engine(name, spec, precision, artifact_dir)
-    agreement = compare(engine(*spec.example), reference, precision)
+    try:
+        engine, art = build_engine(name, spec, precision, artifact_dir)
+        probe = engine(*spec.example)
+    except (EngineUnavailableError, EngineMismatchError, ValueError):
+        raise
+    except Exception as err:  # a compiler or runtime fault on the probe: this engine cannot run this network
+        first = (str(err).splitlines() or [""])[0][:300]
+        raise EngineUnavailableError(f"{name} {precision} failed on the probe of {spec.name} "
+                                     f"({type(err).__name__}: {first})") from err
+    agreement = compare(probe, reference, precision)
     if not agreement.ok and art is not None and art.reused and not _agrees_in_fp32(name, spec, precision, artifact_dir,
                                                                                 reference):
         warnings.warn(f"{art.paths[0]}: the cached {name} file of {spec.name} differs from PyTorch "

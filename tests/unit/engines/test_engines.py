@@ -212,6 +212,19 @@ def test_forced_engine_that_disagrees_falls_back_to_eager_loudly(nets, tmp_path,
     assert eng.name == "eager" and choice.engine == "eager"
 
 
+def test_an_engine_that_raises_on_its_probe_is_unavailable_and_eager_runs(nets, tmp_path, monkeypatch):
+    def broken(self, *x):  # as torch.compile's stride guard did on a cached choice's recompile
+        raise AssertionError("expected size 32==32, stride 1==32768 at dim=1")
+
+    monkeypatch.setattr(onnx_runtime.OnnxRuntimeEngine, "__call__", broken)
+    spec = _spec(nets, "decoder")
+    with pytest.raises(EngineUnavailableError, match="failed on the probe of decoder .AssertionError: expected size"):
+        checked_engine("onnxruntime", spec, "fp32", tmp_path)
+    with pytest.warns(UserWarning, match="running PyTorch eager instead"):
+        eng, choice = choose_engine("onnxruntime", spec, "fp32", tmp_path)
+    assert eng.name == "eager" and choice.engine == "eager"
+
+
 def test_bf16_hint_too_inaccurate_rejects_the_engine_without_rebuilding_an_intact_file(nets, tmp_path, monkeypatch):
     """The OpenVINO IR serves both hints: when only bf16 disagrees (as OpenVINO bf16 does on the cpu
     preset's UNet), the file agrees in fp32, so it is kept and only the bf16 engine is rejected."""
