@@ -200,28 +200,30 @@ def test_missing_package_is_unavailable_never_a_crash(nets, tmp_path, monkeypatc
     assert "not installed" in openvino_engine.unavailable_reason()
 
 
-def test_forced_engine_that_disagrees_falls_back_to_eager_loudly(nets, tmp_path, monkeypatch):
-    original = openvino_engine.OpenVinoEngine.__call__
-    monkeypatch.setattr(openvino_engine.OpenVinoEngine, "__call__",
-                        lambda self, *x: [y + 1 for y in original(self, *x)])
-    spec = _spec(nets, "decoder")
-    with pytest.raises(EngineMismatchError, match="differs from PyTorch fp32"):
-        checked_engine("openvino", spec, "fp32", tmp_path)
-    with pytest.warns(UserWarning, match="running PyTorch eager instead"):
-        eng, choice = choose_engine("openvino", spec, "fp32", tmp_path)
-    assert eng.name == "eager" and choice.engine == "eager"
+def _off_by_one(module, name):
+    original = getattr(module, name).__call__
+    return lambda self, *x: [y + 1 for y in original(self, *x)]
 
 
-def test_an_engine_that_raises_on_its_probe_is_unavailable_and_eager_runs(nets, tmp_path, monkeypatch):
-    def broken(self, *x):  # as torch.compile's stride guard did on a cached choice's recompile
+def _raises(module, name):  # as torch.compile's stride guard did on a cached choice's recompile
+    def broken(self, *x):
         raise AssertionError("expected size 32==32, stride 1==32768 at dim=1")
+    return broken
 
-    monkeypatch.setattr(onnx_runtime.OnnxRuntimeEngine, "__call__", broken)
+
+@pytest.mark.parametrize("engine, module, cls, fault, error, message", [
+    ("openvino", openvino_engine, "OpenVinoEngine", _off_by_one, EngineMismatchError, "differs from PyTorch fp32"),
+    ("onnxruntime", onnx_runtime, "OnnxRuntimeEngine", _raises, EngineUnavailableError,
+     "failed on the probe of decoder .AssertionError: expected size"),
+])
+def test_forced_engine_that_disagrees_or_raises_falls_back_to_eager_loudly(
+        nets, tmp_path, monkeypatch, engine, module, cls, fault, error, message):
+    monkeypatch.setattr(getattr(module, cls), "__call__", fault(module, cls))
     spec = _spec(nets, "decoder")
-    with pytest.raises(EngineUnavailableError, match="failed on the probe of decoder .AssertionError: expected size"):
-        checked_engine("onnxruntime", spec, "fp32", tmp_path)
+    with pytest.raises(error, match=message):
+        checked_engine(engine, spec, "fp32", tmp_path)
     with pytest.warns(UserWarning, match="running PyTorch eager instead"):
-        eng, choice = choose_engine("onnxruntime", spec, "fp32", tmp_path)
+        eng, choice = choose_engine(engine, spec, "fp32", tmp_path)
     assert eng.name == "eager" and choice.engine == "eager"
 
 
