@@ -18,7 +18,7 @@ order of paper 000 Table 1 — 14 rows, see :data:`NEAR_OOD_KINDS`):
                     cohort ships one), else :func:`brain_mask_heuristic`.
 ``scale_<f>``       multiply every voxel by ``f`` (1 % / 10 % intensity-scaling error).
 
-**Known regions** (:data:`REGION_KINDS`, :func:`corruption_region`): ``chunk_top``, ``chunk_middle``
+**Known regions** (:mod:`.corruption_regions`): ``chunk_top``, ``chunk_middle``
 and ``skull_stripped`` remove tissue from one place, so the voxels they change are a ground truth for
 anomaly maps (evaluation.localisation). Noise, scaling and flips change every voxel of the head and
 have no region; ``background_<v>`` changes the air outside the head (its "region" is the complement
@@ -80,8 +80,6 @@ CHUNK_FRACTION = 0.15
 #: voxels at or above this preprocessed intensity are bone for the skull-strip heuristic (100 HU)
 BONE_THRESHOLD = 0.99
 _WORLD_AXIS = {"lr": 0, "ap": 1, "is": 2}
-#: corruptions that remove tissue from a known region (:func:`corruption_region`)
-REGION_KINDS: tuple[str, ...] = ("chunk_top", "chunk_middle", "skull_stripped")
 
 
 # --------------------------------------------------------------------------- geometry
@@ -237,37 +235,6 @@ def corrupt_array(
     if kind == "fov_emptied":
         return np.where(emptied_fov_mask(x, affine), np.float32(0.0), x).astype(np.float32)
     raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(CORRUPTION_KINDS)}")
-
-
-def corruption_region(
-    image: np.ndarray, affine: np.ndarray, kind: str, brain_mask: np.ndarray | None = None,
-) -> np.ndarray:
-    """The voxels that corruption ``kind`` (one of :data:`REGION_KINDS`) removes from ``image``.
-
-    ``chunk_top`` / ``chunk_middle``: the slab of :func:`chunk_slices` where ``image`` holds tissue
-    (``> 0``; zeroing a background voxel changes nothing); ``skull_stripped``: the tissue outside the
-    brain (``brain_mask``, else :func:`brain_mask_heuristic`). Same arguments as :func:`corrupt_array`,
-    same image; it is exactly ``corrupt_array(image, ...) != image``.
-
-    Args:
-        image: ``(*spatial)`` preprocessed image in [0, 1], the uncorrupted scan.
-    Returns a boolean array of ``image``'s shape. Raises ``ValueError`` for a kind without a region.
-    """
-    x = np.asarray(image, dtype=np.float32)
-    tissue = x != 0
-    if kind in ("chunk_top", "chunk_middle"):
-        axis, sl = chunk_slices(kind, x, affine)
-        slab = np.zeros(x.shape, dtype=bool)
-        index: list[Any] = [slice(None)] * x.ndim
-        index[axis] = sl
-        slab[tuple(index)] = True
-        return slab & tissue
-    if kind == "skull_stripped":
-        brain = brain_mask_heuristic(x, affine) if brain_mask is None else np.asarray(brain_mask, dtype=bool)
-        if brain.shape != x.shape:
-            raise ValueError(f"brain mask shape {brain.shape} differs from image shape {x.shape}")
-        return ~brain & tissue
-    raise ValueError(f"corruption {kind!r} has no localised region; only {', '.join(REGION_KINDS)} have one")
 
 
 def case_rng(seed: int, kind: str, case_id: str) -> np.random.Generator:

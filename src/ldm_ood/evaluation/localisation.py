@@ -1,7 +1,7 @@
 """Localisation of the detection methods' anomaly maps: pixel AUROC and AUPRC against a known region.
 
 Paper 000 (§2.3, Fig. 4) shows LDM anomaly maps beside the LTM's but measures nothing. Where a
-near-OOD corruption removed tissue from a known region (``data.corruptions.REGION_KINDS``: the slab
+near-OOD corruption removed tissue from a known region (``data.corruption_regions.REGION_KINDS``: the slab
 of ``chunk_top`` / ``chunk_middle``, the skull and scalp of ``skull_stripped``; the synthetic cohort
 writes it as the manifest's ``mask``), each saved map (``scores/<method>/<set>.csv``'s ``map_path``,
 on the input's native grid) is scored against that region:

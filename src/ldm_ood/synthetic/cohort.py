@@ -43,7 +43,8 @@ from typing import Callable
 import numpy as np
 
 from ..config import SynthConfig, load_config
-from ..data.corruptions import CORRUPTION_KINDS, REGION_KINDS, add_sprites, case_rng, corrupt_array, corruption_region
+from ..data.corruption_regions import REGION_KINDS, corruption_region
+from ..data.corruptions import CORRUPTION_KINDS, add_sprites, case_rng, corrupt_array
 from ..data.io import write_image
 from ..data.manifest import Case, write_manifest
 from ..data.transforms import from_unit_range_ct, to_unit_range_ct

@@ -21,12 +21,11 @@ from ldm_ood.data.corruptions import (
     brain_mask_heuristic,
     chunk_slices,
     corrupt_array,
-    REGION_KINDS,
     corrupt_folder,
-    corruption_region,
     emptied_fov_mask,
     head_mask,
 )
+from ldm_ood.data.corruption_regions import REGION_KINDS, corruption_region
 from ldm_ood.data.io import read_image, write_image
 from ldm_ood.data.transforms import from_unit_range_ct, to_unit_range_ct
 from ldm_ood.errors import BatchError

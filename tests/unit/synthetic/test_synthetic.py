@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ldm_ood.config import load_config
-from ldm_ood.data.corruptions import CORRUPTION_KINDS, NEAR_OOD_KINDS, REGION_KINDS, SIMPLER_KINDS, case_rng, corrupt_array
+from ldm_ood.data.corruption_regions import REGION_KINDS
+from ldm_ood.data.corruptions import CORRUPTION_KINDS, NEAR_OOD_KINDS, SIMPLER_KINDS, case_rng, corrupt_array
 from ldm_ood.data.io import read_image, read_mask
 from ldm_ood.data.manifest import read_manifest, select, set_names
 from ldm_ood.data.transforms import Preprocessor, to_unit_range_ct
